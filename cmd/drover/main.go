@@ -1,0 +1,4 @@
+// Command drover deploys web applications to fleets of Linux servers.
+package main
+
+func main() {}
