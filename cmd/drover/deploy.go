@@ -1,0 +1,106 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/drover/drover/internal/cli"
+	"github.com/drover/drover/internal/lock"
+)
+
+func newDeployCmd(g *globals, verb string) *cobra.Command {
+	o := &cli.DeployOptions{}
+	var days float64
+	cmd := &cobra.Command{
+		Use:   verb + " ENV",
+		Short: "Push a release to every host of ENV over SSH: prepare everywhere, then activate",
+		Example: `  drover deploy staging                      # the tip of branch staging
+  drover deploy production --version tag:v1.2
+  drover deploy production --version commit:3f9c2ab --strategy serial --parallel 10`,
+		Args: exactArgs(1, "an environment"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Common = g.common(cmd, args[0])
+			o.KeepFor = keepDays(days)
+			o.Command = commandLine()
+			var err error
+			if verb == "prepare" {
+				_, err = cli.Prepare(cmd.Context(), o)
+			} else {
+				_, err = cli.Deploy(cmd.Context(), o)
+			}
+			return err
+		},
+	}
+	if verb == "prepare" {
+		cmd.Short = "Prepare a release on every host of ENV without activating it"
+		cmd.Example = `  drover prepare production                 # then: drover activate production RELEASE
+  drover prepare staging --keep-days 10     # a private release cleanup keeps for 10 days`
+		cmd.Flags().Float64Var(&days, "keep-days", 0, "keep the release this many days, whatever cleanup does")
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Version, "version", "", "version spec: branch:NAME, tag:NAME or commit:SHA (default branch:<env's branch>)")
+	f.StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
+	f.IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
+	f.StringVar(&o.Export, "export", "", "how to write a commit into a release: archive or checkout")
+	f.DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "the deploy lock expires this long after its holder stops renewing it")
+	return cmd
+}
+
+func newActivateCmd(g *globals) *cobra.Command {
+	o := &cli.DeployOptions{}
+	cmd := &cobra.Command{
+		Use:     "activate ENV RELEASE",
+		Short:   "Activate a release that every host of ENV has prepared",
+		Example: "  drover activate production 20261122T101500Z-3f9c2ab",
+		Args:    exactArgs(2, "an environment and a release"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Common = g.common(cmd, args[0])
+			o.Release, o.Command = args[1], commandLine()
+			_, err := cli.Activate(cmd.Context(), o)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
+	cmd.Flags().DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "deploy lock lease")
+	return cmd
+}
+
+func newResumeCmd(g *globals) *cobra.Command {
+	o := &cli.DeployOptions{}
+	cmd := &cobra.Command{
+		Use:   "resume ENV",
+		Short: "Continue the last failed or interrupted deploy of ENV from the step that failed",
+		Long: `resume finds the newest release that some host of ENV holds and not every
+host runs, and finishes it: hosts and steps already done are skipped.`,
+		Example: "  drover resume production",
+		Args:    exactArgs(1, "an environment"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Common = g.common(cmd, args[0])
+			o.Command = commandLine()
+			_, err := cli.Resume(cmd.Context(), o)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
+	cmd.Flags().IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
+	cmd.Flags().DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "deploy lock lease")
+	return cmd
+}
+
+func newRollbackCmd(g *globals) *cobra.Command {
+	o := &cli.RollbackOptions{}
+	cmd := &cobra.Command{
+		Use:   "rollback ENV",
+		Short: "Switch every host of ENV back to the previous good release (or --to RELEASE) and restart",
+		Example: `  drover rollback production
+  drover rollback production --to 20261122T101500Z-3f9c2ab`,
+		Args: exactArgs(1, "an environment"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Common = g.common(cmd, args[0])
+			_, err := cli.Rollback(cmd.Context(), o)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&o.To, "to", "", "the release to go back to (default: the previous good one, the same on every host)")
+	cmd.Flags().DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "deploy lock lease")
+	return cmd
+}

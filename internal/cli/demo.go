@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/drover/drover/examples"
+)
+
+// DemoOptions are the inputs of `drover demo`.
+type DemoOptions struct {
+	Dir   string // where the example's repo and deploy_to go; default ~/.local/share/drover/demo
+	Ports []int  // ports of the example's web service
+	IO    IO
+	// Transport options are taken from Common for the local host.
+	Common Common
+}
+
+// Demo deploys drover's bundled example app to this machine: it writes the
+// app into a git repository, a drover.yml with `transport: local`, and runs
+// a real deploy, then checks the service answers and prints its URL.
+func Demo(ctx context.Context, o *DemoOptions) error {
+	dir := o.Dir
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return err
+		}
+		dir = filepath.Join(home, ".local", "share", "drover", "demo")
+	}
+	if len(o.Ports) == 0 {
+		o.Ports = []int{18080, 18081}
+	}
+	src, srv := filepath.Join(dir, "src"), filepath.Join(dir, "srv")
+	if err := writeExample(ctx, src, srv, o.Ports); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	fmt.Fprintf(o.IO.Out, "example app in %s (a git repository), deploying to %s\n", src, srv)
+	d := &DeployOptions{Common: o.Common}
+	d.File, d.Env, d.IO = filepath.Join(src, "drover.yml"), "demo", o.IO
+	d.Command = "demo"
+	if _, err := Deploy(ctx, d); err != nil {
+		return err
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/", o.Ports[0])
+	body, err := get(ctx, url)
+	if err != nil {
+		return fmt.Errorf("demo: deployed, but %s does not answer: %w", url, err)
+	}
+	fmt.Fprintf(o.IO.Out, "\n%s\nThe example app is running: %s\n", strings.TrimSpace(body), url)
+	fmt.Fprintf(o.IO.Out, "Try: cd %s && drover releases demo; drover service status demo; drover rollback demo\n", src)
+	return nil
+}
+
+func get(ctx context.Context, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	return string(b), err
+}
+
+// writeExample writes the embedded example into a git repository at src,
+// committing on branch main when anything changed.
+func writeExample(ctx context.Context, src, srv string, ports []int) error {
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return err
+	}
+	main, err := examples.Hello.ReadFile("hello/main.go")
+	if err != nil {
+		return err
+	}
+	tmpl, err := examples.Hello.ReadFile("hello/drover.yml")
+	if err != nil {
+		return err
+	}
+	ps := make([]string, len(ports))
+	for i, p := range ports {
+		ps[i] = strconv.Itoa(p)
+	}
+	yml := strings.NewReplacer("REPO", src, "DEPLOY_TO", srv, "PORTS", strings.Join(ps, ", ")).Replace(string(tmpl))
+	files := map[string]string{
+		"main.go":    string(main),
+		"go.mod":     "module example.com/hello\n\ngo 1.22\n",
+		"drover.yml": yml,
+		".gitignore": "/bin/\n",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	git := func(args ...string) error {
+		cmd := exec.CommandContext(ctx, "git", append([]string{"-C", src, "-c", "user.name=drover demo", "-c", "user.email=demo@drover.invalid", "-c", "init.defaultBranch=main"}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("git %s: %s", args[0], strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(src, ".git")); err != nil {
+		if err := git("init", "--quiet"); err != nil {
+			return err
+		}
+		if err := git("checkout", "--quiet", "-B", "main"); err != nil {
+			return err
+		}
+	}
+	if err := git("add", "-A"); err != nil {
+		return err
+	}
+	if out, _ := gitOut(ctx, src, "status", "--porcelain"); out != "" {
+		if err := git("commit", "--quiet", "-m", "drover demo: example app"); err != nil {
+			return err
+		}
+	}
+	return nil
+}

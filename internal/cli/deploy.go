@@ -1,0 +1,222 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/lock"
+	"github.com/drover/drover/internal/node"
+	"github.com/drover/drover/internal/release"
+	"github.com/drover/drover/internal/rollout"
+)
+
+// DeployOptions are the inputs of `drover deploy`, `prepare` and `activate`.
+type DeployOptions struct {
+	Common
+	Version  string        // version spec; default branch:<env's branch>
+	Strategy string        // override the environment's strategy
+	Parallel int           // hosts prepared at once; 0 = all
+	KeepFor  time.Duration // prepare --keep-days
+	Release  string        // activate: the prepared release
+	Export   string        // how to materialise a commit (archive, checkout)
+	Lease    time.Duration // deploy lock lease
+	Command  string        // the command line, recorded with the lock
+}
+
+// Deploy pushes a release to every host of an environment: resolve the spec
+// once, lock, prepare everywhere, run_once hooks, activate.
+func Deploy(ctx context.Context, o *DeployOptions) (*rollout.Report, error) {
+	return deploy(ctx, o, "deploy")
+}
+
+// Prepare prepares a release on every host without activating it.
+func Prepare(ctx context.Context, o *DeployOptions) (*rollout.Report, error) {
+	return deploy(ctx, o, "prepare")
+}
+
+// Activate activates a release every host has prepared.
+func Activate(ctx context.Context, o *DeployOptions) (*rollout.Report, error) {
+	return deploy(ctx, o, "activate")
+}
+
+// Resume continues the last unfinished deploy of an environment from the
+// steps that did not finish; hosts and steps already done are skipped.
+func Resume(ctx context.Context, o *DeployOptions) (*rollout.Report, error) {
+	return deploy(ctx, o, "resume")
+}
+
+func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report, error) {
+	e, err := loadEnv(&o.Common)
+	if err != nil {
+		return nil, err
+	}
+	if o.Strategy != "" {
+		switch o.Strategy {
+		case config.StrategyTwoPhase, config.StrategySerial, config.StrategyRolling:
+			e.plan.Strategy = o.Strategy
+		default:
+			return nil, &UsageError{fmt.Errorf("unknown --strategy %q; use two-phase, serial or rolling", o.Strategy)}
+		}
+	}
+	if o.Parallel > 0 {
+		e.plan.Parallel = o.Parallel
+	}
+	e.plan.KeepFor, e.plan.Export, e.plan.Lease = o.KeepFor, o.Export, o.Lease
+	e.plan.Command = o.Command
+	if e.plan.Command == "" {
+		e.plan.Command = verb + " " + e.env.Name
+	}
+	switch verb {
+	case "deploy", "prepare":
+		specText := o.Version
+		if specText == "" {
+			specText = "branch:" + e.env.Branch
+		}
+		spec, commit, err := resolve(ctx, e.app, specText)
+		if err != nil {
+			return nil, err
+		}
+		e.plan.Spec, e.plan.Commit, e.plan.ID = spec.String(), commit, newID(commit)
+		e.plan.PrepareOnly = verb == "prepare"
+	case "activate":
+		if err := release.CheckID(o.Release); err != nil {
+			return nil, &UsageError{err}
+		}
+		e.plan.ID, e.plan.ActivateOnly = o.Release, true
+	}
+	set, err := e.open(ctx, &o.Common)
+	if err != nil {
+		return nil, err
+	}
+	defer set.Close()
+	switch verb {
+	case "activate":
+		hosts := rollout.Releases(ctx, e.plan, set.Targets)
+		var missing []string
+		for _, h := range hosts {
+			found := false
+			for _, r := range h.Releases {
+				if r.ID == o.Release {
+					found = true
+					e.plan.Commit = r.Commit
+				}
+			}
+			if !found {
+				missing = append(missing, h.Host)
+			}
+		}
+		if len(missing) > 0 {
+			return nil, fmt.Errorf("release %s is not prepared on %s; run `drover prepare %s` first", o.Release, strings.Join(missing, ", "), e.env.Name)
+		}
+	case "resume":
+		id, commit, spec, err := rollout.Resumable(rollout.Releases(ctx, e.plan, set.Targets))
+		if err != nil {
+			return nil, err
+		}
+		e.plan.ID, e.plan.Commit, e.plan.Spec = id, commit, spec
+		fmt.Fprintf(o.IO.Err, "resuming %s (%s)\n", id, commit[:min(12, len(commit))])
+	}
+	if o.IO.Output != "json" {
+		fmt.Fprintf(o.IO.Out, "%s %s %s to %s: release %s (commit %s), %d hosts, strategy %s\n",
+			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Targets), e.plan.Strategy)
+	}
+	return observe(&o.Common, e, e.plan.ID, func(obs rollout.Observer) (*rollout.Report, error) {
+		return rollout.Deploy(ctx, e.plan, set.Targets, obs)
+	})
+}
+
+func short(sha string) string { return sha[:min(len(sha), 12)] }
+
+// RollbackOptions are the inputs of `drover rollback`.
+type RollbackOptions struct {
+	Common
+	To    string
+	Lease time.Duration
+}
+
+// Rollback switches every host back to a release recorded as good on all
+// of them, refusing and naming the hosts when one lacks it.
+func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) {
+	e, err := loadEnv(&o.Common)
+	if err != nil {
+		return nil, err
+	}
+	if o.To != "" {
+		if err := release.CheckID(o.To); err != nil {
+			return nil, &UsageError{err}
+		}
+	}
+	set, err := e.open(ctx, &o.Common)
+	if err != nil {
+		return nil, err
+	}
+	defer set.Close()
+	to, err := rollout.RollbackTarget(rollout.Releases(ctx, e.plan, set.Targets), o.To)
+	if err != nil {
+		return nil, err
+	}
+	e.plan.ID, e.plan.Lease, e.plan.Command = to, o.Lease, "rollback "+e.env.Name
+	if o.IO.Output != "json" {
+		fmt.Fprintf(o.IO.Out, "rollback %s %s to %s on %d hosts\n", e.app.App, e.env.Name, to, len(set.Targets))
+	}
+	return observe(&o.Common, e, to, func(obs rollout.Observer) (*rollout.Report, error) {
+		return rollout.Rollback(ctx, e.plan, set.Targets, obs)
+	})
+}
+
+// LockOptions are the inputs of `drover lock` and `drover unlock`.
+type LockOptions struct {
+	Common
+	Reason string
+}
+
+// Lock takes the deploy lock on every host until `drover unlock`.
+func Lock(ctx context.Context, o *LockOptions) error {
+	return lockVerb(ctx, o, node.OpLockManual)
+}
+
+// Unlock frees the deploy lock on every host, whoever holds it.
+func Unlock(ctx context.Context, o *LockOptions) error {
+	return lockVerb(ctx, o, node.OpUnlock)
+}
+
+func lockVerb(ctx context.Context, o *LockOptions, op string) error {
+	e, err := loadEnv(&o.Common)
+	if err != nil {
+		return err
+	}
+	set, err := e.open(ctx, &o.Common)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	cmd := "drover lock"
+	if o.Reason != "" {
+		cmd += ": " + o.Reason
+	}
+	holder := &lock.Holder{Owner: e.plan.By, Command: cmd}
+	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) { r.Op, r.Holder = op, holder }, nil)
+	failed := 0
+	for i, t := range set.Targets {
+		resp := resps[i]
+		name := t.Host().Name
+		switch {
+		case !resp.OK:
+			failed++
+			fmt.Fprintf(o.IO.Out, "%s: %s\n", name, resp.Error)
+		case op == node.OpUnlock && resp.Holder != nil:
+			fmt.Fprintf(o.IO.Out, "%s: unlocked (was held by %s since %s)\n", name, resp.Holder.Owner, resp.Holder.Started.UTC().Format(time.RFC3339))
+		case op == node.OpUnlock:
+			fmt.Fprintf(o.IO.Out, "%s: was not locked\n", name)
+		default:
+			fmt.Fprintf(o.IO.Out, "%s: locked by %s\n", name, resp.Holder.Owner)
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d hosts failed", failed, len(set.Targets))
+	}
+	return nil
+}

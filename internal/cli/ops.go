@@ -1,0 +1,307 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/node"
+	"github.com/drover/drover/internal/release"
+	"github.com/drover/drover/internal/rollout"
+)
+
+// Releases lists every host's releases: active, prepared, failed, pinned,
+// with commit and age.
+func Releases(ctx context.Context, o *Common) error {
+	e, err := loadEnv(o)
+	if err != nil {
+		return err
+	}
+	set, err := e.open(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	hosts := rollout.Releases(ctx, e.plan, set.Targets)
+	if o.IO.Output == "json" {
+		return o.IO.JSON(hosts)
+	}
+	now := time.Now()
+	tw := tabwriter.NewWriter(o.IO.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tRELEASE\tSTATUS\tCOMMIT\tSPEC\tAGE\tNOTE")
+	failed := 0
+	for _, h := range hosts {
+		if h.Error != "" {
+			failed++
+			fmt.Fprintf(tw, "%s\t-\tunreachable\t-\t-\t-\t%s\n", h.Host, h.Error)
+			continue
+		}
+		if len(h.Releases) == 0 {
+			fmt.Fprintf(tw, "%s\t-\t(none)\t-\t-\t-\t\n", h.Host)
+		}
+		for _, r := range h.Releases {
+			status := string(r.Status)
+			if r.ID == h.Active {
+				status = "active"
+			} else if r.Status == release.StatusActive {
+				status = "good"
+			}
+			var notes []string
+			if r.Pinned(now) {
+				notes = append(notes, "pinned until "+r.KeepUntil.UTC().Format("2006-01-02 15:04"))
+			}
+			if r.ID == h.Target {
+				notes = append(notes, "rollback target")
+			}
+			if r.FailedStep != "" && r.Status == release.StatusFailed {
+				notes = append(notes, "failed in "+r.FailedStep)
+			}
+			if r.Status == release.StatusPreparing || r.Status == release.StatusActivating {
+				notes = append(notes, "interrupted? `drover resume`")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Host, r.ID, status, short(r.Commit), r.Spec, age(now.Sub(r.CreatedAt)), strings.Join(notes, "; "))
+		}
+	}
+	tw.Flush()
+	if failed > 0 {
+		return fmt.Errorf("%d hosts did not answer", failed)
+	}
+	return nil
+}
+
+func age(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+// CleanupOptions are the inputs of `drover cleanup`.
+type CleanupOptions struct {
+	Common
+	Keep int // default keep_releases
+}
+
+// Cleanup removes old and failed releases on every host beyond keep,
+// never the active one, the rollback target or a pinned one.
+func Cleanup(ctx context.Context, o *CleanupOptions) error {
+	e, err := loadEnv(&o.Common)
+	if err != nil {
+		return err
+	}
+	set, err := e.open(ctx, &o.Common)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) { r.Op, r.Keep = node.OpCleanup, o.Keep }, nil)
+	return report(o.IO, set.Targets, resps, func(name string, r *node.Response) string {
+		if len(r.Removed) == 0 {
+			return "nothing to remove"
+		}
+		return "removed " + strings.Join(r.Removed, ", ")
+	})
+}
+
+// report prints one line per host and fails when any host failed.
+func report(io IO, targets []rollout.Target, resps []*node.Response, ok func(string, *node.Response) string) error {
+	if io.Output == "json" {
+		out := map[string]*node.Response{}
+		for i, t := range targets {
+			out[t.Host().Name] = resps[i]
+		}
+		if err := io.JSON(out); err != nil {
+			return err
+		}
+	}
+	failed := 0
+	for i, t := range targets {
+		name, r := t.Host().Name, resps[i]
+		if !r.OK {
+			failed++
+			if io.Output != "json" {
+				fmt.Fprintf(io.Out, "%s: FAILED: %s\n", name, r.Error)
+			}
+			continue
+		}
+		if io.Output != "json" {
+			if line := ok(name, r); line != "" {
+				fmt.Fprintf(io.Out, "%s: %s\n", name, line)
+			}
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d hosts failed", failed, len(targets))
+	}
+	return nil
+}
+
+// ExecOptions are the inputs of `drover exec`.
+type ExecOptions struct {
+	Common
+	Command string
+}
+
+// Exec runs a command in the current release on every selected host,
+// output prefixed by host.
+func Exec(ctx context.Context, o *ExecOptions) error {
+	e, err := loadEnv(&o.Common)
+	if err != nil {
+		return err
+	}
+	set, err := e.open(ctx, &o.Common)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	single := len(set.Targets) == 1
+	var mu = make(chan struct{}, 1)
+	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) { r.Op, r.Command = node.OpExec, o.Command },
+		func(host string, ev release.Event) {
+			if ev.Kind != release.EventOutput {
+				return
+			}
+			mu <- struct{}{}
+			if single {
+				fmt.Fprintln(o.IO.Out, ev.Line)
+			} else {
+				fmt.Fprintf(o.IO.Out, "[%s] %s\n", host, ev.Line)
+			}
+			<-mu
+		})
+	return report(o.IO, set.Targets, resps, func(string, *node.Response) string { return "" })
+}
+
+// ServiceOptions are the inputs of `drover service`.
+type ServiceOptions struct {
+	Common
+	Action  string
+	Service string
+	Port    int
+}
+
+// Service starts, stops, restarts or shows the app's services on every host.
+func Service(ctx context.Context, o *ServiceOptions) error {
+	e, err := loadEnv(&o.Common)
+	if err != nil {
+		return err
+	}
+	switch o.Action {
+	case "start", "stop", "restart", "status":
+	default:
+		return &UsageError{fmt.Errorf("unknown action %q; use start, stop, restart or status", o.Action)}
+	}
+	set, err := e.open(ctx, &o.Common)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) {
+		r.Op, r.Action, r.Service, r.Port = node.OpService, o.Action, o.Service, o.Port
+	}, nil)
+	if o.IO.Output == "json" {
+		return report(o.IO, set.Targets, resps, nil)
+	}
+	tw := tabwriter.NewWriter(o.IO.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tSERVICE\tPORT\tPID\tSTATE\tRELEASE")
+	failed := 0
+	for i, t := range set.Targets {
+		r := resps[i]
+		if !r.OK {
+			failed++
+			fmt.Fprintf(tw, "%s\t-\t-\t-\tFAILED: %s\t\n", t.Host().Name, r.Error)
+			continue
+		}
+		for _, p := range r.Processes {
+			state := "stopped"
+			if p.Running {
+				state = "running"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", t.Host().Name, p.Service, p.Port, p.PID, state, p.ReleaseDir)
+		}
+	}
+	tw.Flush()
+	if failed > 0 {
+		return fmt.Errorf("%d of %d hosts failed", failed, len(set.Targets))
+	}
+	return nil
+}
+
+// Tasks lists the hooks, services and commands an app defines (fab -l).
+func Tasks(o *Common) error {
+	file := o.File
+	if file == "" {
+		file = config.DefaultFile
+	}
+	app, err := config.Load(file)
+	if err != nil {
+		return err
+	}
+	if o.IO.Output == "json" {
+		return o.IO.JSON(map[string]any{"hooks": app.Hooks, "hook_order": app.HookOrder, "services": app.Services, "environments": app.Environments})
+	}
+	w := o.IO.Out
+	fmt.Fprintf(w, "app %s, deployed to %s, keeping %d releases\n\nHooks (run in the new release dir, in this order):\n", app.App, app.DeployTo, app.KeepReleases)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, stage := range []string{config.StagePrepare, config.StageBeforeActivate, config.StageAfterActivate} {
+		for _, h := range app.HooksFor(stage) {
+			where := "every host"
+			if h.Role != "" {
+				where = "hosts with role " + h.Role
+			}
+			if h.RunOnce {
+				where = "once per rollout, on one host"
+				if h.Role != "" {
+					where += " with role " + h.Role
+				}
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", h.Name, stage, where, strings.Join(h.Commands, " && "))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nServices:")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, name := range app.ServiceNames() {
+		s := app.Services[name]
+		what := s.Start
+		if s.Systemd != "" {
+			what = "systemd unit " + s.Systemd
+		}
+		ports := "-"
+		if len(s.Ports) > 0 {
+			ports = strings.Trim(strings.Join(strings.Fields(fmt.Sprint(s.Ports)), ","), "[]")
+		}
+		health := "-"
+		if s.Health != nil {
+			health = s.Health.HTTP + s.Health.Command
+		}
+		fmt.Fprintf(tw, "  %s\tports %s\t%s\thealth %s\n", name, ports, what, health)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nEnvironments:")
+	for _, name := range app.EnvironmentNames() {
+		env := app.Environments[name]
+		var hosts []string
+		for _, h := range env.Hosts {
+			hosts = append(hosts, fmt.Sprintf("%s%v", h.Name, h.Roles))
+		}
+		fmt.Fprintf(w, "  %s: branch %s, %s, hosts %s\n", name, env.Branch, env.Strategy.Type, strings.Join(hosts, " "))
+	}
+	fmt.Fprintln(w, "\nCommands: deploy, prepare, activate, rollback, resume, releases, cleanup, exec, service, lock, unlock (drover help COMMAND)")
+	return nil
+}
+
+// NodeServe runs one node request from stdin (`drover node serve`).
+func NodeServe(ctx context.Context, version string) error {
+	s := &node.Server{Version: version, CrashAt: os.Getenv("DROVER_CRASH_AT")}
+	return s.Serve(ctx, os.Stdin, os.Stdout)
+}

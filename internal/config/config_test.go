@@ -1,0 +1,170 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const valid = `app: shop
+repo: git@example.com:acme/shop.git
+deploy_to: /srv/shop
+keep_releases: 3
+shared:
+  dirs: [log, tmp/pids, public/uploads]
+  files: [.env]
+hooks:
+  prepare: [echo build]
+  migrate: {run_once: true, role: db, commands: [./bin/backup, ./manage.py migrate]}
+  after_activate: [./bin/purge-cdn]
+services:
+  web:
+    start: ./bin/server --port {{port}}
+    ports: [8000, 8001]
+    health: {http: "http://127.0.0.1:{{port}}/healthz", timeout: 5s}
+  worker:
+    systemd: shop-worker.service
+environments:
+  staging: {hosts: [{host: 10.0.0.5, roles: [web, db]}]}
+  production:
+    branch: prod
+    strategy: {type: rolling, batch: 2}
+    hosts:
+      - {host: web1.internal, roles: [web, db], port: 2222, user: deploy}
+      - {name: web2, host: web2.internal, roles: [web]}
+  local:
+    hosts: [{transport: local, roles: [web, db]}]
+`
+
+func TestParseValid(t *testing.T) {
+	f, err := Parse("drover.yml", []byte(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(f.HookOrder, ","), "prepare,migrate,after_activate"; got != want {
+		t.Errorf("hook order %s, want %s", got, want)
+	}
+	if h := f.Hooks["migrate"]; h.When != StageBeforeActivate || !h.RunOnce || h.Role != "db" || len(h.Commands) != 2 {
+		t.Errorf("migrate hook = %+v", h)
+	}
+	if f.Environments["staging"].Branch != "staging" {
+		t.Errorf("staging branch defaults to its name, got %q", f.Environments["staging"].Branch)
+	}
+	if f.Environments["production"].Branch != "prod" {
+		t.Errorf("production branch = %q", f.Environments["production"].Branch)
+	}
+	prod := f.Environments["production"]
+	if prod.Hosts[0].Name != "web1.internal" || prod.Hosts[0].Transport != TransportSSH || prod.Hosts[0].Port != 2222 {
+		t.Errorf("host defaults: %+v", prod.Hosts[0])
+	}
+	if l := f.Environments["local"].Hosts[0]; l.Name != "local" || l.Transport != TransportLocal {
+		t.Errorf("local host: %+v", l)
+	}
+	if got := f.Services["web"].Health.Timeout.D(); got != 5*time.Second {
+		t.Errorf("health timeout %v", got)
+	}
+	if got := f.Services["web"].StopGrace.D(); got != 10*time.Second {
+		t.Errorf("stop grace default %v", got)
+	}
+	if f.Environments["staging"].Strategy.Type != StrategyTwoPhase {
+		t.Errorf("default strategy %q", f.Environments["staging"].Strategy.Type)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		edit    func(string) string
+		line    int
+		wantMsg string
+	}{
+		{"unknown top key", func(s string) string { return s + "colour: blue\n" }, 29, `unknown key "colour"`},
+		{"unknown host key", func(s string) string {
+			return strings.Replace(s, "{name: web2, host: web2.internal, roles: [web]}", "{name: web2, host: web2.internal, rolez: [web]}", 1)
+		}, 26, `unknown key "rolez"`},
+		{"wrong type", func(s string) string { return strings.Replace(s, "keep_releases: 3", "keep_releases: three", 1) }, 4, "keep_releases"},
+		{"wrong type port", func(s string) string { return strings.Replace(s, "ports: [8000, 8001]", "ports: [eighty]", 1) }, 15, "ports"},
+		{"missing app", func(s string) string { return strings.Replace(s, "app: shop\n", "", 1) }, 1, "missing required key app"},
+		{"missing deploy_to", func(s string) string { return strings.Replace(s, "deploy_to: /srv/shop\n", "", 1) }, 1, "missing required key deploy_to"},
+		{"relative deploy_to", func(s string) string { return strings.Replace(s, "deploy_to: /srv/shop", "deploy_to: srv/shop", 1) }, 3, "must be an absolute path"},
+		{"bad duration", func(s string) string { return strings.Replace(s, "timeout: 5s", "timeout: 5 parsecs", 1) }, 16, `"5 parsecs" is not a duration`},
+		{"duplicate host", func(s string) string {
+			return strings.Replace(s, "{name: web2, host: web2.internal", "{name: web1.internal, host: web2.internal", 1)
+		}, 26, `duplicate host "web1.internal"`},
+		{"unknown role in hook", func(s string) string { return strings.Replace(s, "role: db", "role: database", 1) }, 10, `unknown role "database"`},
+		{"unknown strategy", func(s string) string { return strings.Replace(s, "type: rolling", "type: yolo", 1) }, 23, `unknown strategy "yolo"`},
+		{"service without start", func(s string) string {
+			return strings.Replace(s, "    systemd: shop-worker.service\n", "    ports: [9000]\n", 1)
+		}, 18, "needs start"},
+		{"port without ports", func(s string) string { return strings.Replace(s, "ports: [8000, 8001]", "ports: []", 1) }, 14, "uses {{port}} but lists no ports"},
+		{"shared escapes", func(s string) string { return strings.Replace(s, "files: [.env]", "files: [../etc/passwd]", 1) }, 7, "must be a relative path"},
+		{"hook without stage", func(s string) string { return strings.Replace(s, "  after_activate:", "  purge:", 1) }, 11, "has no stage"},
+		{"host without address", func(s string) string {
+			return strings.Replace(s, "{host: 10.0.0.5, roles: [web, db]}", "{roles: [web, db]}", 1)
+		}, 20, "missing required key host"},
+		{"bad spacing", func(s string) string { return s + "  broken:\n hosts: []\n" }, 30, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("drover.yml", []byte(tc.edit(valid)))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			var e *Error
+			var es Errors
+			switch {
+			case errors.As(err, &es):
+				e = es[0]
+			case errors.As(err, &e):
+			default:
+				t.Fatalf("error %T is not a *config.Error: %v", err, err)
+			}
+			if !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("error %q does not say %q", err, tc.wantMsg)
+			}
+			if e.Line != tc.line {
+				t.Errorf("error %q on line %d, want %d", err, e.Line, tc.line)
+			}
+			if !strings.HasPrefix(err.Error(), "drover.yml:") {
+				t.Errorf("error %q does not start with the file name", err)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "drover.yml"))
+	var e *Error
+	if !errors.As(err, &e) || !strings.Contains(err.Error(), "drover init") {
+		t.Fatalf("want a config error pointing at drover init, got %v", err)
+	}
+}
+
+func TestLoadReadsFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "drover.yml")
+	if err := os.WriteFile(p, []byte(valid), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Path != p || f.App != "shop" {
+		t.Errorf("loaded %q app %q", f.Path, f.App)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(valid))
+	f.Add([]byte("app: x\n"))
+	f.Add([]byte("hooks: {a: [1, 2]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("fuzz.yml", data)
+		if err == nil && (cfg.App == "" || cfg.DeployTo == "" || len(cfg.Environments) == 0) {
+			t.Fatalf("accepted a file without required keys: %q", data)
+		}
+	})
+}

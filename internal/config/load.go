@@ -1,0 +1,517 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"reflect"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+)
+
+// Error is one problem in a drover.yml, located by file, line and key.
+type Error struct {
+	File   string
+	Line   int
+	Column int
+	Key    string // the YAML path of the offending key, like environments.production.hosts[1].host
+	Msg    string
+}
+
+func (e *Error) Error() string {
+	loc := e.File
+	if e.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", e.File, e.Line)
+	}
+	if e.Key == "" {
+		return fmt.Sprintf("%s: %s", loc, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s: %s", loc, e.Key, e.Msg)
+}
+
+// Errors is every problem found in one file, in file order.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// Load reads and validates the drover.yml at path.
+func Load(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, &Error{File: path, Msg: "no such file; run `drover init` to write one, or pass -f FILE"}
+		}
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes and validates data as the drover.yml named path.
+func Parse(name string, data []byte) (*File, error) {
+	astFile, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		return nil, yamlError(name, err)
+	}
+	if len(astFile.Docs) == 0 || astFile.Docs[0].Body == nil {
+		return nil, &Error{File: name, Line: 1, Msg: "file is empty; it needs at least app, repo, deploy_to and environments"}
+	}
+	if len(astFile.Docs) > 1 {
+		return nil, &Error{File: name, Line: 1, Msg: "file holds more than one YAML document; keep one"}
+	}
+	var f File
+	if err := yaml.NodeToValue(astFile.Docs[0].Body, &f, yaml.DisallowUnknownField()); err != nil {
+		e := yamlError(name, err)
+		if ce, ok := e.(*Error); ok {
+			locate(astFile, err, ce)
+		}
+		return nil, e
+	}
+	f.Path = name
+	v := validator{file: name, ast: astFile}
+	v.defaults(&f)
+	v.validate(&f)
+	if len(v.errs) > 0 {
+		sort.SliceStable(v.errs, func(i, j int) bool { return v.errs[i].Line < v.errs[j].Line })
+		return nil, v.errs
+	}
+	return &f, nil
+}
+
+// locate names the key of a decode error by its place in the document, and
+// says in plain words what type was expected.
+func locate(f *ast.File, err error, e *Error) {
+	var ye yaml.Error
+	if !errors.As(err, &ye) || ye.GetToken() == nil {
+		return
+	}
+	tk := ye.GetToken()
+	var found ast.Node
+	for _, doc := range f.Docs {
+		ast.Walk(visitFunc(func(n ast.Node) bool {
+			if found == nil && n.GetToken() == tk {
+				found = n
+			}
+			return found == nil
+		}), doc)
+	}
+	if found != nil {
+		e.Key = strings.TrimPrefix(found.GetPath(), "$.")
+	}
+	var te *yaml.TypeError
+	if errors.As(err, &te) && te.DstType != nil {
+		e.Msg = fmt.Sprintf("%q is not %s", tk.Value, kindName(te.DstType.Kind()))
+	}
+}
+
+type visitFunc func(ast.Node) bool
+
+func (v visitFunc) Visit(n ast.Node) ast.Visitor {
+	if v(n) {
+		return v
+	}
+	return nil
+}
+
+func kindName(k reflect.Kind) string {
+	switch k {
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint64:
+		return "a whole number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		return "a list (like [a, b])"
+	case reflect.Map, reflect.Struct, reflect.Pointer:
+		return "a mapping (key: value lines)"
+	}
+	return "of the right type (" + k.String() + ")"
+}
+
+var positionPrefix = regexp.MustCompile(`^\[\d+:\d+\]\s*`)
+
+// yamlError turns a go-yaml error into an *Error with a line and the key.
+func yamlError(file string, err error) error {
+	var ne *nodeError
+	if errors.As(err, &ne) {
+		e := &Error{File: file, Key: strings.TrimPrefix(ne.node.GetPath(), "$."), Msg: ne.msg}
+		if tk := ne.node.GetToken(); tk != nil && tk.Position != nil {
+			e.Line, e.Column = tk.Position.Line, tk.Position.Column
+		}
+		return e
+	}
+	var ye yaml.Error
+	if !errors.As(err, &ye) {
+		return &Error{File: file, Msg: err.Error()}
+	}
+	e := &Error{File: file, Msg: positionPrefix.ReplaceAllString(ye.GetMessage(), "")}
+	if tk := ye.GetToken(); tk != nil && tk.Position != nil {
+		e.Line, e.Column = tk.Position.Line, tk.Position.Column
+		e.Key = tk.Value
+	}
+	var unknown *yaml.UnknownFieldError
+	if errors.As(err, &unknown) {
+		e.Msg = "unknown key " + strconv.Quote(unknown.Token.Value) + "; check its spelling and indentation (see `drover init` for every key)"
+	}
+	return e
+}
+
+type validator struct {
+	file string
+	ast  *ast.File
+	errs Errors
+}
+
+// at records an error at the YAML path p (like $.environments.prod.hosts[0]).
+func (v *validator) at(p string, format string, args ...any) {
+	e := &Error{File: v.file, Key: strings.TrimPrefix(p, "$."), Msg: fmt.Sprintf(format, args...)}
+	e.Line, e.Column = v.position(p)
+	v.errs = append(v.errs, e)
+}
+
+// position finds the line of the longest prefix of p present in the file.
+func (v *validator) position(p string) (int, int) {
+	for p != "" && p != "$" {
+		if yp, err := yaml.PathString(p); err == nil {
+			if n, err := yp.FilterFile(v.ast); err == nil && n != nil {
+				if tk := n.GetToken(); tk != nil && tk.Position != nil {
+					return tk.Position.Line, tk.Position.Column
+				}
+			}
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return 1, 1
+}
+
+// keyOrder returns the keys of the mapping at p in file order.
+func (v *validator) keyOrder(p string) []string {
+	yp, err := yaml.PathString(p)
+	if err != nil {
+		return nil
+	}
+	n, err := yp.FilterFile(v.ast)
+	if err != nil || n == nil {
+		return nil
+	}
+	var keys []string
+	switch m := n.(type) {
+	case *ast.MappingNode:
+		for _, kv := range m.Values {
+			keys = append(keys, kv.Key.String())
+		}
+	case *ast.MappingValueNode:
+		keys = append(keys, m.Key.String())
+	}
+	return keys
+}
+
+func (v *validator) defaults(f *File) {
+	if f.KeepReleases == 0 {
+		f.KeepReleases = 5
+	}
+	for name, h := range f.Hooks {
+		if h == nil {
+			continue
+		}
+		h.Name = name
+		if h.When == "" {
+			switch name {
+			case StagePrepare, StageAfterActivate, StageBeforeActivate:
+				h.When = name
+			case "migrate", "backup":
+				h.When = StageBeforeActivate
+			}
+		}
+	}
+	for _, k := range v.keyOrder("$.hooks") {
+		if _, ok := f.Hooks[k]; ok {
+			f.HookOrder = append(f.HookOrder, k)
+		}
+	}
+	for name, s := range f.Services {
+		if s == nil {
+			continue
+		}
+		s.Name = name
+		if s.Health != nil {
+			if s.Health.Timeout == 0 {
+				s.Health.Timeout = Duration(30 * time.Second)
+			}
+			if s.Health.Interval == 0 {
+				s.Health.Interval = Duration(200 * time.Millisecond)
+			}
+		}
+		if s.StopGrace == 0 {
+			s.StopGrace = Duration(10 * time.Second)
+		}
+	}
+	for name, e := range f.Environments {
+		if e == nil {
+			continue
+		}
+		e.Name = name
+		if e.Branch == "" {
+			e.Branch = name
+		}
+		if e.Strategy.Type == "" {
+			e.Strategy.Type = StrategyTwoPhase
+		}
+		if e.Strategy.Batch == 0 {
+			e.Strategy.Batch = 1
+		}
+		for _, h := range e.Hosts {
+			if h == nil {
+				continue
+			}
+			if h.Transport == "" {
+				h.Transport = TransportSSH
+				if h.Host == "" {
+					h.Transport = ""
+				}
+			}
+			if h.Name == "" {
+				h.Name = h.Host
+				if h.Transport == TransportLocal && h.Name == "" {
+					h.Name = "local"
+				}
+			}
+		}
+	}
+}
+
+var (
+	nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+	unitRE = regexp.MustCompile(`^[A-Za-z0-9@._:\\-]+$`)
+)
+
+func (v *validator) validate(f *File) {
+	if f.App == "" {
+		v.at("$", "missing required key app (the app's name, like app: shop)")
+	} else if !nameRE.MatchString(f.App) {
+		v.at("$.app", "%q is not a valid app name: use lowercase letters, digits, '-', '_' or '.'", f.App)
+	}
+	if f.Repo == "" {
+		v.at("$", "missing required key repo (the git URL hosts fetch from)")
+	}
+	switch {
+	case f.DeployTo == "":
+		v.at("$", "missing required key deploy_to (an absolute path on the hosts, like /srv/shop)")
+	case !path.IsAbs(f.DeployTo) || path.Clean(f.DeployTo) == "/":
+		v.at("$.deploy_to", "%q must be an absolute path below /, like /srv/%s", f.DeployTo, f.App)
+	}
+	if f.KeepReleases < 1 {
+		v.at("$.keep_releases", "must be at least 1, got %d", f.KeepReleases)
+	}
+	v.validateShared(f)
+	roles := v.validateEnvironments(f)
+	v.validateHooks(f, roles)
+	v.validateServices(f)
+}
+
+func (v *validator) validateShared(f *File) {
+	seen := map[string]string{}
+	check := func(kind string, i int, p string) {
+		key := fmt.Sprintf("$.shared.%s[%d]", kind, i)
+		clean := path.Clean(p)
+		switch {
+		case p == "":
+			v.at(key, "empty path")
+		case path.IsAbs(p) || clean == ".." || strings.HasPrefix(clean, "../") || clean == ".":
+			v.at(key, "%q must be a relative path inside the release, like log or public/uploads", p)
+		case clean == ".drover" || strings.HasPrefix(clean, ".git/") || clean == ".git":
+			v.at(key, "%q is reserved", p)
+		default:
+			if prev, dup := seen[clean]; dup {
+				v.at(key, "%q is already listed under shared.%s", p, prev)
+			}
+			seen[clean] = kind
+		}
+	}
+	for i, d := range f.Shared.Dirs {
+		check("dirs", i, d)
+	}
+	for i, d := range f.Shared.Files {
+		check("files", i, d)
+	}
+}
+
+func (v *validator) validateEnvironments(f *File) map[string]bool {
+	roles := map[string]bool{}
+	if len(f.Environments) == 0 {
+		v.at("$", "missing required key environments (at least one, like staging: {hosts: [{host: 10.0.0.5}]})")
+		return roles
+	}
+	for _, name := range f.EnvironmentNames() {
+		e := f.Environments[name]
+		p := "$.environments." + name
+		if e == nil {
+			v.at(p, "environment is empty; give it hosts")
+			continue
+		}
+		if !nameRE.MatchString(name) {
+			v.at(p, "%q is not a valid environment name: use lowercase letters, digits, '-', '_' or '.'", name)
+		}
+		switch e.Strategy.Type {
+		case StrategyTwoPhase, "all-at-once", StrategySerial, StrategyRolling:
+			if e.Strategy.Type == "all-at-once" {
+				e.Strategy.Type = StrategyTwoPhase
+			}
+		default:
+			v.at(p+".strategy.type", "unknown strategy %q; use two-phase, serial or rolling", e.Strategy.Type)
+		}
+		if e.Strategy.Batch < 0 || e.Strategy.MaxUnavailable < 0 || e.Strategy.Parallel < 0 {
+			v.at(p+".strategy", "batch, max_unavailable and parallel must not be negative")
+		}
+		if len(e.Hosts) == 0 {
+			v.at(p, "missing required key hosts (at least one host)")
+		}
+		names := map[string]int{}
+		for i, h := range e.Hosts {
+			hp := fmt.Sprintf("%s.hosts[%d]", p, i)
+			if h == nil {
+				v.at(hp, "empty host entry")
+				continue
+			}
+			switch h.Transport {
+			case TransportSSH:
+			case TransportLocal:
+				if h.Port != 0 || h.User != "" || h.IdentityFile != "" {
+					v.at(hp, "port, user and identity_file do not apply to transport: local")
+				}
+			case "":
+				v.at(hp, "missing required key host (an address or ~/.ssh/config alias), or set transport: local")
+			default:
+				v.at(hp+".transport", "unknown transport %q; use ssh or local", h.Transport)
+			}
+			if h.Port < 0 || h.Port > 65535 {
+				v.at(hp+".port", "%d is not a TCP port", h.Port)
+			}
+			if strings.ContainsAny(h.Host, " \t/") {
+				v.at(hp+".host", "%q is not a host name or address", h.Host)
+			}
+			if prev, dup := names[h.Name]; dup && h.Name != "" {
+				v.at(hp, "duplicate host %q: hosts[%d] already has this name; give each host a distinct name", h.Name, prev)
+			} else {
+				names[h.Name] = i
+			}
+			for _, r := range h.Roles {
+				roles[r] = true
+			}
+		}
+	}
+	return roles
+}
+
+func (v *validator) validateHooks(f *File, roles map[string]bool) {
+	for _, name := range f.HookOrder {
+		h := f.Hooks[name]
+		p := "$.hooks." + name
+		if h == nil {
+			v.at(p, "hook has no commands")
+			continue
+		}
+		switch h.When {
+		case StagePrepare, StageBeforeActivate, StageAfterActivate:
+		case "":
+			v.at(p, "hook %q has no stage: add when: prepare, before_activate or after_activate", name)
+		default:
+			v.at(p+".when", "unknown stage %q; use prepare, before_activate or after_activate", h.When)
+		}
+		if len(h.Commands) == 0 {
+			v.at(p, "hook has no commands")
+		}
+		for i, c := range h.Commands {
+			if strings.TrimSpace(c) == "" {
+				v.at(fmt.Sprintf("%s.commands[%d]", p, i), "empty command")
+			}
+		}
+		if h.Role != "" && !roles[h.Role] {
+			known := make([]string, 0, len(roles))
+			for r := range roles {
+				known = append(known, r)
+			}
+			slices.Sort(known)
+			v.at(p+".role", "unknown role %q: no host has it (roles in use: %s)", h.Role, strings.Join(known, ", "))
+		}
+	}
+}
+
+func (v *validator) validateServices(f *File) {
+	for _, name := range f.ServiceNames() {
+		s := f.Services[name]
+		p := "$.services." + name
+		if s == nil {
+			v.at(p, "service is empty; give it start or systemd")
+			continue
+		}
+		if !nameRE.MatchString(name) {
+			v.at(p, "%q is not a valid service name: use lowercase letters, digits, '-', '_' or '.'", name)
+		}
+		switch {
+		case s.Start == "" && s.Systemd == "":
+			v.at(p, "service needs start (a command drover runs) or systemd (a unit name)")
+		case s.Start != "" && s.Systemd != "":
+			v.at(p, "give start or systemd, not both")
+		case s.Systemd != "" && !unitRE.MatchString(s.Systemd):
+			v.at(p+".systemd", "%q is not a systemd unit name", s.Systemd)
+		}
+		if s.Systemd != "" && len(s.Ports) > 0 {
+			v.at(p+".ports", "ports apply only to services drover starts (start:), not to systemd units")
+		}
+		seen := map[int]bool{}
+		for i, port := range s.Ports {
+			if port < 1 || port > 65535 {
+				v.at(fmt.Sprintf("%s.ports[%d]", p, i), "%d is not a TCP port", port)
+			}
+			if seen[port] {
+				v.at(fmt.Sprintf("%s.ports[%d]", p, i), "port %d is listed twice", port)
+			}
+			seen[port] = true
+		}
+		usesPort := strings.Contains(s.Start, "{{port}}")
+		if s.Health != nil {
+			usesPort = usesPort || strings.Contains(s.Health.HTTP, "{{port}}") || strings.Contains(s.Health.Command, "{{port}}")
+			if (s.Health.HTTP == "") == (s.Health.Command == "") {
+				v.at(p+".health", "give http (a URL answering 2xx) or command (exits 0 when healthy), one of them")
+			}
+			if s.Health.HTTP != "" && !strings.HasPrefix(s.Health.HTTP, "http://") && !strings.HasPrefix(s.Health.HTTP, "https://") {
+				v.at(p+".health.http", "%q must start with http:// or https://", s.Health.HTTP)
+			}
+			if s.Health.Timeout < 0 || s.Health.Interval < 0 {
+				v.at(p+".health", "timeout and interval must be positive")
+			}
+		}
+		if usesPort && len(s.Ports) == 0 {
+			v.at(p, "uses {{port}} but lists no ports; add ports: [8000]")
+		}
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,175 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/drover/drover/internal/lock"
+	"github.com/drover/drover/internal/release"
+)
+
+// Conn runs `drover node serve` on a host once per call, wiring its stdin
+// and stdout. A transport implements it: a child process locally, an SSH
+// session remotely.
+type Conn interface {
+	Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error
+}
+
+// Call sends req over conn and returns the host's response, passing each
+// event to onEvent (which may be nil) as it arrives. A transport failure
+// (the host unreachable, the process killed) is an error; a failed
+// operation is a Response with OK false.
+func Call(ctx context.Context, conn Conn, req *Request, onEvent func(release.Event)) (*Response, error) {
+	req.Protocol = ProtocolVersion
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	body = append(body, '\n')
+	pr, pw := io.Pipe()
+	var (
+		resp    *Response
+		decErr  error
+		wg      sync.WaitGroup
+		garbage bytes.Buffer
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		resp, decErr = readMessages(pr, onEvent, nil, &garbage)
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	runErr := conn.Serve(ctx, bytes.NewReader(body), pw)
+	pw.Close()
+	wg.Wait()
+	if resp != nil {
+		return resp, nil
+	}
+	return nil, transportError(runErr, decErr, garbage.String())
+}
+
+func transportError(runErr, decErr error, garbage string) error {
+	msg := strings.TrimSpace(garbage)
+	switch {
+	case runErr != nil && msg != "":
+		return fmt.Errorf("%w (output: %s)", runErr, msg)
+	case runErr != nil:
+		return runErr
+	case decErr != nil:
+		return decErr
+	case msg != "":
+		return fmt.Errorf("no result from drover node: %s", msg)
+	}
+	return errors.New("no result from drover node (the process ended without answering)")
+}
+
+// readMessages decodes JSON lines until a result arrives. Lines that are
+// not JSON (a shell's complaint) are kept in garbage for the error.
+func readMessages(r io.Reader, onEvent func(release.Event), onLocked func(lock.Holder), garbage *bytes.Buffer) (*Response, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var m message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			if garbage.Len() < 4096 {
+				garbage.Write(sc.Bytes())
+				garbage.WriteByte('\n')
+			}
+			continue
+		}
+		switch {
+		case m.Result != nil:
+			return m.Result, nil
+		case m.Event != nil && onEvent != nil:
+			onEvent(*m.Event)
+		case m.Locked != nil && onLocked != nil:
+			onLocked(*m.Locked)
+		}
+	}
+	return nil, sc.Err()
+}
+
+// Held is a deploy lock held on one host for as long as its session lives.
+type Held struct {
+	Holder lock.Holder
+	stdin  *io.PipeWriter
+	done   chan struct{}
+	err    error
+}
+
+// Release frees the lock and waits for the host to confirm.
+func (h *Held) Release() error {
+	h.stdin.Close()
+	<-h.done
+	return h.err
+}
+
+// Lost is closed when the session holding the lock ends early (the
+// connection dropped or the lock was taken over).
+func (h *Held) Lost() <-chan struct{} { return h.done }
+
+// Hold takes the deploy lock on the host behind conn and keeps it, with
+// heartbeats run on the host, until Release or until ctx ends. When someone
+// else holds it the error is a *lock.HeldError.
+func Hold(ctx context.Context, conn Conn, req *Request) (*Held, error) {
+	req.Protocol = ProtocolVersion
+	req.Op = OpLock
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	h := &Held{stdin: inW, done: make(chan struct{})}
+	locked := make(chan lock.Holder, 1)
+	result := make(chan *Response, 1)
+	var garbage bytes.Buffer
+	go func() {
+		resp, _ := readMessages(outR, nil, func(l lock.Holder) { locked <- l }, &garbage)
+		result <- resp
+		_, _ = io.Copy(io.Discard, outR)
+	}()
+	runDone := make(chan error, 1)
+	go func() {
+		err := conn.Serve(ctx, inR, outW)
+		outW.Close()
+		runDone <- err
+	}()
+	go func() {
+		_, _ = inW.Write(append(body, '\n'))
+	}()
+	select {
+	case l := <-locked:
+		h.Holder = l
+		go func() {
+			runErr := <-runDone
+			resp := <-result
+			switch {
+			case resp != nil && !resp.OK:
+				h.err = errors.New(resp.Error)
+			case resp == nil && runErr != nil:
+				h.err = runErr
+			}
+			close(h.done)
+		}()
+		return h, nil
+	case resp := <-result:
+		inW.Close()
+		runErr := <-runDone
+		if resp == nil {
+			return nil, transportError(runErr, nil, garbage.String())
+		}
+		if resp.Held && resp.Holder != nil {
+			return nil, &lock.HeldError{Holder: *resp.Holder, Now: time.Now()}
+		}
+		return nil, errors.New(resp.Error)
+	}
+}

@@ -1,0 +1,91 @@
+// Package node is the protocol between a rollout and the release engine on
+// a host: `drover node serve` reads one JSON request on stdin, runs it
+// through internal/release, and writes JSON lines on stdout — events as the
+// work goes, then one result. Push mode runs it over SSH, the local
+// transport as a child process; both speak exactly this.
+package node
+
+import (
+	"time"
+
+	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/lock"
+	"github.com/drover/drover/internal/release"
+	"github.com/drover/drover/internal/service"
+)
+
+// ProtocolVersion changes when Request or Response change incompatibly.
+const ProtocolVersion = 1
+
+// Operations a Request can ask for.
+const (
+	OpPrepare        = "prepare"
+	OpHooks          = "hooks"
+	OpActivate       = "activate"
+	OpRollback       = "rollback"
+	OpRollbackTarget = "rollback-target"
+	OpReleases       = "releases"
+	OpCleanup        = "cleanup"
+	OpExec           = "exec"
+	OpService        = "service"
+	OpLock           = "lock" // hold the lock until stdin closes
+	OpLockManual     = "lock-manual"
+	OpUnlock         = "unlock"
+	OpLockStatus     = "lock-status"
+	OpPing           = "ping"
+)
+
+// Request is one thing a rollout asks of a host.
+type Request struct {
+	Protocol int          `json:"protocol"`
+	Op       string       `json:"op"`
+	App      *config.File `json:"app"`
+	Env      string       `json:"env"`
+	Host     string       `json:"host"`
+	Roles    []string     `json:"roles,omitempty"`
+
+	// Fencing token of the deploy lock the caller holds; 0 = none checked.
+	Token int64 `json:"token,omitempty"`
+
+	ID      string        `json:"id,omitempty"`
+	Commit  string        `json:"commit,omitempty"`
+	Spec    string        `json:"spec,omitempty"`
+	By      string        `json:"by,omitempty"`
+	RunOnce []string      `json:"run_once,omitempty"`
+	Stage   string        `json:"stage,omitempty"`
+	KeepFor time.Duration `json:"keep_for,omitempty"`
+	Keep    int           `json:"keep,omitempty"`
+	To      string        `json:"to,omitempty"`
+	Command string        `json:"command,omitempty"`
+	Service string        `json:"service,omitempty"`
+	Action  string        `json:"action,omitempty"`
+	Port    int           `json:"port,omitempty"`
+	Holder  *lock.Holder  `json:"holder,omitempty"`
+	Export  string        `json:"export,omitempty"`
+	CrashAt string        `json:"crash_at,omitempty"`
+}
+
+// Response is the result of a Request.
+type Response struct {
+	OK        bool              `json:"ok"`
+	Error     string            `json:"error,omitempty"`
+	Step      string            `json:"step,omitempty"` // the step that failed
+	Tail      []string          `json:"tail,omitempty"` // its last lines of output
+	ExitCode  int               `json:"exit_code,omitempty"`
+	Release   *release.Record   `json:"release,omitempty"`
+	Releases  []*release.Record `json:"releases,omitempty"`
+	Active    string            `json:"active,omitempty"`
+	Target    string            `json:"target,omitempty"`
+	Removed   []string          `json:"removed,omitempty"`
+	Processes []service.Process `json:"processes,omitempty"`
+	Holder    *lock.Holder      `json:"holder,omitempty"`
+	Held      bool              `json:"held,omitempty"` // the lock was held by someone else
+	Version   string            `json:"version,omitempty"`
+}
+
+// message is one line on the wire: an event or the result.
+type message struct {
+	Event  *release.Event `json:"event,omitempty"`
+	Result *Response      `json:"result,omitempty"`
+	Locked *lock.Holder   `json:"locked,omitempty"`
+}

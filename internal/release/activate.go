@@ -1,0 +1,438 @@
+package release
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+
+	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/service"
+)
+
+// RunHooks runs the run_once hooks named in runOnce, of one stage, for
+// release id on this host: the rollout chose this host for them.
+func (e *Engine) RunHooks(ctx context.Context, id, stage string, runOnce []string) error {
+	st, err := e.state()
+	if err != nil {
+		return err
+	}
+	rec := st.find(id)
+	if rec == nil {
+		return fmt.Errorf("run %s hooks: release %s is not on this host", stage, id)
+	}
+	dir := e.Layout.Release(id)
+	env := e.hookEnv(rec, dir)
+	for _, h := range e.App.HooksFor(stage) {
+		if !h.RunOnce || !e.hookApplies(h, runOnce) {
+			continue
+		}
+		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {
+			return runCommands(ctx, dir, env, h.Commands, out)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Activate switches this host to the prepared release id: before_activate
+// hooks, the atomic switch of `current`, service restarts, health checks,
+// after_activate hooks. When a restart or health check fails, the host is
+// switched back to the release it ran before and restarted, and the error
+// says so. Activating the active release again does nothing.
+func (e *Engine) Activate(ctx context.Context, id string) error {
+	if err := CheckID(id); err != nil {
+		return err
+	}
+	st, err := e.state()
+	if err != nil {
+		return err
+	}
+	rec := st.find(id)
+	if rec == nil {
+		return fmt.Errorf("activate %s: %w: it is not on this host (run `drover prepare` first)", id, ErrNotPrepared)
+	}
+	active, err := e.Layout.ActiveID()
+	if err != nil {
+		return err
+	}
+	switch rec.Status {
+	case StatusActive:
+		if active == id {
+			return nil
+		}
+	case StatusPrepared, StatusGood, StatusActivating, StatusRolledBack:
+	case StatusFailed:
+		// A failure before the switch (a before_activate hook, a lost
+		// connection) may be resumed; one after it was reverted and needs
+		// a new release.
+		if rec.PreparedAt.IsZero() || rec.done("switch") {
+			return fmt.Errorf("activate %s: %w: it failed in step %s; deploy a new release", id, ErrNotPrepared, rec.FailedStep)
+		}
+	default:
+		return fmt.Errorf("activate %s: %w: its status is %s", id, ErrNotPrepared, rec.Status)
+	}
+	if fi, err := os.Stat(e.Layout.Release(id)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("activate %s: %w: releases/%s is missing", id, ErrNotPrepared, id)
+	}
+	if rec.Status != StatusActivating && rec.Status != StatusFailed {
+		rec.Previous = active
+		if active == id {
+			rec.Previous = ""
+		}
+	}
+	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive {
+		// Going back to an earlier release runs its activation afresh.
+		rec.Steps = slices.DeleteFunc(rec.Steps, func(s Step) bool { return isActivationStep(s.Name) || e.isActivationHook(s.Name) })
+	}
+	rec.Status, rec.FailedStep, rec.Error = StatusActivating, "", ""
+	if err := st.save(); err != nil {
+		return err
+	}
+	dir := e.Layout.Release(id)
+	env := e.hookEnv(rec, dir)
+	for _, h := range e.App.HooksFor(config.StageBeforeActivate) {
+		if h.RunOnce || !e.hookApplies(h, nil) {
+			continue
+		}
+		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {
+			return runCommands(ctx, dir, env, h.Commands, out)
+		}); err != nil {
+			return e.fail(st, rec, err)
+		}
+	}
+	if err := e.runStep(ctx, st, rec, "switch", func(context.Context, *tail) error {
+		return e.Layout.switchCurrent(id)
+	}); err != nil {
+		return e.fail(st, rec, err)
+	}
+	if err := e.runStep(ctx, st, rec, "restart", func(ctx context.Context, out *tail) error {
+		return e.restartServices(ctx, rec, dir, out)
+	}); err != nil {
+		return e.revert(ctx, st, rec, err)
+	}
+	for _, h := range e.App.HooksFor(config.StageAfterActivate) {
+		if h.RunOnce || !e.hookApplies(h, nil) {
+			continue
+		}
+		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {
+			return runCommands(ctx, dir, env, h.Commands, out)
+		}); err != nil {
+			// The release is live and healthy; say the hook failed but do
+			// not take the release down for it.
+			e.markActive(st, rec, active)
+			return err
+		}
+	}
+	return e.markActive(st, rec, active)
+}
+
+func (e *Engine) isActivationHook(step string) bool {
+	for _, stage := range []string{config.StageBeforeActivate, config.StageAfterActivate} {
+		for _, h := range e.App.HooksFor(stage) {
+			if step == "hook:"+h.Name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (e *Engine) markActive(st *state, rec *Record, previous string) error {
+	for _, r := range st.releases {
+		if r.Status == StatusActive && r.ID != rec.ID {
+			r.Status = StatusGood
+		}
+	}
+	rec.Status, rec.ActivatedAt = StatusActive, e.now()
+	_ = previous
+	return st.save()
+}
+
+// revert switches back to the release that ran before rec after a failed
+// restart or health check, restarts it, and marks rec failed.
+func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error) error {
+	rec.Status = StatusFailed
+	prev := rec.Previous
+	var rerr error
+	if prev == "" {
+		e.emit(Event{Kind: EventInfo, Step: "revert", Line: "no earlier release: stopping services and removing current"})
+		rerr = errors.Join(e.stopServices(ctx), e.Layout.removeCurrent())
+	} else {
+		e.emit(Event{Kind: EventInfo, Step: "revert", Line: "switching back to " + prev})
+		rerr = e.Layout.switchCurrent(prev)
+		if rerr == nil {
+			pr := st.find(prev)
+			rerr = e.restartServices(ctx, pr, e.Layout.Release(prev), lineWriter(func(l string) {
+				e.emit(Event{Kind: EventOutput, Step: "revert", Line: l})
+			}))
+		}
+	}
+	if serr := st.save(); serr != nil {
+		rerr = errors.Join(rerr, serr)
+	}
+	if rerr != nil {
+		return fmt.Errorf("%w; switching back to %q also failed: %v", cause, prev, rerr)
+	}
+	if prev == "" {
+		return fmt.Errorf("%w; this was the first release, so nothing runs now", cause)
+	}
+	return fmt.Errorf("%w; switched back to %s", cause, prev)
+}
+
+func (e *Engine) manager(rec *Record, dir string) *service.Manager {
+	return &service.Manager{SharedDir: e.Layout.Shared(), Env: e.hookEnv(rec, dir), Logger: e.log()}
+}
+
+// restartServices restarts every service from dir, waiting for health.
+func (e *Engine) restartServices(ctx context.Context, rec *Record, dir string, out io.Writer) error {
+	m := e.manager(rec, dir)
+	for _, s := range e.services() {
+		fmt.Fprintf(out, "restarting %s\n", s.Name)
+		if err := m.Restart(ctx, s, dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Engine) stopServices(ctx context.Context) error {
+	m := e.manager(nil, "")
+	var errs []error
+	for _, s := range e.services() {
+		if s.Systemd != "" {
+			errs = append(errs, m.Stop(ctx, s, 0))
+			continue
+		}
+		for _, p := range s.Ports {
+			errs = append(errs, m.Stop(ctx, s, p))
+		}
+		if len(s.Ports) == 0 {
+			errs = append(errs, m.Stop(ctx, s, 0))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Rollback switches back to release to, or when to is empty to the newest
+// good release older than the active one, and restarts services.
+func (e *Engine) Rollback(ctx context.Context, to string) (string, error) {
+	st, err := e.state()
+	if err != nil {
+		return "", err
+	}
+	active, err := e.Layout.ActiveID()
+	if err != nil {
+		return "", err
+	}
+	if to == "" {
+		to = e.rollbackTarget(st, active)
+		if to == "" {
+			return "", errors.New("rollback: no earlier good release on this host")
+		}
+	}
+	rec := st.find(to)
+	if rec == nil {
+		return "", fmt.Errorf("rollback: release %s is not on this host", to)
+	}
+	if rec.Status != StatusGood && rec.Status != StatusActive && rec.Status != StatusPrepared && rec.Status != StatusRolledBack {
+		return "", fmt.Errorf("rollback: release %s is %s, not a good release", to, rec.Status)
+	}
+	if to == active {
+		return to, nil
+	}
+	if cur := st.find(active); cur != nil {
+		cur.Status = StatusRolledBack
+	}
+	if err := st.save(); err != nil {
+		return "", err
+	}
+	if err := e.Activate(ctx, to); err != nil {
+		return "", err
+	}
+	return to, nil
+}
+
+// RollbackTarget returns the release a plain `rollback` would switch to.
+func (e *Engine) RollbackTarget() (string, error) {
+	st, err := e.state()
+	if err != nil {
+		return "", err
+	}
+	active, err := e.Layout.ActiveID()
+	if err != nil {
+		return "", err
+	}
+	return e.rollbackTarget(st, active), nil
+}
+
+func (e *Engine) rollbackTarget(st *state, active string) string {
+	best := ""
+	for _, r := range st.releases {
+		if r.Status == StatusGood && r.ID != active && r.ID < active && r.ID > best {
+			best = r.ID
+		}
+	}
+	if best == "" && active != "" {
+		if cur := st.find(active); cur != nil && cur.Previous != "" {
+			if p := st.find(cur.Previous); p != nil && p.Status == StatusGood {
+				best = p.ID
+			}
+		}
+	}
+	return best
+}
+
+// Cleanup removes old and failed releases beyond keep. It never removes the
+// active release, the rollback target, a pinned release, or one being
+// prepared; failed ones go first. It returns the IDs it removed.
+func (e *Engine) Cleanup(ctx context.Context, keep int) ([]string, error) {
+	st, err := e.state()
+	if err != nil {
+		return nil, err
+	}
+	active, err := e.Layout.ActiveID()
+	if err != nil {
+		return nil, err
+	}
+	protected := map[string]bool{active: true, e.rollbackTarget(st, active): true}
+	now := e.now()
+	var remove []*Record
+	kept := 0
+	sorted := slices.Clone(st.releases)
+	slices.SortFunc(sorted, func(a, b *Record) int { return cmpString(b.ID, a.ID) })
+	for _, r := range sorted {
+		switch {
+		case protected[r.ID] || r.Pinned(now):
+			if r.Status != StatusFailed {
+				kept++
+			}
+		case r.Status == StatusFailed || r.Status == StatusRolledBack:
+			remove = append(remove, r)
+		case r.Status == StatusPreparing || r.Status == StatusActivating:
+			// Interrupted: `resume` may still want it. Count it as failed
+			// once it is older than the newest kept release.
+			if kept > 0 {
+				remove = append(remove, r)
+			}
+		default:
+			if kept < keep {
+				kept++
+			} else {
+				remove = append(remove, r)
+			}
+		}
+	}
+	var removed []string
+	for _, r := range remove {
+		if err := ctx.Err(); err != nil {
+			return removed, err
+		}
+		if err := os.RemoveAll(e.Layout.Release(r.ID)); err != nil {
+			return removed, fmt.Errorf("cleanup %s: %w", r.ID, err)
+		}
+		os.RemoveAll(e.Layout.Release(r.ID) + ".tmp")
+		st.releases = slices.DeleteFunc(st.releases, func(x *Record) bool { return x.ID == r.ID })
+		removed = append(removed, r.ID)
+	}
+	// Leftover directories no record knows (a crash before the first
+	// record) are removed too, unless current points there.
+	if entries, err := os.ReadDir(e.Layout.Releases()); err == nil {
+		for _, de := range entries {
+			name := de.Name()
+			if st.find(name) == nil && name != active && (ValidID(name) || len(name) > 4 && name[len(name)-4:] == ".tmp") {
+				if err := os.RemoveAll(e.Layout.Release(name)); err == nil {
+					removed = append(removed, name)
+				}
+			}
+		}
+	}
+	return removed, st.save()
+}
+
+// Exec runs command with sh -c in the active release with the DROVER_*
+// environment, streaming its output.
+func (e *Engine) Exec(ctx context.Context, command string, stdin io.Reader, stdout, stderr io.Writer) error {
+	active, err := e.Layout.ActiveID()
+	if err != nil {
+		return err
+	}
+	if active == "" {
+		return errors.New("exec: no active release on this host (deploy first)")
+	}
+	st, err := e.state()
+	if err != nil {
+		return err
+	}
+	dir := e.Layout.Release(active)
+	return runShell(ctx, dir, e.hookEnv(st.find(active), dir), command, stdin, stdout, stderr)
+}
+
+// ServiceAction controls one service (or all, when name is empty) on this
+// host: start, stop, restart or status. port 0 means every port.
+func (e *Engine) ServiceAction(ctx context.Context, action, name string, port int) ([]service.Process, error) {
+	active, err := e.Layout.ActiveID()
+	if err != nil {
+		return nil, err
+	}
+	st, err := e.state()
+	if err != nil {
+		return nil, err
+	}
+	dir := e.Layout.Release(active)
+	m := e.manager(st.find(active), dir)
+	var out []service.Process
+	found := false
+	for _, s := range e.services() {
+		if name != "" && s.Name != name {
+			continue
+		}
+		found = true
+		ports := s.Ports
+		if port != 0 {
+			if !slices.Contains(s.Ports, port) {
+				return nil, fmt.Errorf("service %s has no port %d (ports: %v)", s.Name, port, s.Ports)
+			}
+			ports = []int{port}
+		}
+		if len(ports) == 0 {
+			ports = []int{0}
+		}
+		if (action == "start" || action == "restart") && active == "" {
+			return nil, errors.New("no active release on this host (deploy first)")
+		}
+		for _, p := range ports {
+			var err error
+			switch action {
+			case "start":
+				err = m.Start(ctx, s, dir, p)
+			case "stop":
+				err = m.Stop(ctx, s, p)
+			case "restart":
+				s2 := s
+				if p != 0 {
+					s2.Ports = []int{p}
+				}
+				err = m.Restart(ctx, s2, dir)
+			case "status":
+			default:
+				return nil, fmt.Errorf("unknown service action %q; use start, stop, restart or status", action)
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+		for _, p := range m.Status(s) {
+			if port == 0 || p.Port == port {
+				out = append(out, p)
+			}
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("no service named %q (services: %v)", name, e.App.ServiceNames())
+	}
+	return out, nil
+}

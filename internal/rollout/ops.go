@@ -1,0 +1,202 @@
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/drover/drover/internal/node"
+	"github.com/drover/drover/internal/release"
+)
+
+// HostReleases is what one host reports about its releases.
+type HostReleases struct {
+	Host     string            `json:"host"`
+	Active   string            `json:"active"`
+	Releases []*release.Record `json:"releases"`
+	Target   string            `json:"rollback_target,omitempty"`
+	Error    string            `json:"error,omitempty"`
+}
+
+// Each sends a request made by mk to every target in parallel and returns
+// the responses in target order; a transport error becomes a Response with
+// OK false.
+func Each(ctx context.Context, plan *Plan, targets []Target, mk func(*node.Request), onEvent func(host string, ev release.Event)) []*node.Response {
+	out := make([]*node.Response, len(targets))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h := t.Host()
+			req := &node.Request{App: plan.App, Env: plan.Env.Name, Host: h.Name, Roles: h.Roles, By: plan.By}
+			mk(req)
+			var cb func(release.Event)
+			if onEvent != nil {
+				cb = func(ev release.Event) { onEvent(h.Name, ev) }
+			}
+			resp, err := node.Call(ctx, t, req, cb)
+			if err != nil {
+				resp = &node.Response{Error: "unreachable: " + err.Error()}
+			}
+			out[i] = resp
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// Releases asks every host for its releases and its rollback target.
+func Releases(ctx context.Context, plan *Plan, targets []Target) []*HostReleases {
+	resps := Each(ctx, plan, targets, func(r *node.Request) { r.Op = node.OpRollbackTarget }, nil)
+	out := make([]*HostReleases, len(targets))
+	for i, t := range targets {
+		resp := resps[i]
+		out[i] = &HostReleases{Host: t.Host().Name, Active: resp.Active, Releases: resp.Releases, Target: resp.Target, Error: resp.Error}
+	}
+	return out
+}
+
+// RollbackTarget finds the release every host can go back to: to when it
+// is given, else the hosts' common previous good release. It refuses,
+// naming the hosts, when one lacks the release.
+func RollbackTarget(hosts []*HostReleases, to string) (string, error) {
+	var problems []string
+	for _, h := range hosts {
+		if h.Error != "" {
+			problems = append(problems, fmt.Sprintf("%s: %s", h.Host, h.Error))
+		}
+	}
+	if len(problems) > 0 {
+		return "", fmt.Errorf("cannot roll back, not every host answered:\n  %s", strings.Join(problems, "\n  "))
+	}
+	if to == "" {
+		targets := map[string][]string{}
+		for _, h := range hosts {
+			targets[h.Target] = append(targets[h.Target], h.Host)
+		}
+		if len(targets) == 1 {
+			for t := range targets {
+				to = t
+			}
+		}
+		if to == "" {
+			var parts []string
+			for t, hs := range targets {
+				if t == "" {
+					t = "(none)"
+				}
+				parts = append(parts, fmt.Sprintf("%s → %s", strings.Join(hs, ", "), t))
+			}
+			sort.Strings(parts)
+			return "", fmt.Errorf("hosts disagree on the previous good release (%s); pick one with --to RELEASE (see `drover releases`)", strings.Join(parts, "; "))
+		}
+	}
+	var missing []string
+	for _, h := range hosts {
+		idx := slices.IndexFunc(h.Releases, func(r *release.Record) bool { return r.ID == to })
+		if idx < 0 {
+			missing = append(missing, h.Host+" (not there)")
+			continue
+		}
+		switch h.Releases[idx].Status {
+		case release.StatusGood, release.StatusActive, release.StatusRolledBack, release.StatusPrepared:
+		default:
+			missing = append(missing, fmt.Sprintf("%s (%s)", h.Host, h.Releases[idx].Status))
+		}
+	}
+	if len(missing) > 0 {
+		return "", fmt.Errorf("cannot roll back to %s: not a good release on %s", to, strings.Join(missing, ", "))
+	}
+	return to, nil
+}
+
+// Resumable finds the release of the last unfinished deploy on these hosts:
+// the newest release that some host holds and not every host runs. It
+// returns its ID, commit and spec.
+func Resumable(hosts []*HostReleases) (id, commit, spec string, err error) {
+	var problems []string
+	for _, h := range hosts {
+		if h.Error != "" {
+			problems = append(problems, fmt.Sprintf("%s: %s", h.Host, h.Error))
+		}
+	}
+	if len(problems) > 0 {
+		return "", "", "", fmt.Errorf("cannot resume, not every host answered:\n  %s", strings.Join(problems, "\n  "))
+	}
+	newest := ""
+	var rec *release.Record
+	for _, h := range hosts {
+		for _, r := range h.Releases {
+			if r.ID > newest {
+				newest, rec = r.ID, r
+			}
+		}
+	}
+	if rec == nil {
+		return "", "", "", fmt.Errorf("nothing to resume: no host has a release")
+	}
+	all := true
+	for _, h := range hosts {
+		if h.Active != newest {
+			all = false
+		}
+	}
+	if all {
+		return "", "", "", fmt.Errorf("nothing to resume: every host runs %s", newest)
+	}
+	for _, h := range hosts {
+		for _, r := range h.Releases {
+			if r.ID == newest && r.Status == release.StatusFailed && r.PreparedAt.IsZero() == false && hasStep(r, "switch") {
+				return "", "", "", fmt.Errorf("cannot resume %s: its activation failed on %s and was reverted; deploy again or roll back", newest, h.Host)
+			}
+		}
+	}
+	return newest, rec.Commit, rec.Spec, nil
+}
+
+func hasStep(r *release.Record, name string) bool {
+	for _, s := range r.Steps {
+		if s.Name == name && s.OK {
+			return true
+		}
+	}
+	return false
+}
+
+// Rollback locks every host and switches it to plan.ID, which the caller
+// checked with RollbackTarget, restarting services.
+func Rollback(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*Report, error) {
+	r := &run{plan: plan, targets: targets, obs: obs, results: map[string]*HostResult{}, tokens: map[string]int64{}}
+	rep := &Report{App: plan.App.App, Env: plan.Env.Name, Release: plan.ID}
+	defer func() {
+		for _, t := range targets {
+			rep.Hosts = append(rep.Hosts, r.result(t))
+		}
+	}()
+	obs.Phase("lock")
+	ctx, unlock, err := r.lockAll(ctx)
+	if err != nil {
+		rep.Err = err.Error()
+		return rep, err
+	}
+	defer unlock()
+	obs.Phase("rollback")
+	rep.Activate = true
+	r.each(ctx, 0, func(ctx context.Context, t Target) {
+		req := r.request(t, node.OpRollback)
+		req.To = plan.ID
+		resp, ok := r.call(ctx, t, "rollback", req)
+		if ok {
+			r.result(t).Release = resp.Active
+		}
+		obs.Done(t.Host().Name, r.result(t))
+	})
+	if r.failed() {
+		rep.Err = r.mixedSummary()
+	}
+	return rep, nil
+}

@@ -1,0 +1,425 @@
+// Package rollout moves an environment's hosts to a release: lock every
+// host, prepare everywhere in parallel, run the run_once hooks on exactly one
+// host, then activate with a strategy (two-phase, serial, rolling). It drives
+// Targets and never knows how a target is reached.
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/lock"
+	"github.com/drover/drover/internal/node"
+	"github.com/drover/drover/internal/release"
+)
+
+// Target is one host a rollout moves to a release.
+type Target interface {
+	node.Conn
+	// Host is the host's entry in drover.yml.
+	Host() *config.Host
+}
+
+// Observer receives a rollout's progress. Calls come from many goroutines.
+type Observer interface {
+	// Phase announces a phase of the rollout: lock, prepare, run_once, activate, cleanup.
+	Phase(name string)
+	// Event is a step starting or ending, or a line of output, on host.
+	Event(host string, ev release.Event)
+	// Done is the outcome of a phase on one host.
+	Done(host string, r *HostResult)
+}
+
+// Host outcomes.
+const (
+	StateOK          = "ok"
+	StateFailed      = "failed"
+	StateUnreachable = "unreachable"
+	StateSkipped     = "skipped"
+)
+
+// HostResult is what happened on one host.
+type HostResult struct {
+	Host     string        `json:"host"`
+	State    string        `json:"state"`
+	Phase    string        `json:"phase"`          // the last phase it took part in
+	Step     string        `json:"step,omitempty"` // the step that failed
+	Error    string        `json:"error,omitempty"`
+	Tail     []string      `json:"tail,omitempty"`
+	Release  string        `json:"release,omitempty"` // the release it runs at the end, when known
+	Prepare  time.Duration `json:"prepare"`
+	Activate time.Duration `json:"activate"`
+}
+
+// Report is the outcome of a rollout.
+type Report struct {
+	App      string        `json:"app"`
+	Env      string        `json:"env"`
+	Release  string        `json:"release"`
+	Commit   string        `json:"commit"`
+	Hosts    []*HostResult `json:"hosts"`
+	Elapsed  time.Duration `json:"elapsed"`
+	Window   time.Duration `json:"activation_window"` // from the first switch to the last host active
+	Err      string        `json:"error,omitempty"`
+	Activate bool          `json:"activated"`
+}
+
+// OK reports whether every host succeeded.
+func (r *Report) OK() bool {
+	if r.Err != "" {
+		return false
+	}
+	for _, h := range r.Hosts {
+		if h.State != StateOK {
+			return false
+		}
+	}
+	return true
+}
+
+// Plan is one rollout of a release to an environment.
+type Plan struct {
+	App      *config.File
+	Env      *config.Environment
+	ID       string // release ID, the same on every host (release.NewID)
+	Commit   string
+	Spec     string
+	By       string
+	Strategy string // config.StrategyTwoPhase, StrategySerial or StrategyRolling
+	Batch    int    // hosts per batch for rolling
+	Parallel int    // hosts prepared at once; 0 = all
+	KeepFor  time.Duration
+	Export   string
+	Command  string        // what the deployer runs, shown to a blocked deployer
+	Lease    time.Duration // deploy lock lease
+	// PrepareOnly stops after prepare (drover prepare); ActivateOnly skips it (drover activate).
+	PrepareOnly, ActivateOnly bool
+}
+
+// Deployer names who deploys: user@machine.
+func Deployer() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return name + "@" + host
+}
+
+type run struct {
+	plan    *Plan
+	targets []Target
+	obs     Observer
+	results map[string]*HostResult
+	mu      sync.Mutex
+	tokens  map[string]int64
+}
+
+func (r *run) result(t Target) *HostResult {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	name := t.Host().Name
+	if r.results[name] == nil {
+		r.results[name] = &HostResult{Host: name, State: StateOK}
+	}
+	return r.results[name]
+}
+
+func (r *run) request(t Target, op string) *node.Request {
+	h := t.Host()
+	r.mu.Lock()
+	token := r.tokens[h.Name]
+	r.mu.Unlock()
+	return &node.Request{Op: op, App: r.plan.App, Env: r.plan.Env.Name, Host: h.Name, Roles: h.Roles, Token: token,
+		ID: r.plan.ID, Commit: r.plan.Commit, Spec: r.plan.Spec, By: r.plan.By, Export: r.plan.Export}
+}
+
+// call runs req on t and records a failure in t's result.
+func (r *run) call(ctx context.Context, t Target, phase string, req *node.Request) (*node.Response, bool) {
+	name := t.Host().Name
+	resp, err := node.Call(ctx, t, req, func(ev release.Event) { r.obs.Event(name, ev) })
+	res := r.result(t)
+	res.Phase = phase
+	switch {
+	case err != nil:
+		res.State, res.Error = StateUnreachable, err.Error()
+		if ctx.Err() != nil {
+			res.State, res.Error = StateFailed, "interrupted: "+ctx.Err().Error()
+		}
+	case !resp.OK:
+		res.State, res.Error, res.Step, res.Tail = StateFailed, resp.Error, resp.Step, resp.Tail
+	default:
+		return resp, true
+	}
+	return resp, false
+}
+
+// Deploy runs plan on targets and reports per host. It returns an error only
+// when the rollout could not start (bad plan, lock held); host failures are
+// in the report.
+func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*Report, error) {
+	start := time.Now()
+	r := &run{plan: plan, targets: targets, obs: obs, results: map[string]*HostResult{}, tokens: map[string]int64{}}
+	rep := &Report{App: plan.App.App, Env: plan.Env.Name, Release: plan.ID, Commit: plan.Commit}
+	defer func() {
+		rep.Elapsed = time.Since(start)
+		for _, t := range targets {
+			rep.Hosts = append(rep.Hosts, r.result(t))
+		}
+	}()
+
+	obs.Phase("lock")
+	ctx, unlock, err := r.lockAll(ctx)
+	if err != nil {
+		rep.Err = err.Error()
+		return rep, err
+	}
+	defer unlock()
+
+	if !plan.ActivateOnly {
+		obs.Phase("prepare")
+		if !r.prepareAll(ctx) {
+			rep.Err = "no host was activated because a host failed to prepare; fix it and run `drover resume`"
+			r.skipRest("activate")
+			return rep, nil
+		}
+	}
+	if plan.PrepareOnly {
+		return rep, nil
+	}
+	if !r.runOnce(ctx, config.StageBeforeActivate) {
+		rep.Err = "no host was activated because a run_once hook failed"
+		r.skipRest("activate")
+		return rep, nil
+	}
+	obs.Phase("activate")
+	rep.Activate = true
+	window := r.activate(ctx)
+	rep.Window = window
+	if r.failed() {
+		rep.Err = r.mixedSummary()
+		return rep, nil
+	}
+	if !r.runOnce(ctx, config.StageAfterActivate) {
+		rep.Err = "a run_once after_activate hook failed; every host runs the new release"
+		return rep, nil
+	}
+	obs.Phase("cleanup")
+	r.each(ctx, 0, func(ctx context.Context, t Target) {
+		req := r.request(t, node.OpCleanup)
+		if resp, err := node.Call(ctx, t, req, nil); err == nil && !resp.OK {
+			obs.Event(t.Host().Name, release.Event{Kind: release.EventInfo, Step: "cleanup", Line: "cleanup failed: " + resp.Error})
+		}
+	})
+	return rep, nil
+}
+
+// lockAll takes the deploy lock on every host. The returned context is
+// cancelled if any host loses its lock; release frees them all.
+func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
+	ctx, cancel := context.WithCancel(ctx)
+	holder := lock.Holder{Owner: r.plan.By, PID: os.Getpid(), Command: r.plan.Command, Lease: r.plan.Lease}
+	var (
+		mu    sync.Mutex
+		helds []*node.Held
+		errs  []error
+	)
+	r.each(ctx, 0, func(ctx context.Context, t Target) {
+		req := r.request(t, node.OpLock)
+		req.Holder = &holder
+		h, err := node.Hold(ctx, t, req)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			res := r.result(t)
+			res.Phase, res.State, res.Error = "lock", StateFailed, err.Error()
+			var he *lock.HeldError
+			if !errors.As(err, &he) {
+				res.State = StateUnreachable
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", t.Host().Name, err))
+			return
+		}
+		helds = append(helds, h)
+		r.tokens[t.Host().Name] = h.Holder.Token
+		go func() {
+			select {
+			case <-h.Lost():
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	})
+	release := func() {
+		for _, h := range helds {
+			_ = h.Release()
+		}
+		cancel()
+	}
+	if len(errs) > 0 {
+		release()
+		r.skipRest("prepare")
+		return nil, nil, fmt.Errorf("could not lock every host, nothing was changed:\n  %w", errors.Join(errs...))
+	}
+	return ctx, release, nil
+}
+
+// each runs fn for every target, at most limit at once (0 = all).
+func (r *run) each(ctx context.Context, limit int, fn func(context.Context, Target)) {
+	var g errgroup.Group
+	if limit > 0 {
+		g.SetLimit(limit)
+	}
+	for _, t := range r.targets {
+		g.Go(func() error { fn(ctx, t); return nil })
+	}
+	_ = g.Wait()
+}
+
+// runOnceHosts picks, for each run_once hook of stage, the first host (in
+// drover.yml order) with the hook's role.
+func (r *run) runOnceHosts(stage string) map[Target][]string {
+	out := map[Target][]string{}
+	for _, h := range r.plan.App.HooksFor(stage) {
+		if !h.RunOnce {
+			continue
+		}
+		for _, t := range r.targets {
+			if t.Host().HasRole(h.Role) {
+				out[t] = append(out[t], h.Name)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func (r *run) prepareAll(ctx context.Context) bool {
+	chosen := r.runOnceHosts(config.StagePrepare)
+	r.each(ctx, r.plan.Parallel, func(ctx context.Context, t Target) {
+		start := time.Now()
+		req := r.request(t, node.OpPrepare)
+		req.RunOnce = chosen[t]
+		req.KeepFor = r.plan.KeepFor
+		_, ok := r.call(ctx, t, "prepare", req)
+		res := r.result(t)
+		res.Prepare = time.Since(start)
+		if ok {
+			r.obs.Done(t.Host().Name, res)
+		} else {
+			r.obs.Done(t.Host().Name, res)
+		}
+	})
+	return !r.failed()
+}
+
+func (r *run) runOnce(ctx context.Context, stage string) bool {
+	chosen := r.runOnceHosts(stage)
+	if len(chosen) == 0 {
+		return true
+	}
+	r.obs.Phase("run_once " + stage)
+	for _, t := range r.targets {
+		hooks := chosen[t]
+		if len(hooks) == 0 {
+			continue
+		}
+		req := r.request(t, node.OpHooks)
+		req.Stage, req.RunOnce = stage, hooks
+		if _, ok := r.call(ctx, t, "run_once", req); !ok {
+			r.obs.Done(t.Host().Name, r.result(t))
+			return false
+		}
+	}
+	return true
+}
+
+// activate switches hosts by the plan's strategy and returns the
+// activation window: from the first host starting to the last finishing.
+func (r *run) activate(ctx context.Context) time.Duration {
+	start := time.Now()
+	one := func(ctx context.Context, t Target) {
+		t0 := time.Now()
+		resp, ok := r.call(ctx, t, "activate", r.request(t, node.OpActivate))
+		res := r.result(t)
+		res.Activate = time.Since(t0)
+		if ok {
+			res.Release = resp.Active
+		}
+		r.obs.Done(t.Host().Name, res)
+	}
+	switch r.plan.Strategy {
+	case config.StrategySerial, config.StrategyRolling:
+		batch := 1
+		if r.plan.Strategy == config.StrategyRolling && r.plan.Batch > 1 {
+			batch = r.plan.Batch
+		}
+		for i := 0; i < len(r.targets); i += batch {
+			group := r.targets[i:min(i+batch, len(r.targets))]
+			sub := &run{plan: r.plan, targets: group, obs: r.obs, results: r.results, tokens: r.tokens}
+			sub.each(ctx, 0, one)
+			if r.failed() {
+				r.skipRest("activate")
+				break
+			}
+		}
+	default:
+		r.each(ctx, 0, one)
+	}
+	return time.Since(start)
+}
+
+func (r *run) failed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, res := range r.results {
+		if res.State != StateOK && res.State != StateSkipped {
+			return true
+		}
+	}
+	return false
+}
+
+// skipRest marks hosts that have no outcome yet as skipped in phase.
+func (r *run) skipRest(phase string) {
+	for _, t := range r.targets {
+		res := r.result(t)
+		r.mu.Lock()
+		if res.State == StateOK && res.Phase != "activate" {
+			res.State, res.Phase = StateSkipped, phase
+			if res.Error == "" {
+				res.Error = "not " + phase + "d: another host failed"
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+// mixedSummary names the hosts left on another release after a failed
+// activation.
+func (r *run) mixedSummary() string {
+	var on, off []string
+	for _, t := range r.targets {
+		res := r.result(t)
+		if res.State == StateOK && res.Phase == "activate" {
+			on = append(on, res.Host)
+		} else {
+			off = append(off, res.Host)
+		}
+	}
+	slices.Sort(on)
+	slices.Sort(off)
+	if len(on) == 0 {
+		return fmt.Sprintf("no host runs %s; %v kept (or went back to) their previous release", r.plan.ID, off)
+	}
+	return fmt.Sprintf("hosts run different releases: %v run %s, %v do not; run `drover resume` after fixing, or `drover rollback`", on, r.plan.ID, off)
+}

@@ -1,0 +1,85 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+
+	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/rollout"
+	"github.com/drover/drover/internal/transport/ssh"
+)
+
+// sshTarget runs `drover node serve` over one SSH connection per host,
+// with the drover binary copied there once per version.
+type sshTarget struct {
+	client *ssh.Client
+	remote string // path of the drover binary on the host
+	host   *config.Host
+}
+
+func (t *sshTarget) Host() *config.Host { return t.host }
+
+// Serve runs one node request in a new session on the shared connection.
+func (t *sshTarget) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
+	var stderr bytes.Buffer
+	err := t.client.Run(ctx, shellQuote(t.remote)+" node serve", stdin, stdout, &limitedBuffer{b: &stderr, n: 16 << 10})
+	if err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			return fmt.Errorf("%w: %s", err, msg)
+		}
+		return err
+	}
+	return nil
+}
+
+func openSSH(ctx context.Context, h *config.Host, opts Options) (rollout.Target, func() error, error) {
+	identity := h.IdentityFile
+	if identity == "" {
+		identity = opts.IdentityFile
+	}
+	c, err := ssh.Dial(ctx, ssh.Config{
+		Name: h.Name, Host: h.Host, Port: h.Port, User: h.User, IdentityFile: identity,
+		KnownHosts: opts.KnownHosts, AcceptNew: opts.AcceptNew, SSHConfig: opts.SSHConfig,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var arch bytes.Buffer
+	if err := c.Run(ctx, "uname -sm", nil, &arch, io.Discard); err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("uname: %w", err)
+	}
+	want := map[string]string{"amd64": "Linux x86_64", "arm64": "Linux aarch64"}[runtime.GOARCH]
+	if got := strings.TrimSpace(arch.String()); !opts.explicitBinary && (runtime.GOOS != "linux" || got != want) {
+		c.Close()
+		return nil, nil, fmt.Errorf("host is %q but this drover is %s/%s; build drover for the host and pass --node-binary", got, runtime.GOOS, runtime.GOARCH)
+	}
+	remote, err := c.EnsureBinary(ctx, opts.Binary)
+	if err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("copy drover to host: %w", err)
+	}
+	return &sshTarget{client: c, remote: remote, host: h}, c.Close, nil
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+type limitedBuffer struct {
+	b *bytes.Buffer
+	n int
+}
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if l.n > 0 {
+		k := min(len(p), l.n)
+		l.b.Write(p[:k])
+		l.n -= k
+	}
+	return len(p), nil
+}

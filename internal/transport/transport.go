@@ -1,0 +1,110 @@
+// Package transport opens the hosts of an environment as rollout targets:
+// `transport: local` hosts run the engine in a child process, the others
+// over one reused SSH connection each. Dials are parallel and bounded.
+package transport
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/rollout"
+	"github.com/drover/drover/internal/transport/local"
+)
+
+// Options are how to reach hosts.
+type Options struct {
+	Binary       string   // the drover binary to run on hosts; default os.Executable()
+	Env          []string // extra environment for local node processes
+	KnownHosts   string   // default ~/.ssh/known_hosts
+	SSHConfig    string   // default ~/.ssh/config
+	IdentityFile string   // used when a host names none
+	AcceptNew    bool     // add unknown host keys to known_hosts
+	MaxDials     int      // concurrent SSH dials; default 16
+
+	explicitBinary bool
+}
+
+// HostError is a host that could not be opened.
+type HostError struct {
+	Host string
+	Err  error
+}
+
+func (e *HostError) Error() string { return fmt.Sprintf("%s: %v", e.Host, e.Err) }
+func (e *HostError) Unwrap() error { return e.Err }
+
+// Set is the open targets of one rollout; Close closes them all.
+type Set struct {
+	Targets []rollout.Target
+	closers []func() error
+}
+
+// Close closes every connection.
+func (s *Set) Close() {
+	for _, c := range s.closers {
+		_ = c()
+	}
+}
+
+// Open reaches every host. It returns the targets in host order and one
+// *HostError per host that could not be reached; the caller decides
+// whether to go on without them.
+func Open(ctx context.Context, hosts []*config.Host, opts Options) (*Set, []*HostError) {
+	opts.explicitBinary = opts.Binary != ""
+	if opts.Binary == "" {
+		opts.Binary, _ = os.Executable()
+	}
+	if opts.MaxDials == 0 {
+		opts.MaxDials = 16
+	}
+	targets := make([]rollout.Target, len(hosts))
+	closers := make([]func() error, len(hosts))
+	errs := make([]*HostError, len(hosts))
+	var g errgroup.Group
+	g.SetLimit(opts.MaxDials)
+	var mu sync.Mutex
+	for i, h := range hosts {
+		g.Go(func() error {
+			t, closer, err := open(ctx, h, opts)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs[i] = &HostError{Host: h.Name, Err: err}
+				return nil
+			}
+			targets[i], closers[i] = t, closer
+			return nil
+		})
+	}
+	_ = g.Wait()
+	set := &Set{}
+	var failed []*HostError
+	for i := range hosts {
+		if errs[i] != nil {
+			failed = append(failed, errs[i])
+			continue
+		}
+		set.Targets = append(set.Targets, targets[i])
+		set.closers = append(set.closers, closers[i])
+	}
+	return set, failed
+}
+
+func open(ctx context.Context, h *config.Host, opts Options) (rollout.Target, func() error, error) {
+	if h.Transport == config.TransportLocal {
+		return &localTarget{Conn: local.Conn{Binary: opts.Binary, Env: opts.Env}, host: h}, func() error { return nil }, nil
+	}
+	return openSSH(ctx, h, opts)
+}
+
+type localTarget struct {
+	local.Conn
+	host *config.Host
+}
+
+func (t *localTarget) Host() *config.Host { return t.host }
