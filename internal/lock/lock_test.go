@@ -117,7 +117,9 @@ func TestHoldReleasesOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Holder, 1)
 	done := make(chan error, 1)
-	go func() { done <- f.Hold(ctx, Holder{Owner: "a", Lease: 300 * time.Millisecond}, func(h Holder) { ready <- h }) }()
+	go func() {
+		done <- f.Hold(ctx, Holder{Owner: "a", Lease: 300 * time.Millisecond}, func(h Holder) { ready <- h })
+	}()
 	h := <-ready
 	// Past several leases the holder is still fresh: Hold heartbeats.
 	deadline := time.Now().Add(900 * time.Millisecond)

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 )
 
 // ErrNotFound is wrapped when a branch, tag or commit does not exist in the
@@ -173,16 +175,30 @@ func (m *Mirror) exportArchive(ctx context.Context, sha, dir string) error {
 }
 
 // Untar unpacks a tar stream into dir. It refuses entries that would land
-// outside dir.
+// outside dir. Regular files are written by a few goroutines while the
+// stream is read, with raw syscalls: unpacking many small files is bound by
+// open/write/close, not by reading.
 func Untar(r io.Reader, dir string) error {
 	tr := tar.NewReader(r)
-	buf := make([]byte, 128<<10)
+	w := newWriters(4)
+	made := map[string]bool{dir: true}
+	mkdir := func(d string) error {
+		if made[d] {
+			return nil
+		}
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+		made[d] = true
+		return nil
+	}
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
-			return nil
+			break
 		}
 		if err != nil {
+			w.wait()
 			return fmt.Errorf("read archive: %w", err)
 		}
 		name := filepath.Clean(hdr.Name)
@@ -190,42 +206,95 @@ func Untar(r io.Reader, dir string) error {
 			continue
 		}
 		if filepath.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
+			w.wait()
 			return fmt.Errorf("archive entry %q leaves the release directory", hdr.Name)
 		}
 		target := filepath.Join(dir, name)
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			if err := os.MkdirAll(target, 0o755); err != nil {
-				return err
-			}
+			err = mkdir(target)
 		case tar.TypeReg:
-			if err := writeFile(target, tr, os.FileMode(hdr.Mode).Perm(), buf); err != nil {
-				return err
+			if err = mkdir(filepath.Dir(target)); err == nil {
+				data := make([]byte, hdr.Size)
+				if _, err = io.ReadFull(tr, data); err == nil {
+					w.write(target, data, uint32(os.FileMode(hdr.Mode).Perm()))
+				}
 			}
 		case tar.TypeSymlink:
-			if err := os.Symlink(hdr.Linkname, target); err != nil {
-				return err
+			if err = mkdir(filepath.Dir(target)); err == nil {
+				err = os.Symlink(hdr.Linkname, target)
 			}
 		default:
-			return fmt.Errorf("archive entry %q has unsupported type %c", hdr.Name, hdr.Typeflag)
+			err = fmt.Errorf("archive entry %q has unsupported type %c", hdr.Name, hdr.Typeflag)
 		}
-	}
-}
-
-func writeFile(path string, r io.Reader, mode os.FileMode, buf []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		if err != nil {
+			w.wait()
 			return err
 		}
-		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	}
+	return w.wait()
+}
+
+// writers writes files on a few goroutines and keeps the first error.
+type writers struct {
+	jobs chan fileJob
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error
+}
+
+type fileJob struct {
+	path string
+	data []byte
+	mode uint32
+}
+
+func newWriters(n int) *writers {
+	w := &writers{jobs: make(chan fileJob, 64)}
+	for range n {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for j := range w.jobs {
+				if err := writeFileRaw(j.path, j.data, j.mode); err != nil {
+					w.mu.Lock()
+					if w.err == nil {
+						w.err = err
+					}
+					w.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return w
+}
+
+func (w *writers) write(path string, data []byte, mode uint32) {
+	w.jobs <- fileJob{path, data, mode}
+}
+
+func (w *writers) wait() error {
+	close(w.jobs)
+	w.wg.Wait()
+	return w.err
+}
+
+// writeFileRaw creates path with data, bypassing os.File's poller setup.
+func writeFileRaw(path string, data []byte, mode uint32) error {
+	fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_CLOEXEC, mode)
 	if err != nil {
-		return err
+		return &os.PathError{Op: "create", Path: path, Err: err}
 	}
-	if _, err := io.CopyBuffer(f, r, buf); err != nil {
-		f.Close()
-		return err
+	for len(data) > 0 {
+		n, err := syscall.Write(fd, data)
+		if err != nil {
+			syscall.Close(fd)
+			return &os.PathError{Op: "write", Path: path, Err: err}
+		}
+		data = data[n:]
 	}
-	return f.Close()
+	if err := syscall.Close(fd); err != nil {
+		return &os.PathError{Op: "close", Path: path, Err: err}
+	}
+	return nil
 }

@@ -1,0 +1,47 @@
+# drover: `make demo` deploys the bundled example app to this machine;
+# `make test` runs the whole test suite (installing what it needs).
+GO      ?= go
+BIN     ?= bin/drover
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.Version=$(VERSION)
+
+.PHONY: build demo test test-unit test-integration deps bench lint fuzz clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/drover
+
+demo: build
+	./$(BIN) demo
+
+# deps installs the real parts the tests use (OpenSSH server, PostgreSQL,
+# MariaDB) from Debian packages when they are missing.
+deps:
+	./scripts/test-deps.sh
+
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) test-integration
+
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+# Multi-host tests: real sshd per host in network namespaces.
+test-integration: build
+	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -tags integration ./test/...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./internal/source/ ./internal/release/
+	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 3x -tags integration ./test/...
+
+lint:
+	gofmt -l . | (! grep .)
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest ./...
+
+fuzz:
+	$(GO) test -fuzz FuzzParse -fuzztime 20s ./internal/config/
+	$(GO) test -fuzz FuzzParseSpec -fuzztime 20s ./internal/source/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,196 @@
+// Package apptest gives tests a real app to deploy: a git repository
+// holding drover's example web service (built once per test binary) and a
+// drover.yml for it, with free ports and a private deploy_to.
+package apptest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/testenv/gitrepo"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// ModuleRoot returns the root of drover's source tree.
+func ModuleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
+}
+
+// HelloBinary builds examples/hello once per test binary and returns its path.
+func HelloBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "drover-hello-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "hello")
+		cmd := exec.Command("go", "build", "-o", binPath, "./examples/hello")
+		cmd.Dir = ModuleRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build hello: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// FreePorts returns n TCP ports free on 127.0.0.1 right now.
+func FreePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return ports
+}
+
+// App is a deployable test app.
+type App struct {
+	Repo     *gitrepo.Repo
+	DeployTo string
+	Ports    []int
+	Config   *config.File
+	YAML     string
+}
+
+// Options shape the app's drover.yml.
+type Options struct {
+	Ports     int    // web ports (default 1); 0 ports with NoService
+	Extra     string // YAML appended under hooks: (indented two spaces)
+	Hosts     string // YAML list of hosts for environment "test" (default one local host)
+	Shared    string // the shared: block (default dirs [log, public/uploads], files [.env])
+	Keep      int
+	DeployTo  string // default a temp dir
+	NoService bool
+}
+
+// New makes a repository with the example app and a drover.yml, commits it
+// on main and returns it with the parsed config.
+func New(t testing.TB, o Options) *App {
+	t.Helper()
+	bin := HelloBinary(t)
+	if o.Ports == 0 {
+		o.Ports = 1
+	}
+	a := &App{Repo: gitrepo.New(t), DeployTo: o.DeployTo}
+	if a.DeployTo == "" {
+		a.DeployTo = filepath.Join(t.TempDir(), "srv")
+	}
+	if !o.NoService {
+		a.Ports = FreePorts(t, o.Ports)
+	}
+	if o.Hosts == "" {
+		o.Hosts = "      - {transport: local, roles: [web, db]}\n"
+	}
+	if o.Shared == "" {
+		o.Shared = "shared:\n  dirs: [log, tmp/pids, public/uploads]\n  files: [.env]\n"
+	}
+	if o.Keep == 0 {
+		o.Keep = 3
+	}
+	ports := make([]string, len(a.Ports))
+	for i, p := range a.Ports {
+		ports[i] = fmt.Sprint(p)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "app: hello\nrepo: %s\ndeploy_to: %s\nkeep_releases: %d\n%s", a.Repo.Dir, a.DeployTo, o.Keep, o.Shared)
+	// A release whose tree holds BROKEN gets a server that exits at once.
+	fmt.Fprintf(&b, "hooks:\n  prepare: [mkdir -p bin, cp %s bin/hello, 'if [ -f BROKEN ]; then printf \"#!/bin/sh\\nexit 3\\n\" > bin/hello; fi']\n%s", bin, o.Extra)
+	if !o.NoService {
+		fmt.Fprintf(&b, "services:\n  web:\n    start: ./bin/hello --port {{port}}\n    ports: [%s]\n    health: {http: \"http://127.0.0.1:{{port}}/healthz\", timeout: 10s}\n    stop_grace: 5s\n", strings.Join(ports, ", "))
+	}
+	fmt.Fprintf(&b, "environments:\n  test:\n    branch: main\n    hosts:\n%s", o.Hosts)
+	a.YAML = b.String()
+	cfg, err := config.Parse(filepath.Join(a.Repo.Dir, "drover.yml"), []byte(a.YAML))
+	if err != nil {
+		t.Fatalf("test app config: %v\n%s", err, a.YAML)
+	}
+	a.Config = cfg
+	a.Repo.Commit("example app", map[string]string{"drover.yml": a.YAML, "README": "example\n", "log/.keep": ""})
+	t.Cleanup(func() { a.StopServices(t) })
+	return a
+}
+
+// StopServices kills whatever the app's PID files name, so no test leaves
+// a server behind.
+func (a *App) StopServices(t testing.TB) {
+	StopPIDs(filepath.Join(a.DeployTo, "shared", "pids"))
+}
+
+// StopPIDs SIGKILLs the process of every PID file in dir.
+func StopPIDs(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscan(strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0]), &pid); err == nil && pid > 1 {
+			if p, err := os.FindProcess(pid); err == nil {
+				_ = p.Kill()
+			}
+		}
+	}
+}
+
+var (
+	droverOnce sync.Once
+	droverPath string
+	droverErr  error
+)
+
+// DroverBinary returns a drover binary for tests that need the real
+// process: $DROVER_BIN when set (make builds one), else one built once per
+// test binary.
+func DroverBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("DROVER_BIN"); p != "" {
+		return p
+	}
+	droverOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "drover-bin-")
+		if err != nil {
+			droverErr = err
+			return
+		}
+		droverPath = filepath.Join(dir, "drover")
+		cmd := exec.Command("go", "build", "-o", droverPath, "./cmd/drover")
+		cmd.Dir = ModuleRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			droverErr = fmt.Errorf("build drover: %v\n%s", err, out)
+		}
+	})
+	if droverErr != nil {
+		t.Fatal(droverErr)
+	}
+	return droverPath
+}
