@@ -151,9 +151,9 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 		}
 		return &Response{OK: true, Removed: removed}
 	case OpExec:
-		out := &lineEmitter{emit: func(l string) { w.event(release.Event{Kind: release.EventOutput, Step: "exec", Line: l}) }}
+		out := release.NewLineWriter(func(l string) { w.event(release.Event{Kind: release.EventOutput, Step: "exec", Line: l}) })
 		err := eng.Exec(ctx, req.Command, nil, out, out)
-		out.flush()
+		out.Flush()
 		if err != nil {
 			return errResponse(err)
 		}
@@ -204,35 +204,4 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 		return &Response{OK: true, Holder: h}
 	}
 	return &Response{Error: fmt.Sprintf("bad request: unknown op %q", req.Op)}
-}
-
-// lineEmitter splits written bytes into lines.
-type lineEmitter struct {
-	mu   sync.Mutex
-	buf  []byte
-	emit func(string)
-}
-
-func (l *lineEmitter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf = append(l.buf, p...)
-	for {
-		i := bytes.IndexByte(l.buf, '\n')
-		if i < 0 {
-			break
-		}
-		l.emit(string(l.buf[:i]))
-		l.buf = l.buf[i+1:]
-	}
-	return len(p), nil
-}
-
-func (l *lineEmitter) flush() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.buf) > 0 {
-		l.emit(string(l.buf))
-		l.buf = nil
-	}
 }

@@ -118,3 +118,16 @@ func runShell(ctx context.Context, dir string, env []string, command string, std
 
 // lineWriter turns a writer of bytes into whole lines for the engine's events.
 func lineWriter(w func(string)) *tail { return &tail{max: 20, emit: w} }
+
+// LineWriter is an io.Writer that calls emit with each whole line written
+// to it; Flush emits a last unterminated line.
+type LineWriter struct{ t *tail }
+
+// NewLineWriter returns a LineWriter calling emit.
+func NewLineWriter(emit func(string)) *LineWriter { return &LineWriter{t: lineWriter(emit)} }
+
+// Write splits p into lines.
+func (w *LineWriter) Write(p []byte) (int, error) { return w.t.Write(p) }
+
+// Flush emits what is left after the last newline.
+func (w *LineWriter) Flush() { w.t.flush() }

@@ -150,7 +150,7 @@ func Resumable(hosts []*HostReleases) (id, commit, spec string, err error) {
 	}
 	for _, h := range hosts {
 		for _, r := range h.Releases {
-			if r.ID == newest && r.Status == release.StatusFailed && r.PreparedAt.IsZero() == false && hasStep(r, "switch") {
+			if r.ID == newest && r.Status == release.StatusFailed && !r.PreparedAt.IsZero() && hasStep(r, "switch") {
 				return "", "", "", fmt.Errorf("cannot resume %s: its activation failed on %s and was reverted; deploy again or roll back", newest, h.Host)
 			}
 		}
