@@ -23,7 +23,7 @@ func TestDiskFullDuringPrepare(t *testing.T) {
 		t.Skip("mounting a tmpfs needs root")
 	}
 	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", mnt).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", mnt).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", "-l", mnt).Run() })
@@ -42,8 +42,8 @@ func TestDiskFullDuringPrepare(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// 8 MB of random bytes cannot be compressed into the mirror or unpacked.
-	big := make([]byte, 8<<20)
+	// 24 MB of random bytes cannot be compressed into the mirror or unpacked.
+	big := make([]byte, 24<<20)
 	rand.Read(big)
 	c2 := a.Repo.Commit("big asset", map[string]string{"assets/big.bin": string(big)})
 	r2 := id(2, c2)

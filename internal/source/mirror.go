@@ -61,9 +61,21 @@ func (m *Mirror) Fetch(ctx context.Context) error {
 	}
 	if _, err := m.git(ctx, "fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", m.URL,
 		"+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"); err != nil {
+		m.removePartialPacks()
 		return fmt.Errorf("fetch %s: %w", m.URL, err)
 	}
 	return nil
+}
+
+// removePartialPacks deletes what an interrupted fetch leaves in the
+// mirror (a full disk, a killed git), so that the space comes back.
+func (m *Mirror) removePartialPacks() {
+	for _, pattern := range []string{"objects/pack/tmp_*", "objects/incoming-*", "objects/tmp_*", "objects/??/tmp_obj_*"} {
+		matches, _ := filepath.Glob(filepath.Join(m.Dir, pattern))
+		for _, p := range matches {
+			os.RemoveAll(p)
+		}
+	}
 }
 
 // Resolve turns a spec into the full commit it names in the mirror.
