@@ -119,6 +119,18 @@ func (m *Mirror) Ensure(ctx context.Context, sha string) error {
 	return nil
 }
 
+// ReadFile returns the content of path at commit sha, or an error wrapping
+// ErrNotFound when the commit has no such file.
+func (m *Mirror) ReadFile(ctx context.Context, sha, path string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "git", "--git-dir", m.Dir, "cat-file", "blob", sha+":"+path)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s at %s: %w", path, sha, ErrNotFound)
+	}
+	return stdout.Bytes(), nil
+}
+
 // Export writes the tree of commit sha into dir, which must not exist yet
 // or be empty.
 func (m *Mirror) Export(ctx context.Context, sha, dir, method string) error {
