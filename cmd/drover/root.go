@@ -89,6 +89,11 @@ The app is described by drover.yml in the directory you stand in
 		newLockCmd(g, true),
 		newLockCmd(g, false),
 		newNodeCmd(),
+		newServerCmd(g),
+		newReleaseCmd(g),
+		newStatusCmd(g),
+		newNodesCmd(g),
+		newAgentCmd(g),
 	)
 	return root
 }

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/drover/drover/internal/cli"
+)
+
+func newServerCmd(g *globals) *cobra.Command {
+	o := &cli.ServerOptions{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control server: HTTP API for agents, people and CI; SQLite by default",
+		Long: `server runs drover's control server. With no setup it keeps its data in
+an SQLite file under --data and writes the first admin token to
+DATA/admin.token (mode 0600). --db selects PostgreSQL (several replicas
+may share one) or MySQL/MariaDB. Schema migrations run on start.`,
+		Example: `  drover server --listen 127.0.0.1:8700 --data /var/lib/drover-server
+  drover server --db postgres://drover:secret@db:5432/drover --listen :8700
+  drover server --tls-cert server.crt --tls-key server.key`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.IO = cli.StdIO(g.output)
+			return cli.Serve(cmd.Context(), o)
+		},
+	}
+	f := cmd.PersistentFlags()
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:8700", "address to listen on")
+	f.StringVar(&o.Data, "data", "drover-data", "directory for the SQLite file and the first admin token")
+	f.StringVar(&o.DB, "db", "", "database URL: postgres://..., mysql://user:pass@tcp(host:3306)/db (default SQLite in --data)")
+	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "TLS certificate (PEM)")
+	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "TLS private key (PEM)")
+
+	cmd.AddCommand(&cobra.Command{
+		Use:   "migrate",
+		Short: "Run the store's schema migrations and exit",
+		Example: `  drover server migrate --db mysql://drover:secret@tcp(127.0.0.1:3306)/drover
+  drover server migrate --data /var/lib/drover-server`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.IO = cli.StdIO(g.output)
+			return cli.Migrate(cmd.Context(), o)
+		},
+	})
+	jt := &cobra.Command{Use: "join-token", Short: "Manage one-time join tokens for agents"}
+	co := &cli.ClientOptions{}
+	var ttl time.Duration
+	create := &cobra.Command{
+		Use:     "create",
+		Short:   "Print a new one-time join token",
+		Example: "  drover server join-token create --ttl 1h --server http://127.0.0.1:8700 --token @drover-data/admin.token",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			co.IO = cli.StdIO(g.output)
+			return cli.JoinTokenCreate(cmd.Context(), co, ttl)
+		},
+	}
+	clientFlags(create, co)
+	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token may be used")
+	jt.AddCommand(create)
+	cmd.AddCommand(jt)
+	return cmd
+}
+
+// clientFlags adds --server and --token for commands that talk to a server.
+func clientFlags(cmd *cobra.Command, o *cli.ClientOptions) {
+	cmd.Flags().StringVar(&o.Server, "server", "", "server URL (default $DROVER_SERVER)")
+	cmd.Flags().StringVar(&o.Token, "token", "", "admin token, or @FILE (default $DROVER_TOKEN)")
+	cmd.Flags().StringVar(&o.CAFile, "ca-file", "", "CA bundle for the server's TLS certificate")
+}
+
+func newReleaseCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "release", Short: "Create and list releases on the control server"}
+	o := &cli.ReleaseCreateOptions{}
+	create := &cobra.Command{
+		Use:   "create APP ENV SPEC",
+		Short: "Record a release; agents of APP/ENV upgrade to it",
+		Example: `  drover release create shop production tag:v1.2 --note "fixes checkout"
+  drover release create shop staging branch:staging --repo git@github.com:acme/shop.git`,
+		Args: exactArgs(3, "an app, an environment and a version spec"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.IO = cli.StdIO(g.output)
+			o.App, o.Env, o.Spec = args[0], args[1], args[2]
+			return cli.ReleaseCreate(cmd.Context(), o)
+		},
+	}
+	clientFlags(create, &o.ClientOptions)
+	create.Flags().StringVar(&o.Note, "note", "", "a note kept with the release")
+	create.Flags().StringVar(&o.Repo, "repo", "", "repository to resolve the spec in (default: drover.yml's repo)")
+	lo := &cli.ClientOptions{}
+	list := &cobra.Command{
+		Use:     "list APP [ENV]",
+		Short:   "List an app's releases, newest first",
+		Example: "  drover release list shop production -o json",
+		Args:    cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			lo.IO = cli.StdIO(g.output)
+			env := ""
+			if len(args) == 2 {
+				env = args[1]
+			}
+			return cli.ReleaseList(cmd.Context(), lo, args[0], env)
+		},
+	}
+	clientFlags(list, lo)
+	cmd.AddCommand(create, list)
+	return cmd
+}
+
+func newStatusCmd(g *globals) *cobra.Command {
+	o := &cli.StatusOptions{}
+	cmd := &cobra.Command{
+		Use:   "status APP [ENV]",
+		Short: "Every node of APP: release, upgrade status, step, last seen; stale nodes flagged",
+		Example: `  drover status shop production --watch
+  drover status shop -o json`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.IO = cli.StdIO(g.output)
+			o.App = args[0]
+			if len(args) == 2 {
+				o.Env = args[1]
+			}
+			return cli.Status(cmd.Context(), o)
+		},
+	}
+	clientFlags(cmd, &o.ClientOptions)
+	cmd.Flags().BoolVarP(&o.Watch, "watch", "w", false, "redraw every --interval until interrupted")
+	cmd.Flags().DurationVar(&o.Interval, "interval", 2*time.Second, "refresh period with --watch")
+	return cmd
+}
+
+func newNodesCmd(g *globals) *cobra.Command {
+	o := &cli.ClientOptions{}
+	cmd := &cobra.Command{
+		Use:     "nodes [APP]",
+		Short:   "List the nodes registered with the control server",
+		Example: "  drover nodes\n  drover nodes shop -o json",
+		Args:    cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.IO = cli.StdIO(g.output)
+			app := ""
+			if len(args) == 1 {
+				app = args[0]
+			}
+			return cli.Nodes(cmd.Context(), o, app)
+		},
+	}
+	clientFlags(cmd, o)
+	return cmd
+}
+
+func newAgentCmd(g *globals) *cobra.Command {
+	o := &cli.AgentOptions{}
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "On a node: keep its apps at the release the control server says",
+		Long: `agent follows the control server: it long-polls for the desired release
+of each app in its config, upgrades through the release engine, and
+reports every step. --once checks once and exits (for cron): exit 0 when
+nothing failed, 1 when an upgrade failed.`,
+		Example: `  drover agent --config /etc/drover/agent.yml
+  */5 * * * * drover agent --config /etc/drover/agent.yml --once`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.IO = cli.StdIO(g.output)
+			o.Version = Version
+			return cli.Agent(cmd.Context(), o)
+		},
+	}
+	cmd.Flags().StringVar(&o.Config, "config", "/etc/drover/agent.yml", "agent configuration file")
+	cmd.Flags().BoolVar(&o.Once, "once", false, "check once and exit")
+	return cmd
+}

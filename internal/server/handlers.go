@@ -1,0 +1,565 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/drover/drover/internal/api"
+	"github.com/drover/drover/internal/release"
+	"github.com/drover/drover/internal/source"
+	"github.com/drover/drover/internal/store"
+)
+
+func toAPI(r store.Release) api.Release {
+	return api.Release{ID: r.ID, App: r.App, Env: r.Env, Spec: r.Spec, Commit: r.Commit, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, Note: r.Note}
+}
+
+func (s *Server) audit(ctx context.Context, p principal, action string, detail any) {
+	b, _ := json.Marshal(detail)
+	actor := fmt.Sprintf("%s:%d", p.kind, p.token)
+	if p.node != "" {
+		actor += ":" + p.node
+	}
+	if _, err := s.store.AppendAudit(ctx, store.AuditEvent{Actor: actor, Action: action, Detail: b}); err != nil {
+		s.log.Warn("audit", "err", err)
+	}
+}
+
+func isHexCommit(c string) bool {
+	return len(c) >= 40 && len(c) <= 64 && strings.Trim(strings.ToLower(c), "0123456789abcdef") == ""
+}
+
+func (s *Server) createRelease(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateRelease
+	if !decode(w, r, &req) {
+		return
+	}
+	for _, err := range []error{validName("app", req.App), validName("env", req.Env)} {
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad request", err.Error())
+			return
+		}
+	}
+	spec, err := source.ParseSpec(req.Spec)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad request", err.Error())
+		return
+	}
+	if req.Commit != "" && !isHexCommit(req.Commit) {
+		writeError(w, http.StatusBadRequest, "bad request", "commit must be a full hex SHA")
+		return
+	}
+	if len(req.Note) > 4096 {
+		writeError(w, http.StatusBadRequest, "bad request", "note longer than 4096 bytes")
+		return
+	}
+	p := from(r)
+	rel, err := s.store.CreateRelease(r.Context(), store.Release{App: req.App, Env: req.Env, Spec: spec.String(), Commit: strings.ToLower(req.Commit), CreatedBy: fmt.Sprintf("%s token %d", p.kind, p.token), Note: req.Note})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	s.audit(r.Context(), p, "release.create", rel)
+	writeJSON(w, http.StatusCreated, toAPI(rel))
+}
+
+func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) {
+	f := store.ReleaseFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env"), Limit: 100}
+	rels, err := s.store.ListReleases(r.Context(), f)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	out := make([]api.Release, len(rels))
+	for i, rel := range rels {
+		out[i] = toAPI(rel)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func pathID(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		writeError(w, http.StatusBadRequest, "bad request", "id must be a positive number")
+		return 0, false
+	}
+	return id, true
+}
+
+// nodeIn returns the agent's node in app/env, or writes 403.
+func (s *Server) nodeIn(w http.ResponseWriter, r *http.Request, app, env string) (store.Node, bool) {
+	p := from(r)
+	n, err := s.store.FindNode(r.Context(), p.node, app, env)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("node %s is not registered for %s/%s", p.node, app, env))
+		} else {
+			s.storeError(w, err)
+		}
+		return n, false
+	}
+	return n, true
+}
+
+func (s *Server) resolveRelease(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return
+	}
+	var req api.ResolveRelease
+	if !decode(w, r, &req) {
+		return
+	}
+	if !isHexCommit(req.Commit) {
+		writeError(w, http.StatusBadRequest, "bad request", "commit must be a full hex SHA")
+		return
+	}
+	rel, err := s.store.GetRelease(r.Context(), id)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if from(r).kind == store.TokenAgent {
+		if _, ok := s.nodeIn(w, r, rel.App, rel.Env); !ok {
+			return
+		}
+	}
+	commit, err := s.store.ResolveRelease(r.Context(), id, strings.ToLower(req.Commit))
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	rel.Commit = commit
+	writeJSON(w, http.StatusOK, toAPI(rel))
+}
+
+func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		TTL  string `json:"ttl"`
+		Note string `json:"note"`
+	}
+	if !decode(w, r, &req) {
+		return
+	}
+	ttl := time.Hour
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > 30*24*time.Hour {
+			writeError(w, http.StatusBadRequest, "bad request", "ttl must be a duration between 1s and 720h")
+			return
+		}
+		ttl = d
+	}
+	secret := NewSecret(store.TokenJoin)
+	t, err := s.store.CreateToken(r.Context(), store.Token{Kind: store.TokenJoin, Hash: HashToken(secret), Note: req.Note, ExpiresAt: s.now().Add(ttl)})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	s.audit(r.Context(), from(r), "token.join.create", map[string]any{"id": t.ID, "expires_at": t.ExpiresAt})
+	writeJSON(w, http.StatusCreated, map[string]any{"token": secret, "id": t.ID, "expires_at": t.ExpiresAt})
+}
+
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
+	toks, err := s.store.ListTokens(r.Context(), store.TokenKind(r.URL.Query().Get("kind")))
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toks)
+}
+
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return
+	}
+	if err := s.store.RevokeToken(r.Context(), id); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	s.audit(r.Context(), from(r), "token.revoke", map[string]any{"id": id})
+	writeJSON(w, http.StatusOK, map[string]any{"revoked": id})
+}
+
+func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	var req api.Join
+	if !decode(w, r, &req) {
+		return
+	}
+	if err := validName("node", req.Node); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request", err.Error())
+		return
+	}
+	if err := s.checkApps(req.Apps); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request", err.Error())
+		return
+	}
+	if req.JoinToken == "" {
+		writeError(w, http.StatusUnauthorized, "unauthorized", "no join token")
+		return
+	}
+	if _, err := s.store.ConsumeJoinToken(r.Context(), HashToken(req.JoinToken), time.Time{}); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusUnauthorized, "unauthorized", "unknown join token")
+			return
+		}
+		s.storeError(w, err)
+		return
+	}
+	secret := NewSecret(store.TokenAgent)
+	t, err := s.store.CreateToken(r.Context(), store.Token{Kind: store.TokenAgent, Node: req.Node, Hash: HashToken(secret), Note: "joined from " + req.Hostname})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if err := s.register(r.Context(), req.Node, req.Hostname, req.AgentVersion, req.Apps); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	s.audit(r.Context(), principal{kind: store.TokenAgent, node: req.Node, token: t.ID}, "node.join", map[string]any{"hostname": req.Hostname, "apps": req.Apps})
+	writeJSON(w, http.StatusCreated, api.Joined{Node: req.Node, Token: secret})
+}
+
+func (s *Server) checkApps(apps []api.NodeApp) error {
+	if len(apps) == 0 || len(apps) > 100 {
+		return errors.New("an agent runs 1 to 100 apps")
+	}
+	for _, a := range apps {
+		if err := validName("app", a.App); err != nil {
+			return err
+		}
+		if err := validName("env", a.Env); err != nil {
+			return err
+		}
+		for _, role := range a.Roles {
+			if err := validName("role", role); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// register records the node's apps, and which server release each runs.
+func (s *Server) register(ctx context.Context, node, hostname, version string, apps []api.NodeApp) error {
+	for _, a := range apps {
+		n, err := s.store.RegisterNode(ctx, store.Node{Name: node, Hostname: hostname, App: a.App, Env: a.Env, Roles: a.Roles, AgentVersion: version})
+		if err != nil {
+			return err
+		}
+		if a.Release == "" {
+			continue
+		}
+		rels, err := s.store.ListReleases(ctx, store.ReleaseFilter{App: a.App, Env: a.Env, Limit: 200})
+		if err != nil {
+			return err
+		}
+		for _, rel := range rels {
+			if rel.Commit != "" && release.NewID(rel.CreatedAt, rel.Commit) == a.Release {
+				if err := s.store.SetNodeRelease(ctx, n.ID, rel.ID); err != nil {
+					return err
+				}
+				break
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) hello(w http.ResponseWriter, r *http.Request) {
+	var req api.Hello
+	if !decode(w, r, &req) {
+		return
+	}
+	if err := s.checkApps(req.Apps); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request", err.Error())
+		return
+	}
+	if err := s.register(r.Context(), from(r).node, req.Hostname, req.AgentVersion, req.Apps); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+// desired answers an agent's long-poll: at once when the version it knows
+// is stale, else when a release for one of its apps is created (on any
+// replica) or the wait ends.
+func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
+	p := from(r)
+	q := r.URL.Query()
+	known, _ := strconv.ParseInt(q.Get("version"), 10, 64)
+	wait := time.Duration(0)
+	if ws := q.Get("wait"); ws != "" {
+		d, err := time.ParseDuration(ws)
+		if err != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, "bad request", "wait must be a duration like 30s")
+			return
+		}
+		wait = min(d, s.MaxWait)
+	}
+	nodes, err := s.store.ListNodes(r.Context(), store.NodeFilter{Name: p.node})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if len(nodes) == 0 {
+		writeError(w, http.StatusForbidden, "forbidden", "node "+p.node+" has no apps registered; the agent says hello first")
+		return
+	}
+	keys := make([]string, len(nodes))
+	for i, n := range nodes {
+		keys[i] = n.App + "/" + n.Env
+	}
+	ch := s.hub.subscribe(keys)
+	defer s.hub.unsubscribe(ch)
+	var timer *time.Timer
+	if wait > 0 {
+		timer = time.NewTimer(wait)
+		defer timer.Stop()
+	}
+	for {
+		d, err := s.desiredOf(r.Context(), nodes)
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		if d.Version != known || wait == 0 {
+			s.touch(r.Context(), nodes)
+			writeJSON(w, http.StatusOK, d)
+			return
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			s.touch(r.Context(), nodes)
+			writeJSON(w, http.StatusOK, d)
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func (s *Server) touch(ctx context.Context, nodes []store.Node) {
+	for _, n := range nodes {
+		if err := s.store.TouchNode(ctx, n.ID, time.Time{}); err != nil && ctx.Err() == nil {
+			s.log.Warn("touch node", "node", n.Name, "err", err)
+		}
+	}
+}
+
+func (s *Server) desiredOf(ctx context.Context, nodes []store.Node) (*api.Desired, error) {
+	d := &api.Desired{}
+	for _, n := range nodes {
+		e, err := s.cache.get(ctx, n.App, n.Env)
+		if err != nil {
+			return nil, err
+		}
+		d.Version += e.version
+		da := api.DesiredApp{App: n.App, Env: n.Env, Action: api.ActionActivate}
+		if e.release != nil {
+			rel := toAPI(*e.release)
+			da.Release = &rel
+		}
+		d.Apps = append(d.Apps, da)
+	}
+	return d, nil
+}
+
+func (s *Server) startUpgrade(w http.ResponseWriter, r *http.Request) {
+	var req api.StartUpgrade
+	if !decode(w, r, &req) {
+		return
+	}
+	n, ok := s.nodeIn(w, r, req.App, req.Env)
+	if !ok {
+		return
+	}
+	rel, err := s.store.GetRelease(r.Context(), req.ReleaseID)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if rel.App != req.App || rel.Env != req.Env {
+		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("release %d belongs to %s/%s", rel.ID, rel.App, rel.Env))
+		return
+	}
+	u, err := s.store.CreateUpgrade(r.Context(), store.Upgrade{NodeID: n.ID, ReleaseID: rel.ID, Status: store.UpgradePending, StartedAt: s.now()})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, api.Upgrade{ID: u.ID, Node: n.Name, ReleaseID: rel.ID, App: rel.App, Env: rel.Env, Status: string(u.Status), StartedAt: u.StartedAt})
+}
+
+func (s *Server) report(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return
+	}
+	var req api.Report
+	if !decode(w, r, &req) {
+		return
+	}
+	status := store.UpgradeStatus(req.Status)
+	if !status.Valid() {
+		writeError(w, http.StatusBadRequest, "bad request", "unknown status "+strconv.Quote(req.Status))
+		return
+	}
+	ctx := r.Context()
+	u, err := s.store.GetUpgrade(ctx, id)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	n, err := s.store.GetNode(ctx, u.NodeID)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if n.Name != from(r).node {
+		writeError(w, http.StatusForbidden, "forbidden", "this upgrade belongs to another node")
+		return
+	}
+	if u.Status.Done() {
+		writeError(w, http.StatusConflict, "conflict", "the upgrade is finished")
+		return
+	}
+	old := map[string]store.Step{}
+	for _, st := range u.Steps {
+		old[st.Name] = st
+	}
+	for _, st := range req.Steps {
+		if st.Name == "" || len(st.Name) > 200 {
+			writeError(w, http.StatusBadRequest, "bad request", "a step needs a name of at most 200 bytes")
+			return
+		}
+		ended := time.Time{}
+		if st.Status != "running" {
+			ended = st.Started.Add(st.Elapsed)
+		}
+		if err := s.store.SaveStep(ctx, store.Step{UpgradeID: id, Name: st.Name, Status: st.Status, StartedAt: st.Started, EndedAt: ended}); err != nil {
+			s.storeError(w, err)
+			return
+		}
+		// The agent sends each step's whole log; store what is new.
+		if prev := old[st.Name].Log; len(st.Log) > len(prev) && strings.HasPrefix(st.Log, prev) {
+			if err := s.store.AppendStepLog(ctx, id, st.Name, st.Log[len(prev):]); err != nil {
+				s.storeError(w, err)
+				return
+			}
+		}
+	}
+	u.Status, u.CurrentStep, u.Error = status, req.Step, req.Error
+	if status.Done() {
+		u.EndedAt = s.now()
+	}
+	if err := s.store.UpdateUpgrade(ctx, u); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if status == store.UpgradeSucceeded {
+		if err := s.store.SetNodeRelease(ctx, n.ID, u.ReleaseID); err != nil {
+			s.storeError(w, err)
+			return
+		}
+	}
+	_ = s.store.TouchNode(ctx, n.ID, time.Time{})
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+func (s *Server) listUpgrades(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	ups, err := s.store.ListUpgrades(ctx, store.UpgradeFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env"), Limit: 50})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	out := []api.Upgrade{}
+	names := map[int64]store.Node{}
+	for _, u := range ups {
+		full, err := s.store.GetUpgrade(ctx, u.ID)
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		n, ok := names[u.NodeID]
+		if !ok {
+			n, _ = s.store.GetNode(ctx, u.NodeID)
+			names[u.NodeID] = n
+		}
+		au := api.Upgrade{ID: u.ID, Node: n.Name, ReleaseID: u.ReleaseID, App: n.App, Env: n.Env, Status: string(u.Status), Step: u.CurrentStep, Error: u.Error, StartedAt: u.StartedAt, EndedAt: u.EndedAt}
+		for _, st := range full.Steps {
+			as := api.Step{Name: st.Name, Status: st.Status, Started: st.StartedAt, Log: st.Log}
+			if !st.EndedAt.IsZero() {
+				as.Elapsed = st.EndedAt.Sub(st.StartedAt)
+			}
+			au.Steps = append(au.Steps, as)
+		}
+		out = append(out, au)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
+	nodes, err := s.store.ListNodes(r.Context(), store.NodeFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env")})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, nodes)
+}
+
+// status is one line per node: what it runs and how its latest upgrade goes.
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	app, env := r.URL.Query().Get("app"), r.URL.Query().Get("env")
+	nodes, err := s.store.ListNodes(ctx, store.NodeFilter{App: app, Env: env})
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	out := []api.NodeStatus{}
+	now := s.now()
+	rels := map[int64]store.Release{}
+	relOf := func(id int64) store.Release {
+		if rel, ok := rels[id]; ok || id == 0 {
+			return rel
+		}
+		rel, _ := s.store.GetRelease(ctx, id)
+		rels[id] = rel
+		return rel
+	}
+	for _, n := range nodes {
+		ns := api.NodeStatus{Node: n.Name, Hostname: n.Hostname, App: n.App, Env: n.Env, Roles: n.Roles, LastSeen: n.LastSeen, Agent: n.AgentVersion,
+			Stale: now.Sub(n.LastSeen) > s.StaleAfter, Status: "-"}
+		if n.CurrentRelease != 0 {
+			rel := relOf(n.CurrentRelease)
+			ns.Commit = rel.Commit
+			if rel.Commit != "" {
+				ns.Release = release.NewID(rel.CreatedAt, rel.Commit)
+			}
+		}
+		ups, err := s.store.ListUpgrades(ctx, store.UpgradeFilter{NodeID: n.ID, Limit: 1})
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		if len(ups) > 0 {
+			u := ups[0]
+			ns.Status, ns.Step, ns.Error, ns.Target = string(u.Status), u.CurrentStep, u.Error, u.ReleaseID
+		}
+		out = append(out, ns)
+	}
+	slices.SortFunc(out, func(a, b api.NodeStatus) int { return strings.Compare(a.App+a.Env+a.Node, b.App+b.Env+b.Node) })
+	writeJSON(w, http.StatusOK, out)
+}

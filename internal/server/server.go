@@ -1,0 +1,358 @@
+// Package server is drover's control server: the JSON API under /api/v1
+// that people, CI and agents use, with bearer-token auth, long-polls that
+// wake when a release is created on any replica, and the data kept in a
+// store.Store.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/drover/drover/internal/store"
+)
+
+// Server serves the API from a store.
+type Server struct {
+	store store.Store
+	log   *slog.Logger
+	now   func() time.Time
+	hub   *hub
+	cache *desiredCache
+	mux   *http.ServeMux
+	// MaxWait caps a long-poll's wait.
+	MaxWait time.Duration
+	// StaleAfter flags nodes not seen for this long.
+	StaleAfter time.Duration
+}
+
+// New returns a server over st. Start must run for long-polls to wake.
+func New(st store.Store, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{store: st, log: log, now: time.Now, hub: newHub(), MaxWait: 60 * time.Second, StaleAfter: 100 * time.Second}
+	s.cache = &desiredCache{st: st, entries: map[string]*desiredEntry{}}
+	s.routes()
+	return s
+}
+
+// Start follows the store's changes until ctx ends, waking long-polls on
+// this replica whenever any replica changes a desired state.
+func (s *Server) Start(ctx context.Context) error {
+	ch, err := s.store.Watch(ctx)
+	if err != nil {
+		return fmt.Errorf("watch store: %w", err)
+	}
+	go func() {
+		for c := range ch {
+			s.cache.invalidate(c.App, c.Env)
+			s.hub.wake(c.App, c.Env)
+		}
+	}()
+	return nil
+}
+
+// Handler returns the HTTP handler of the API.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func (s *Server) routes() {
+	m := http.NewServeMux()
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	admin := func(h http.HandlerFunc) http.Handler { return s.auth(h, store.TokenAdmin) }
+	agent := func(h http.HandlerFunc) http.Handler { return s.auth(h, store.TokenAgent) }
+	either := func(h http.HandlerFunc) http.Handler { return s.auth(h, store.TokenAdmin, store.TokenAgent) }
+	m.Handle("POST /api/v1/releases", admin(s.createRelease))
+	m.Handle("GET /api/v1/releases", admin(s.listReleases))
+	m.Handle("POST /api/v1/releases/{id}/resolve", either(s.resolveRelease))
+	m.Handle("POST /api/v1/join-tokens", admin(s.createJoinToken))
+	m.Handle("GET /api/v1/tokens", admin(s.listTokens))
+	m.Handle("POST /api/v1/tokens/{id}/revoke", admin(s.revokeToken))
+	m.HandleFunc("POST /api/v1/agents/join", s.join)
+	m.Handle("POST /api/v1/agents/hello", agent(s.hello))
+	m.Handle("GET /api/v1/agents/desired", agent(s.desired))
+	m.Handle("POST /api/v1/upgrades", agent(s.startUpgrade))
+	m.Handle("POST /api/v1/upgrades/{id}/report", agent(s.report))
+	m.Handle("GET /api/v1/upgrades", admin(s.listUpgrades))
+	m.Handle("GET /api/v1/nodes", admin(s.listNodes))
+	m.Handle("GET /api/v1/status", admin(s.status))
+	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/api/") {
+			writeError(w, http.StatusNotFound, "not found", "")
+			return
+		}
+		// Unknown API paths need a token too: say 401 before 404.
+		if _, err := s.principal(r); err != nil {
+			writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			return
+		}
+		writeError(w, http.StatusNotFound, "not found", r.Method+" "+r.URL.Path)
+	})
+	s.mux = m
+}
+
+// maxBody is the largest request body the API reads.
+const maxBody = 1 << 20
+
+// principal is who a request comes from.
+type principal struct {
+	kind  store.TokenKind
+	node  string
+	token int64
+}
+
+type ctxKey struct{}
+
+func from(r *http.Request) principal { p, _ := r.Context().Value(ctxKey{}).(principal); return p }
+
+// HashToken is how a token secret is stored: hex SHA-256.
+func HashToken(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// NewSecret returns a new random token secret with a readable prefix.
+func NewSecret(kind store.TokenKind) string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return "drv_" + string(kind) + "_" + hex.EncodeToString(b)
+}
+
+var errNoToken = errors.New("no bearer token: send Authorization: Bearer TOKEN")
+
+func (s *Server) principal(r *http.Request) (principal, error) {
+	h := r.Header.Get("Authorization")
+	secret, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || secret == "" {
+		return principal{}, errNoToken
+	}
+	t, err := s.store.TokenByHash(r.Context(), HashToken(strings.TrimSpace(secret)))
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return principal{}, errors.New("unknown token")
+		}
+		return principal{}, err
+	}
+	if err := t.Check(s.now()); err != nil {
+		return principal{}, fmt.Errorf("token %d: %w", t.ID, err)
+	}
+	return principal{kind: t.Kind, node: t.Node, token: t.ID}, nil
+}
+
+// auth lets a request through when its token is of one of kinds.
+func (s *Server) auth(h http.HandlerFunc, kinds ...store.TokenKind) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.principal(r)
+		if err != nil {
+			writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			return
+		}
+		allowed := false
+		for _, k := range kinds {
+			allowed = allowed || p.kind == k
+		}
+		if !allowed {
+			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("a %s token cannot do this", p.kind))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		h(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, p)))
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg, detail string) {
+	writeJSON(w, code, map[string]string{"error": msg, "detail": detail})
+}
+
+// decode reads a JSON body strictly: unknown fields, trailing data and
+// oversize bodies are errors (400, 413).
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	if r.Body == nil {
+		writeError(w, http.StatusBadRequest, "bad request", "empty body")
+		return false
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, "request body too large", fmt.Sprintf("at most %d bytes", maxBody))
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "bad request", "malformed JSON: "+err.Error())
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "bad request", "trailing data after the JSON object")
+		return false
+	}
+	return true
+}
+
+// storeError maps a store error to an HTTP answer.
+func (s *Server) storeError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not found", err.Error())
+	case errors.Is(err, store.ErrInvalid):
+		writeError(w, http.StatusBadRequest, "bad request", err.Error())
+	case errors.Is(err, store.ErrConflict):
+		writeError(w, http.StatusConflict, "conflict", err.Error())
+	case errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenRevoked), errors.Is(err, store.ErrTokenExpired):
+		writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+	default:
+		s.log.Error("store", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal error", "see the server's log")
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+
+// validName checks an app, environment or node name; it keeps paths,
+// traversal and control characters out of everything stored.
+func validName(kind, v string) error {
+	if !nameRE.MatchString(v) || strings.Contains(v, "..") {
+		return fmt.Errorf("%s %q: use 1-63 lowercase letters, digits, '-', '_' or '.'", kind, v)
+	}
+	return nil
+}
+
+// EnsureAdminToken creates the first admin token when there is none and
+// writes its secret to dir/admin.token (mode 0600). It returns the path
+// written, or "" when an admin token existed already.
+func EnsureAdminToken(ctx context.Context, st store.Store, dir string) (string, error) {
+	toks, err := st.ListTokens(ctx, store.TokenAdmin)
+	if err != nil {
+		return "", err
+	}
+	for _, t := range toks {
+		if !t.Revoked {
+			return "", nil
+		}
+	}
+	secret := NewSecret(store.TokenAdmin)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	if _, err := st.CreateToken(ctx, store.Token{Kind: store.TokenAdmin, Hash: HashToken(secret), Note: "first admin token"}); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// hub wakes long-polls waiting on an app/env.
+type hub struct {
+	mu      sync.Mutex
+	waiters map[chan struct{}][]string // waiter → app/env keys
+}
+
+func newHub() *hub { return &hub{waiters: map[chan struct{}][]string{}} }
+
+func (h *hub) subscribe(keys []string) chan struct{} {
+	ch := make(chan struct{}, 1)
+	h.mu.Lock()
+	h.waiters[ch] = keys
+	h.mu.Unlock()
+	return ch
+}
+
+func (h *hub) unsubscribe(ch chan struct{}) {
+	h.mu.Lock()
+	delete(h.waiters, ch)
+	h.mu.Unlock()
+}
+
+func (h *hub) wake(app, env string) {
+	key := app + "/" + env
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch, keys := range h.waiters {
+		for _, k := range keys {
+			if app == "" || k == key {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+				break
+			}
+		}
+	}
+}
+
+// desiredCache keeps the version and latest release of each app/env so
+// that a thousand agents waking at once cost one query each, not a
+// thousand.
+type desiredCache struct {
+	st      store.Store
+	mu      sync.Mutex
+	entries map[string]*desiredEntry
+}
+
+type desiredEntry struct {
+	once    sync.Once
+	version int64
+	release *store.Release
+	err     error
+}
+
+func (c *desiredCache) get(ctx context.Context, app, env string) (*desiredEntry, error) {
+	key := app + "/" + env
+	c.mu.Lock()
+	e := c.entries[key]
+	if e == nil {
+		e = &desiredEntry{}
+		c.entries[key] = e
+	}
+	c.mu.Unlock()
+	e.once.Do(func() {
+		e.version, e.err = c.st.Version(ctx, app, env)
+		if e.err != nil {
+			return
+		}
+		r, err := c.st.LatestRelease(ctx, app, env)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			e.err = err
+		default:
+			e.release = &r
+		}
+	})
+	if e.err != nil {
+		c.invalidate(app, env)
+	}
+	return e, e.err
+}
+
+func (c *desiredCache) invalidate(app, env string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if app == "" {
+		c.entries = map[string]*desiredEntry{}
+		return
+	}
+	delete(c.entries, app+"/"+env)
+}
