@@ -20,7 +20,7 @@ func main() {
 	err := newRoot().ExecuteContext(ctx)
 	if err != nil && !cli.IsReported(err) {
 		var ue *usageFlagError
-		if !errors.As(err, &ue) {
+		if !errors.As(err, &ue) || !ue.printed {
 			fmt.Fprintln(os.Stderr, "drover:", err)
 		}
 	}

@@ -48,7 +48,7 @@ func newExecCmd(g *globals) *cobra.Command {
   drover exec production --role db -- ./manage.py migrate --plan`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 2 {
-				return &usageFlagError{errExecArgs}
+				return &usageFlagError{err: errExecArgs}
 			}
 			return nil
 		},
@@ -70,7 +70,7 @@ func newServiceCmd(g *globals) *cobra.Command {
   drover service stop staging worker`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 2 || len(args) > 3 {
-				return &usageFlagError{errServiceArgs}
+				return &usageFlagError{err: errServiceArgs}
 			}
 			return nil
 		},

@@ -15,8 +15,12 @@ import (
 // Version is drover's version, set at build time with -ldflags "-X main.Version=...".
 var Version = "dev"
 
-// usageFlagError is a flag or argument error cobra already explained.
-type usageFlagError struct{ err error }
+// usageFlagError is a flag or argument error; printed says whether it was
+// shown already.
+type usageFlagError struct {
+	err     error
+	printed bool
+}
 
 func (e *usageFlagError) Error() string { return e.err.Error() }
 
@@ -59,7 +63,7 @@ The app is described by drover.yml in the directory you stand in
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		fmt.Fprintf(os.Stderr, "drover: %v\nRun '%s --help' for usage.\n", err, c.CommandPath())
-		return &usageFlagError{err}
+		return &usageFlagError{err: err, printed: true}
 	})
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.file, "file", "f", "", "drover.yml to read (default ./drover.yml)")
@@ -112,7 +116,7 @@ func (g *globals) common(cmd *cobra.Command, env string) cli.Common {
 func exactArgs(n int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return &usageFlagError{fmt.Errorf("%s needs %s (got %d arguments); see '%s --help'", cmd.CommandPath(), what, len(args), cmd.CommandPath())}
+			return &usageFlagError{err: fmt.Errorf("%s needs %s (got %d arguments); see '%s --help'", cmd.CommandPath(), what, len(args), cmd.CommandPath())}
 		}
 		return nil
 	}
