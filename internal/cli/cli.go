@@ -138,6 +138,21 @@ func (e *env) open(ctx context.Context, c *Common) (*transport.Set, error) {
 	return set, nil
 }
 
+// withHosts loads the environment, reaches every host, runs fn and closes
+// the connections.
+func withHosts(ctx context.Context, c *Common, fn func(e *env, targets []rollout.Target) error) error {
+	e, err := loadEnv(c)
+	if err != nil {
+		return err
+	}
+	set, err := e.open(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	return fn(e, set.Targets)
+}
+
 // resolve turns the spec into a commit once, from a mirror of the repo kept
 // on this machine, before any host is touched.
 func resolve(ctx context.Context, app *config.File, specText string) (source.Spec, string, error) {

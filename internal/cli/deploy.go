@@ -184,39 +184,32 @@ func Unlock(ctx context.Context, o *LockOptions) error {
 }
 
 func lockVerb(ctx context.Context, o *LockOptions, op string) error {
-	e, err := loadEnv(&o.Common)
-	if err != nil {
-		return err
-	}
-	set, err := e.open(ctx, &o.Common)
-	if err != nil {
-		return err
-	}
-	defer set.Close()
-	cmd := "drover lock"
-	if o.Reason != "" {
-		cmd += ": " + o.Reason
-	}
-	holder := &lock.Holder{Owner: e.plan.By, Command: cmd}
-	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) { r.Op, r.Holder = op, holder }, nil)
-	failed := 0
-	for i, t := range set.Targets {
-		resp := resps[i]
-		name := t.Host().Name
-		switch {
-		case !resp.OK:
-			failed++
-			fmt.Fprintf(o.IO.Out, "%s: %s\n", name, resp.Error)
-		case op == node.OpUnlock && resp.Holder != nil:
-			fmt.Fprintf(o.IO.Out, "%s: unlocked (was held by %s since %s)\n", name, resp.Holder.Owner, resp.Holder.Started.UTC().Format(time.RFC3339))
-		case op == node.OpUnlock:
-			fmt.Fprintf(o.IO.Out, "%s: was not locked\n", name)
-		default:
-			fmt.Fprintf(o.IO.Out, "%s: locked by %s\n", name, resp.Holder.Owner)
+	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
+		cmd := "drover lock"
+		if o.Reason != "" {
+			cmd += ": " + o.Reason
 		}
-	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d hosts failed", failed, len(set.Targets))
-	}
-	return nil
+		holder := &lock.Holder{Owner: e.plan.By, Command: cmd}
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Holder = op, holder }, nil)
+		failed := 0
+		for i, t := range targets {
+			resp := resps[i]
+			name := t.Host().Name
+			switch {
+			case !resp.OK:
+				failed++
+				fmt.Fprintf(o.IO.Out, "%s: %s\n", name, resp.Error)
+			case op == node.OpUnlock && resp.Holder != nil:
+				fmt.Fprintf(o.IO.Out, "%s: unlocked (was held by %s since %s)\n", name, resp.Holder.Owner, resp.Holder.Started.UTC().Format(time.RFC3339))
+			case op == node.OpUnlock:
+				fmt.Fprintf(o.IO.Out, "%s: was not locked\n", name)
+			default:
+				fmt.Fprintf(o.IO.Out, "%s: locked by %s\n", name, resp.Holder.Owner)
+			}
+		}
+		if failed > 0 {
+			return fmt.Errorf("%d of %d hosts failed", failed, len(targets))
+		}
+		return nil
+	})
 }

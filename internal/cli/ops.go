@@ -17,60 +17,53 @@ import (
 // Releases lists every host's releases: active, prepared, failed, pinned,
 // with commit and age.
 func Releases(ctx context.Context, o *Common) error {
-	e, err := loadEnv(o)
-	if err != nil {
-		return err
-	}
-	set, err := e.open(ctx, o)
-	if err != nil {
-		return err
-	}
-	defer set.Close()
-	hosts := rollout.Releases(ctx, e.plan, set.Targets)
-	if o.IO.Output == "json" {
-		return o.IO.JSON(hosts)
-	}
-	now := time.Now()
-	tw := tabwriter.NewWriter(o.IO.Out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tRELEASE\tSTATUS\tCOMMIT\tSPEC\tAGE\tNOTE")
-	failed := 0
-	for _, h := range hosts {
-		if h.Error != "" {
-			failed++
-			fmt.Fprintf(tw, "%s\t-\tunreachable\t-\t-\t-\t%s\n", h.Host, h.Error)
-			continue
+	return withHosts(ctx, o, func(e *env, targets []rollout.Target) error {
+		hosts := rollout.Releases(ctx, e.plan, targets)
+		if o.IO.Output == "json" {
+			return o.IO.JSON(hosts)
 		}
-		if len(h.Releases) == 0 {
-			fmt.Fprintf(tw, "%s\t-\t(none)\t-\t-\t-\t\n", h.Host)
+		now := time.Now()
+		tw := tabwriter.NewWriter(o.IO.Out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "HOST\tRELEASE\tSTATUS\tCOMMIT\tSPEC\tAGE\tNOTE")
+		failed := 0
+		for _, h := range hosts {
+			if h.Error != "" {
+				failed++
+				fmt.Fprintf(tw, "%s\t-\tunreachable\t-\t-\t-\t%s\n", h.Host, h.Error)
+				continue
+			}
+			if len(h.Releases) == 0 {
+				fmt.Fprintf(tw, "%s\t-\t(none)\t-\t-\t-\t\n", h.Host)
+			}
+			for _, r := range h.Releases {
+				status := string(r.Status)
+				if r.ID == h.Active {
+					status = "active"
+				} else if r.Status == release.StatusActive {
+					status = "good"
+				}
+				var notes []string
+				if r.Pinned(now) {
+					notes = append(notes, "pinned until "+r.KeepUntil.UTC().Format("2006-01-02 15:04"))
+				}
+				if r.ID == h.Target {
+					notes = append(notes, "rollback target")
+				}
+				if r.FailedStep != "" && r.Status == release.StatusFailed {
+					notes = append(notes, "failed in "+r.FailedStep)
+				}
+				if r.Status == release.StatusPreparing || r.Status == release.StatusActivating {
+					notes = append(notes, "interrupted? `drover resume`")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Host, r.ID, status, short(r.Commit), r.Spec, age(now.Sub(r.CreatedAt)), strings.Join(notes, "; "))
+			}
 		}
-		for _, r := range h.Releases {
-			status := string(r.Status)
-			if r.ID == h.Active {
-				status = "active"
-			} else if r.Status == release.StatusActive {
-				status = "good"
-			}
-			var notes []string
-			if r.Pinned(now) {
-				notes = append(notes, "pinned until "+r.KeepUntil.UTC().Format("2006-01-02 15:04"))
-			}
-			if r.ID == h.Target {
-				notes = append(notes, "rollback target")
-			}
-			if r.FailedStep != "" && r.Status == release.StatusFailed {
-				notes = append(notes, "failed in "+r.FailedStep)
-			}
-			if r.Status == release.StatusPreparing || r.Status == release.StatusActivating {
-				notes = append(notes, "interrupted? `drover resume`")
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Host, r.ID, status, short(r.Commit), r.Spec, age(now.Sub(r.CreatedAt)), strings.Join(notes, "; "))
+		tw.Flush()
+		if failed > 0 {
+			return fmt.Errorf("%d hosts did not answer", failed)
 		}
-	}
-	tw.Flush()
-	if failed > 0 {
-		return fmt.Errorf("%d hosts did not answer", failed)
-	}
-	return nil
+		return nil
+	})
 }
 
 func age(d time.Duration) string {
@@ -94,21 +87,14 @@ type CleanupOptions struct {
 // Cleanup removes old and failed releases on every host beyond keep,
 // never the active one, the rollback target or a pinned one.
 func Cleanup(ctx context.Context, o *CleanupOptions) error {
-	e, err := loadEnv(&o.Common)
-	if err != nil {
-		return err
-	}
-	set, err := e.open(ctx, &o.Common)
-	if err != nil {
-		return err
-	}
-	defer set.Close()
-	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) { r.Op, r.Keep = node.OpCleanup, o.Keep }, nil)
-	return report(o.IO, set.Targets, resps, func(name string, r *node.Response) string {
-		if len(r.Removed) == 0 {
-			return "nothing to remove"
-		}
-		return "removed " + strings.Join(r.Removed, ", ")
+	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Keep = node.OpCleanup, o.Keep }, nil)
+		return report(o.IO, targets, resps, func(name string, r *node.Response) string {
+			if len(r.Removed) == 0 {
+				return "nothing to remove"
+			}
+			return "removed " + strings.Join(r.Removed, ", ")
+		})
 	})
 }
 
@@ -154,31 +140,24 @@ type ExecOptions struct {
 // Exec runs a command in the current release on every selected host,
 // output prefixed by host.
 func Exec(ctx context.Context, o *ExecOptions) error {
-	e, err := loadEnv(&o.Common)
-	if err != nil {
-		return err
-	}
-	set, err := e.open(ctx, &o.Common)
-	if err != nil {
-		return err
-	}
-	defer set.Close()
-	single := len(set.Targets) == 1
-	var mu = make(chan struct{}, 1)
-	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) { r.Op, r.Command = node.OpExec, o.Command },
-		func(host string, ev release.Event) {
-			if ev.Kind != release.EventOutput {
-				return
-			}
-			mu <- struct{}{}
-			if single {
-				fmt.Fprintln(o.IO.Out, ev.Line)
-			} else {
-				fmt.Fprintf(o.IO.Out, "[%s] %s\n", host, ev.Line)
-			}
-			<-mu
-		})
-	return report(o.IO, set.Targets, resps, func(string, *node.Response) string { return "" })
+	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
+		single := len(targets) == 1
+		var mu = make(chan struct{}, 1)
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Command = node.OpExec, o.Command },
+			func(host string, ev release.Event) {
+				if ev.Kind != release.EventOutput {
+					return
+				}
+				mu <- struct{}{}
+				if single {
+					fmt.Fprintln(o.IO.Out, ev.Line)
+				} else {
+					fmt.Fprintf(o.IO.Out, "[%s] %s\n", host, ev.Line)
+				}
+				<-mu
+			})
+		return report(o.IO, targets, resps, func(string, *node.Response) string { return "" })
+	})
 }
 
 // ServiceOptions are the inputs of `drover service`.

@@ -23,10 +23,16 @@ func (e *Engine) RunHooks(ctx context.Context, id, stage string, runOnce []strin
 	if rec == nil {
 		return fmt.Errorf("run %s hooks: release %s is not on this host", stage, id)
 	}
-	dir := e.Layout.Release(id)
+	return e.runHooks(ctx, st, rec, stage, func(h *config.Hook) bool { return h.RunOnce && e.hookApplies(h, runOnce) })
+}
+
+// runHooks runs, as steps of rec, the hooks of stage that want says run
+// here, in file order, stopping at the first failure.
+func (e *Engine) runHooks(ctx context.Context, st *state, rec *Record, stage string, want func(*config.Hook) bool) error {
+	dir := e.Layout.Release(rec.ID)
 	env := e.hookEnv(rec, dir)
 	for _, h := range e.App.HooksFor(stage) {
-		if !h.RunOnce || !e.hookApplies(h, runOnce) {
+		if !want(h) {
 			continue
 		}
 		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {
@@ -37,6 +43,10 @@ func (e *Engine) RunHooks(ctx context.Context, id, stage string, runOnce []strin
 	}
 	return nil
 }
+
+// everywhere selects the hooks that are not run_once and whose role this
+// host has.
+func (e *Engine) everywhere(h *config.Hook) bool { return !h.RunOnce && e.hookApplies(h, nil) }
 
 // Activate switches this host to the prepared release id: before_activate
 // hooks, the atomic switch of `current`, service restarts, health checks,
@@ -93,16 +103,8 @@ func (e *Engine) Activate(ctx context.Context, id string) error {
 		return err
 	}
 	dir := e.Layout.Release(id)
-	env := e.hookEnv(rec, dir)
-	for _, h := range e.App.HooksFor(config.StageBeforeActivate) {
-		if h.RunOnce || !e.hookApplies(h, nil) {
-			continue
-		}
-		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {
-			return runCommands(ctx, dir, env, h.Commands, out)
-		}); err != nil {
-			return e.fail(st, rec, err)
-		}
+	if err := e.runHooks(ctx, st, rec, config.StageBeforeActivate, e.everywhere); err != nil {
+		return e.fail(st, rec, err)
 	}
 	if err := e.runStep(ctx, st, rec, "switch", func(context.Context, *tail) error {
 		return e.Layout.switchCurrent(id)
@@ -114,18 +116,11 @@ func (e *Engine) Activate(ctx context.Context, id string) error {
 	}); err != nil {
 		return e.revert(ctx, st, rec, err)
 	}
-	for _, h := range e.App.HooksFor(config.StageAfterActivate) {
-		if h.RunOnce || !e.hookApplies(h, nil) {
-			continue
-		}
-		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {
-			return runCommands(ctx, dir, env, h.Commands, out)
-		}); err != nil {
-			// The release is live and healthy; say the hook failed but do
-			// not take the release down for it.
-			e.markActive(st, rec, active)
-			return err
-		}
+	if err := e.runHooks(ctx, st, rec, config.StageAfterActivate, e.everywhere); err != nil {
+		// The release is live and healthy; say the hook failed but do not
+		// take the release down for it.
+		e.markActive(st, rec, active)
+		return err
 	}
 	return e.markActive(st, rec, active)
 }

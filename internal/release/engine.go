@@ -203,16 +203,8 @@ func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Record, err
 			return rec, e.fail(st, rec, err)
 		}
 	}
-	env := e.hookEnv(rec, dir)
-	for _, h := range e.App.HooksFor(config.StagePrepare) {
-		if !e.hookApplies(h, opts.RunOnce) {
-			continue
-		}
-		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {
-			return runCommands(ctx, dir, env, h.Commands, out)
-		}); err != nil {
-			return rec, e.fail(st, rec, err)
-		}
+	if err := e.runHooks(ctx, st, rec, config.StagePrepare, func(h *config.Hook) bool { return e.hookApplies(h, opts.RunOnce) }); err != nil {
+		return rec, e.fail(st, rec, err)
 	}
 	rec.Status, rec.PreparedAt = StatusPrepared, e.now()
 	return rec, st.save()

@@ -170,13 +170,8 @@ func hasStep(r *release.Record, name string) bool {
 // Rollback locks every host and switches it to plan.ID, which the caller
 // checked with RollbackTarget, restarting services.
 func Rollback(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*Report, error) {
-	r := &run{plan: plan, targets: targets, obs: obs, results: map[string]*HostResult{}, tokens: map[string]int64{}}
-	rep := &Report{App: plan.App.App, Env: plan.Env.Name, Release: plan.ID}
-	defer func() {
-		for _, t := range targets {
-			rep.Hosts = append(rep.Hosts, r.result(t))
-		}
-	}()
+	r, rep := newRun(plan, targets, obs)
+	defer r.finish(rep)
 	obs.Phase("lock")
 	ctx, unlock, err := r.lockAll(ctx)
 	if err != nil {

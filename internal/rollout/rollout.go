@@ -116,12 +116,26 @@ func Deployer() string {
 }
 
 type run struct {
+	start   time.Time
 	plan    *Plan
 	targets []Target
 	obs     Observer
 	results map[string]*HostResult
 	mu      sync.Mutex
 	tokens  map[string]int64
+}
+
+func newRun(plan *Plan, targets []Target, obs Observer) (*run, *Report) {
+	r := &run{start: time.Now(), plan: plan, targets: targets, obs: obs, results: map[string]*HostResult{}, tokens: map[string]int64{}}
+	return r, &Report{App: plan.App.App, Env: plan.Env.Name, Release: plan.ID, Commit: plan.Commit}
+}
+
+// finish fills the report's per-host results and elapsed time.
+func (r *run) finish(rep *Report) {
+	rep.Elapsed = time.Since(r.start)
+	for _, t := range r.targets {
+		rep.Hosts = append(rep.Hosts, r.result(t))
+	}
 }
 
 func (r *run) result(t Target) *HostResult {
@@ -167,15 +181,8 @@ func (r *run) call(ctx context.Context, t Target, phase string, req *node.Reques
 // when the rollout could not start (bad plan, lock held); host failures are
 // in the report.
 func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*Report, error) {
-	start := time.Now()
-	r := &run{plan: plan, targets: targets, obs: obs, results: map[string]*HostResult{}, tokens: map[string]int64{}}
-	rep := &Report{App: plan.App.App, Env: plan.Env.Name, Release: plan.ID, Commit: plan.Commit}
-	defer func() {
-		rep.Elapsed = time.Since(start)
-		for _, t := range targets {
-			rep.Hosts = append(rep.Hosts, r.result(t))
-		}
-	}()
+	r, rep := newRun(plan, targets, obs)
+	defer r.finish(rep)
 
 	obs.Phase("lock")
 	ctx, unlock, err := r.lockAll(ctx)
