@@ -44,7 +44,6 @@ func newEnv(t *testing.T) *env {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin token file %v mode %v", err, fi.Mode())
 	}
-	secret, _ := os.ReadFile(path)
 	s := server.New(st, nil)
 	s.MaxWait = 5 * time.Second
 	if err := s.Start(ctx); err != nil {
@@ -52,7 +51,16 @@ func newEnv(t *testing.T) *env {
 	}
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(hs.Close)
-	return &env{t: t, st: st, srv: hs, admin: strings.TrimSpace(string(secret))}
+	return &env{t: t, st: st, srv: hs, admin: readToken(t, dir)}
+}
+
+func readToken(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func (e *env) client(token string) *api.Client {
