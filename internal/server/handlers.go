@@ -393,6 +393,16 @@ func (s *Server) startUpgrade(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("release %d belongs to %s/%s", rel.ID, rel.App, rel.Env))
 		return
 	}
+	// An unfinished upgrade of this node was interrupted (the agent
+	// restarted): close it so status shows the one that runs now.
+	if prev, err := s.store.ListUpgrades(r.Context(), store.UpgradeFilter{NodeID: n.ID, Limit: 5}); err == nil {
+		for _, p := range prev {
+			if !p.Status.Done() {
+				p.Status, p.Error, p.EndedAt = store.UpgradeFailed, "interrupted: the agent started another upgrade (it restarted)", s.now()
+				_ = s.store.UpdateUpgrade(r.Context(), p)
+			}
+		}
+	}
 	u, err := s.store.CreateUpgrade(r.Context(), store.Upgrade{NodeID: n.ID, ReleaseID: rel.ID, Status: store.UpgradePending, StartedAt: s.now()})
 	if err != nil {
 		s.storeError(w, err)

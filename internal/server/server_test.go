@@ -174,6 +174,18 @@ func TestReleaseAndLongPoll(t *testing.T) {
 	if err != nil || len(st) != 1 || st[0].Node != "web1" || st[0].Status != "succeeded" || st[0].Commit != sha || st[0].Stale {
 		t.Fatalf("status: %+v %v", st, err)
 	}
+	// An agent that restarts mid-upgrade starts a new one; the old one is
+	// closed as interrupted.
+	up2, err := agent.StartUpgrade(ctx, api.StartUpgrade{ReleaseID: rel.ID, App: "hello", Env: "demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.StartUpgrade(ctx, api.StartUpgrade{ReleaseID: rel.ID, App: "hello", Env: "demo"}); err != nil {
+		t.Fatal(err)
+	}
+	if u, err := e.st.GetUpgrade(ctx, up2.ID); err != nil || u.Status != store.UpgradeFailed || !strings.Contains(u.Error, "interrupted") {
+		t.Errorf("interrupted upgrade: %+v %v", u, err)
+	}
 	// A finished upgrade takes no more reports.
 	if err := agent.Report(ctx, up.ID, api.Report{Status: api.StatusFailed}); !api.IsStatus(err, http.StatusConflict) {
 		t.Errorf("report after the end: %v", err)
