@@ -240,7 +240,7 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 		helds []*node.Held
 		errs  []error
 	)
-	r.each(ctx, 0, func(ctx context.Context, t Target) {
+	lockOne := func(ctx context.Context, t Target) {
 		req := r.request(t, node.OpLock)
 		req.Holder = &holder
 		h, err := node.Hold(ctx, t, req)
@@ -265,7 +265,17 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 			case <-ctx.Done():
 			}
 		}()
-	})
+	}
+	// The first host's lock decides between two deployers racing: the
+	// loser fails there and never holds a lock on another host, so one of
+	// them always gets the whole environment.
+	if len(r.targets) > 0 {
+		lockOne(ctx, r.targets[0])
+	}
+	if len(errs) == 0 && len(r.targets) > 1 {
+		rest := &run{plan: r.plan, targets: r.targets[1:], obs: r.obs, results: r.results, tokens: r.tokens}
+		rest.each(ctx, 0, lockOne)
+	}
 	release := func() {
 		for _, h := range helds {
 			_ = h.Release()

@@ -256,3 +256,44 @@ func TestRollbackTargetRefusesMissingHost(t *testing.T) {
 		t.Errorf("common target: %s %v", to, err)
 	}
 }
+
+// TestRacingDeploysOneWins starts two deploys of one environment at once:
+// exactly one runs, the other fails naming the lock holder, and neither
+// leaves a lock behind.
+func TestRacingDeploysOneWins(t *testing.T) {
+	f := newFleet(t, 3, "")
+	c := f.app.Repo.Head()
+	plans := []*rollout.Plan{f.plan(c, 1), f.plan(c, 2)}
+	plans[0].By, plans[1].By = "alice@a", "bob@b"
+	type outcome struct {
+		rep *rollout.Report
+		err error
+	}
+	out := make(chan outcome, 2)
+	for _, p := range plans {
+		go func() {
+			rep, err := rollout.Deploy(context.Background(), p, f.targets, &nopObserver{})
+			out <- outcome{rep, err}
+		}()
+	}
+	wins, losses := 0, 0
+	for range 2 {
+		o := <-out
+		switch {
+		case o.err == nil && o.rep.OK():
+			wins++
+		case o.err != nil && strings.Contains(o.err.Error(), "deploy lock held by"):
+			losses++
+		default:
+			t.Errorf("unexpected outcome: %v %+v", o.err, o.rep)
+		}
+	}
+	if wins != 1 || losses != 1 {
+		t.Fatalf("%d deploys won and %d lost, want 1 and 1", wins, losses)
+	}
+	for i := range f.targets {
+		if h, _ := (&lock.File{Path: filepath.Join(f.roots[i], ".drover", "lock")}).Read(); h != nil {
+			t.Errorf("host %d still locked by %+v", i, h)
+		}
+	}
+}
