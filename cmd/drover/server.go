@@ -33,17 +33,21 @@ may share one) or MySQL/MariaDB. Schema migrations run on start.`,
 	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "TLS certificate (PEM)")
 	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "TLS private key (PEM)")
 
-	cmd.AddCommand(&cobra.Command{
+	var printSQL bool
+	migrate := &cobra.Command{
 		Use:   "migrate",
 		Short: "Run the store's schema migrations and exit",
 		Example: `  drover server migrate --db mysql://drover:secret@tcp(127.0.0.1:3306)/drover
-  drover server migrate --data /var/lib/drover-server`,
+  drover server migrate --data /var/lib/drover-server
+  drover server migrate --db postgres://admin@db/drover --print-sql > install.sql`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.IO = cli.StdIO(g.output)
-			return cli.Migrate(cmd.Context(), o)
+			return cli.Migrate(cmd.Context(), o, printSQL)
 		},
-	})
+	}
+	migrate.Flags().BoolVar(&printSQL, "print-sql", false, "print the schema SQL for the --db dialect instead (for a DBA to run)")
+	cmd.AddCommand(migrate)
 	jt := &cobra.Command{Use: "join-token", Short: "Manage one-time join tokens for agents"}
 	co := &cli.ClientOptions{}
 	var ttl time.Duration

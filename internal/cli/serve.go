@@ -115,8 +115,17 @@ func Serve(ctx context.Context, o *ServerOptions) error {
 	return nil
 }
 
-// Migrate runs the store's schema migrations alone.
-func Migrate(ctx context.Context, o *ServerOptions) error {
+// Migrate runs the store's schema migrations alone, or with printSQL prints
+// the install SQL for a database administrator to run by hand.
+func Migrate(ctx context.Context, o *ServerOptions, printSQL bool) error {
+	if printSQL {
+		t, err := store.ParseURL(o.dbURL())
+		if err != nil {
+			return &UsageError{err}
+		}
+		fmt.Fprint(o.IO.Out, store.SchemaSQL(t.Dialect))
+		return nil
+	}
 	applied, err := store.Migrate(ctx, o.dbURL())
 	if err != nil {
 		return err
