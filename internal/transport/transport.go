@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
@@ -35,7 +36,13 @@ type HostError struct {
 	Err  error
 }
 
-func (e *HostError) Error() string { return fmt.Sprintf("%s: %v", e.Host, e.Err) }
+func (e *HostError) Error() string {
+	// The SSH client already names the host in its errors; say it once.
+	if msg := e.Err.Error(); strings.HasPrefix(msg, e.Host+": ") {
+		return msg
+	}
+	return fmt.Sprintf("%s: %v", e.Host, e.Err)
+}
 func (e *HostError) Unwrap() error { return e.Err }
 
 // Set is the open targets of one rollout; Close closes them all.

@@ -1,0 +1,58 @@
+//go:build integration
+
+package test
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+)
+
+// BenchmarkPushDeploy measures a push deploy of a trivial app (no
+// services, a prepare hook that does nothing) with the real binary, to 1
+// host and to 8 hosts in the same run, each iteration deploying a new
+// commit so a release is really made. It reports the median seconds per
+// deploy for each, their ratio (target ≤ 1.5: hosts are driven in
+// parallel) and drover's own cost per extra host, (t8 - t1) / 7.
+func BenchmarkPushDeploy(b *testing.B) {
+	fleets := map[int]*push{}
+	for _, n := range []int{1, 8} {
+		p := newPush(b, appOptions{Hosts: n, NoService: true, NoHello: true})
+		// The first deploy copies drover to each host and clones the
+		// repository there; that is setup, not what is measured.
+		p.mustDrover("deploy", env)
+		fleets[n] = p
+	}
+	var t1, t8 []time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		for _, n := range []int{1, 8} {
+			p := fleets[n]
+			b.StopTimer()
+			p.commit(fmt.Sprintf("bench %d", i))
+			b.StartTimer()
+			r := p.mustDrover("deploy", env)
+			if n == 1 {
+				t1 = append(t1, r.elapsed)
+			} else {
+				t8 = append(t8, r.elapsed)
+			}
+		}
+	}
+	m1, m8 := median(t1), median(t8)
+	b.ReportMetric(m1.Seconds(), "s/deploy-1host")
+	b.ReportMetric(m8.Seconds(), "s/deploy-8hosts")
+	b.ReportMetric(m8.Seconds()/m1.Seconds(), "ratio-8/1")
+	b.ReportMetric((m8-m1).Seconds()/7*1000, "ms/extra-host")
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
