@@ -20,7 +20,6 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Common = g.common(cmd, args[0])
 			o.KeepFor = keepDays(days)
-			o.Command = commandLine()
 			var err error
 			if verb == "prepare" {
 				_, err = cli.Prepare(cmd.Context(), o)
@@ -54,7 +53,7 @@ func newActivateCmd(g *globals) *cobra.Command {
 		Args:    exactArgs(2, "an environment and a release"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Common = g.common(cmd, args[0])
-			o.Release, o.Command = args[1], commandLine()
+			o.Release = args[1]
 			_, err := cli.Activate(cmd.Context(), o)
 			return err
 		},
@@ -75,7 +74,6 @@ host runs, and finishes it: hosts and steps already done are skipped.`,
 		Args:    exactArgs(1, "an environment"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Common = g.common(cmd, args[0])
-			o.Command = commandLine()
 			_, err := cli.Resume(cmd.Context(), o)
 			return err
 		},

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -121,7 +120,5 @@ func exactArgs(n int, what string) cobra.PositionalArgs {
 		return nil
 	}
 }
-
-func commandLine() string { return strings.Join(os.Args[1:], " ") }
 
 func keepDays(d float64) time.Duration { return time.Duration(d * 24 * float64(time.Hour)) }

@@ -219,10 +219,8 @@ func observe(c *Common, e *env, id string, fn func(rollout.Observer) (*rollout.R
 			fmt.Fprintf(c.IO.Out, "full log: %s\n", logf.Name())
 		}
 	}
-	if err != nil {
-		return rep, err
-	}
-	if !rep.OK() {
+	if err != nil || !rep.OK() {
+		// The summary said what failed and what to do.
 		return rep, errReported
 	}
 	return rep, nil

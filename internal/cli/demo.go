@@ -46,7 +46,6 @@ func Demo(ctx context.Context, o *DemoOptions) error {
 	fmt.Fprintf(o.IO.Out, "example app in %s (a git repository), deploying to %s\n", src, srv)
 	d := &DeployOptions{Common: o.Common}
 	d.File, d.Env, d.IO = filepath.Join(src, "drover.yml"), "demo", o.IO
-	d.Command = "demo"
 	if _, err := Deploy(ctx, d); err != nil {
 		return err
 	}

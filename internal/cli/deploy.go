@@ -23,7 +23,6 @@ type DeployOptions struct {
 	Release  string        // activate: the prepared release
 	Export   string        // how to materialise a commit (archive, checkout)
 	Lease    time.Duration // deploy lock lease
-	Command  string        // the command line, recorded with the lock
 }
 
 // Deploy pushes a release to every host of an environment: resolve the spec
@@ -65,9 +64,9 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		e.plan.Parallel = o.Parallel
 	}
 	e.plan.KeepFor, e.plan.Export, e.plan.Lease = o.KeepFor, o.Export, o.Lease
-	e.plan.Command = o.Command
-	if e.plan.Command == "" {
-		e.plan.Command = verb + " " + e.env.Name
+	e.plan.Command = "drover " + verb + " " + e.env.Name
+	if o.Version != "" {
+		e.plan.Command += " --version " + o.Version
 	}
 	switch verb {
 	case "deploy", "prepare":

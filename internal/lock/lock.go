@@ -45,7 +45,11 @@ type HeldError struct {
 
 func (e *HeldError) Error() string {
 	h := e.Holder
-	what := fmt.Sprintf("%s (pid %d) since %s (%s ago)", h.Owner, h.PID, h.Started.UTC().Format(time.RFC3339), e.Now.Sub(h.Started).Round(time.Second))
+	who := fmt.Sprintf("%s (pid %d)", h.Owner, h.PID)
+	if h.Manual || h.PID == 0 {
+		who = h.Owner
+	}
+	what := fmt.Sprintf("%s since %s (%s ago)", who, h.Started.UTC().Format(time.RFC3339), e.Now.Sub(h.Started).Round(time.Second))
 	if h.Command != "" {
 		what += ", running " + h.Command
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/user"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -285,7 +286,11 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 	if len(errs) > 0 {
 		release()
 		r.skipRest("prepare")
-		return nil, nil, fmt.Errorf("could not lock every host, nothing was changed:\n  %w", errors.Join(errs...))
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = e.Error()
+		}
+		return nil, nil, fmt.Errorf("could not lock every host, nothing was changed:\n  %s", strings.Join(msgs, "\n  "))
 	}
 	return ctx, release, nil
 }

@@ -58,7 +58,7 @@ func openSSH(ctx context.Context, h *config.Host, opts Options) (rollout.Target,
 		c.Close()
 		return nil, nil, fmt.Errorf("host is %q but this drover is %s/%s; build drover for the host and pass --node-binary", got, runtime.GOOS, runtime.GOARCH)
 	}
-	remote, err := c.EnsureBinary(ctx, opts.Binary)
+	remote, err := c.Install(ctx, opts.binary)
 	if err != nil {
 		c.Close()
 		return nil, nil, fmt.Errorf("copy drover to host: %w", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/rollout"
 	"github.com/drover/drover/internal/transport/local"
+	"github.com/drover/drover/internal/transport/ssh"
 )
 
 // Options are how to reach hosts.
@@ -28,6 +29,7 @@ type Options struct {
 	MaxDials     int      // concurrent SSH dials; default 16
 
 	explicitBinary bool
+	binary         ssh.Binary // hashed once for every host
 }
 
 // HostError is a host that could not be opened.
@@ -66,6 +68,17 @@ func Open(ctx context.Context, hosts []*config.Host, opts Options) (*Set, []*Hos
 	if opts.Binary == "" {
 		opts.Binary, _ = os.Executable()
 	}
+	if needsSSH(hosts) {
+		b, err := ssh.LoadBinary(opts.Binary)
+		if err != nil {
+			errs := make([]*HostError, len(hosts))
+			for i, h := range hosts {
+				errs[i] = &HostError{Host: h.Name, Err: err}
+			}
+			return &Set{}, errs
+		}
+		opts.binary = b
+	}
 	if opts.MaxDials == 0 {
 		opts.MaxDials = 16
 	}
@@ -100,6 +113,15 @@ func Open(ctx context.Context, hosts []*config.Host, opts Options) (*Set, []*Hos
 		set.closers = append(set.closers, closers[i])
 	}
 	return set, failed
+}
+
+func needsSSH(hosts []*config.Host) bool {
+	for _, h := range hosts {
+		if h.Transport != config.TransportLocal {
+			return true
+		}
+	}
+	return false
 }
 
 func open(ctx context.Context, h *config.Host, opts Options) (rollout.Target, func() error, error) {

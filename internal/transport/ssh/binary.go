@@ -16,31 +16,58 @@ import (
 // relative to the login user's home directory.
 const BinaryDir = ".drover/bin"
 
-// EnsureBinary makes sure the host has a copy of the local file at
-// ~/.drover/bin/drover-<first 16 hex digits of its SHA-256> and returns
-// that path. A copy already there is kept if its checksum (sha256sum on
-// the host) matches; otherwise the file is streamed over a session's
-// stdin to a temp name, checked, made executable and renamed into place,
-// so hosts sharing a home directory can race safely.
-func (c *Client) EnsureBinary(ctx context.Context, localPath string) (remotePath string, err error) {
-	f, err := os.Open(localPath)
+// Binary is a local drover binary to copy to hosts, hashed once.
+type Binary struct {
+	Path string
+	Sum  string // hex SHA-256
+	Size int64
+}
+
+// LoadBinary hashes the file at path.
+func LoadBinary(path string) (Binary, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("%s: copy drover: %w", c.name, err)
+		return Binary{}, fmt.Errorf("copy drover: %w", err)
 	}
 	defer f.Close()
 	h := sha256.New()
 	size, err := io.Copy(h, f)
 	if err != nil {
-		return "", fmt.Errorf("%s: copy drover: hash %s: %w", c.name, localPath, err)
+		return Binary{}, fmt.Errorf("copy drover: hash %s: %w", path, err)
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
+	return Binary{Path: path, Sum: hex.EncodeToString(h.Sum(nil)), Size: size}, nil
+}
+
+// EnsureBinary is Install for the file at localPath.
+func (c *Client) EnsureBinary(ctx context.Context, localPath string) (remotePath string, err error) {
+	b, err := LoadBinary(localPath)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", c.name, err)
+	}
+	return c.Install(ctx, b)
+}
+
+// Install makes sure the host has a copy of b at
+// ~/.drover/bin/drover-<first 16 hex digits of its SHA-256> and returns
+// that path. A copy is only ever put in place by a rename after its
+// checksum was verified on the host, so one already there with the right
+// size is kept without hashing it again; otherwise the file is streamed
+// over a session's stdin to a temp name, checked, made executable and
+// renamed into place, so hosts sharing a home directory can race safely.
+func (c *Client) Install(ctx context.Context, b Binary) (remotePath string, err error) {
+	f, err := os.Open(b.Path)
+	if err != nil {
+		return "", fmt.Errorf("%s: copy drover: %w", c.name, err)
+	}
+	defer f.Close()
+	sum, size := b.Sum, b.Size
 	name := "drover-" + sum[:16]
 
 	// One round trip when the binary is already there.
 	check := fmt.Sprintf(`set -e
 f="$HOME/%s/%s"
-if [ -f "$f" ] && [ -x "$f" ] && [ "$(sha256sum < "$f" | cut -d' ' -f1)" = %s ]; then echo "present $f"; else echo "missing $f"; fi`,
-		BinaryDir, name, sum)
+if [ -f "$f" ] && [ -x "$f" ] && [ "$(wc -c < "$f")" -eq %d ]; then echo "present $f"; else echo "missing $f"; fi`,
+		BinaryDir, name, size)
 	var out, errOut bytes.Buffer
 	if err := c.Run(ctx, check, nil, &out, &errOut); err != nil {
 		return "", fmt.Errorf("copy drover: check for %s: %w%s", name, err, stderrSuffix(&errOut))
