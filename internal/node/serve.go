@@ -117,7 +117,17 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 		if err := eng.Activate(ctx, req.ID); err != nil {
 			return errResponse(err)
 		}
-		return &Response{OK: true, Active: req.ID}
+		resp := &Response{OK: true, Active: req.ID}
+		if req.Keep > 0 {
+			// Cleanup in the same session saves a round trip per host;
+			// its failure does not undo a good activation.
+			removed, err := eng.Cleanup(ctx, req.Keep)
+			resp.Removed = removed
+			if err != nil {
+				w.event(release.Event{Kind: release.EventInfo, Step: "cleanup", Line: "cleanup failed: " + err.Error()})
+			}
+		}
+		return resp
 	case OpRollback:
 		to, err := eng.Rollback(ctx, req.To)
 		if err != nil {

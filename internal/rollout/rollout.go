@@ -221,13 +221,6 @@ func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*R
 		rep.Err = "a run_once after_activate hook failed; every host runs the new release"
 		return rep, nil
 	}
-	obs.Phase("cleanup")
-	r.each(ctx, 0, func(ctx context.Context, t Target) {
-		req := r.request(t, node.OpCleanup)
-		if resp, err := node.Call(ctx, t, req, nil); err == nil && !resp.OK {
-			obs.Event(t.Host().Name, release.Event{Kind: release.EventInfo, Step: "cleanup", Line: "cleanup failed: " + resp.Error})
-		}
-	})
 	return rep, nil
 }
 
@@ -371,7 +364,9 @@ func (r *run) activate(ctx context.Context) time.Duration {
 	start := time.Now()
 	one := func(ctx context.Context, t Target) {
 		t0 := time.Now()
-		resp, ok := r.call(ctx, t, "activate", r.request(t, node.OpActivate))
+		req := r.request(t, node.OpActivate)
+		req.Keep = r.plan.App.KeepReleases // each host cleans up once it runs the release
+		resp, ok := r.call(ctx, t, "activate", req)
 		res := r.result(t)
 		res.Activate = time.Since(t0)
 		if ok {
