@@ -306,7 +306,9 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = min(d, s.MaxWait)
 	}
-	nodes, err := s.store.ListNodes(r.Context(), store.NodeFilter{Name: p.node})
+	var nodes []store.Node
+	var err error
+	offStack(func() { nodes, err = s.store.ListNodes(r.Context(), store.NodeFilter{Name: p.node}) })
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -327,7 +329,8 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		defer timer.Stop()
 	}
 	for {
-		d, err := s.desiredOf(r.Context(), nodes)
+		var d *api.Desired
+		offStack(func() { d, err = s.desiredOf(r.Context(), nodes) })
 		if err != nil {
 			s.storeError(w, err)
 			return
@@ -349,11 +352,10 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) touch(ctx context.Context, nodes []store.Node) {
+func (s *Server) touch(_ context.Context, nodes []store.Node) {
+	now := s.now()
 	for _, n := range nodes {
-		if err := s.store.TouchNode(ctx, n.ID, time.Time{}); err != nil && ctx.Err() == nil {
-			s.log.Warn("touch node", "node", n.Name, "err", err)
-		}
+		s.seen.note(n.ID, now)
 	}
 }
 

@@ -31,6 +31,7 @@ type Server struct {
 	now   func() time.Time
 	hub   *hub
 	cache *desiredCache
+	seen  *lastSeen
 	mux   *http.ServeMux
 	// MaxWait caps a long-poll's wait.
 	MaxWait time.Duration
@@ -45,6 +46,7 @@ func New(st store.Store, log *slog.Logger) *Server {
 	}
 	s := &Server{store: st, log: log, now: time.Now, hub: newHub(), MaxWait: 60 * time.Second, StaleAfter: 100 * time.Second}
 	s.cache = &desiredCache{st: st, entries: map[string]*desiredEntry{}}
+	s.seen = &lastSeen{ids: map[int64]time.Time{}}
 	s.routes()
 	return s
 }
@@ -62,7 +64,48 @@ func (s *Server) Start(ctx context.Context) error {
 			s.hub.wake(c.App, c.Env)
 		}
 	}()
+	go s.seen.flushEvery(ctx, s.store, 2*time.Second, s.log)
 	return nil
+}
+
+// lastSeen batches nodes' last-seen times: a long-poll answer only notes
+// the time, and one goroutine writes them every few seconds, so a thousand
+// agents waking at once cost no thousand writes on the request path.
+type lastSeen struct {
+	mu  sync.Mutex
+	ids map[int64]time.Time
+}
+
+func (l *lastSeen) note(id int64, at time.Time) {
+	l.mu.Lock()
+	l.ids[id] = at
+	l.mu.Unlock()
+}
+
+func (l *lastSeen) flush(ctx context.Context, st store.Store, log *slog.Logger) {
+	l.mu.Lock()
+	ids := l.ids
+	l.ids = map[int64]time.Time{}
+	l.mu.Unlock()
+	for id, at := range ids {
+		if err := st.TouchNode(ctx, id, at); err != nil && ctx.Err() == nil {
+			log.Warn("record last seen", "node_id", id, "err", err)
+		}
+	}
+}
+
+func (l *lastSeen) flushEvery(ctx context.Context, st store.Store, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			l.flush(context.Background(), st, log)
+			return
+		case <-t.C:
+			l.flush(ctx, st, log)
+		}
+	}
 }
 
 // Handler returns the HTTP handler of the API.
@@ -132,7 +175,26 @@ func NewSecret(kind store.TokenKind) string {
 
 var errNoToken = errors.New("no bearer token: send Authorization: Bearer TOKEN")
 
-func (s *Server) principal(r *http.Request) (principal, error) {
+// offStack runs fn on a goroutine of its own and waits for it. Store
+// calls (the SQLite driver especially) grow a goroutine's stack to tens of
+// kilobytes; a long-poll then parks its connection's goroutine for half a
+// minute. Running the calls elsewhere keeps ten thousand parked
+// goroutines at their small starting stacks.
+func offStack(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	<-done
+}
+
+func (s *Server) principal(r *http.Request) (p principal, err error) {
+	offStack(func() { p, err = s.lookupPrincipal(r) })
+	return p, err
+}
+
+func (s *Server) lookupPrincipal(r *http.Request) (principal, error) {
 	h := r.Header.Get("Authorization")
 	secret, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok || secret == "" {
