@@ -14,7 +14,8 @@ import (
 // host and to 8 hosts in the same run, each iteration deploying a new
 // commit so a release is really made. It reports the median seconds per
 // deploy for each, their ratio (target ≤ 1.5: hosts are driven in
-// parallel) and drover's own cost per extra host, (t8 - t1) / 7.
+// parallel), drover's cost per extra host, (t8 - t1) / 7, and the
+// deployer process's own CPU time per host.
 func BenchmarkPushDeploy(b *testing.B) {
 	fleets := map[int]*push{}
 	for _, n := range []int{1, 8} {
@@ -24,7 +25,7 @@ func BenchmarkPushDeploy(b *testing.B) {
 		p.mustDrover("deploy", env)
 		fleets[n] = p
 	}
-	var t1, t8 []time.Duration
+	var t1, t8, c1, c8 []time.Duration
 	i := 0
 	for b.Loop() {
 		i++
@@ -35,9 +36,9 @@ func BenchmarkPushDeploy(b *testing.B) {
 			b.StartTimer()
 			r := p.mustDrover("deploy", env)
 			if n == 1 {
-				t1 = append(t1, r.elapsed)
+				t1, c1 = append(t1, r.elapsed), append(c1, r.cpu)
 			} else {
-				t8 = append(t8, r.elapsed)
+				t8, c8 = append(t8, r.elapsed), append(c8, r.cpu)
 			}
 		}
 	}
@@ -46,6 +47,11 @@ func BenchmarkPushDeploy(b *testing.B) {
 	b.ReportMetric(m8.Seconds(), "s/deploy-8hosts")
 	b.ReportMetric(m8.Seconds()/m1.Seconds(), "ratio-8/1")
 	b.ReportMetric((m8-m1).Seconds()/7*1000, "ms/extra-host")
+	// The deployer's own CPU per host: what drover costs on the machine
+	// that deploys, apart from the hosts' work (which, here, shares the
+	// same two cores as the deployer and every other host).
+	b.ReportMetric(float64(median(c1).Milliseconds()), "deployer-cpu-ms-1host")
+	b.ReportMetric(float64(median(c8).Milliseconds())/8, "deployer-cpu-ms/host-8hosts")
 }
 
 func median(ds []time.Duration) time.Duration {

@@ -143,6 +143,7 @@ type result struct {
 	stdout  string
 	stderr  string
 	elapsed time.Duration
+	cpu     time.Duration // user+system CPU of the drover process itself
 }
 
 func (r result) out() string { return r.stdout + r.stderr }
@@ -172,6 +173,9 @@ func (p *push) drover(args ...string) result {
 	start := time.Now()
 	err := cmd.Run()
 	r := result{stdout: stdout.String(), stderr: stderr.String(), elapsed: time.Since(start)}
+	if cmd.ProcessState != nil {
+		r.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
