@@ -30,14 +30,20 @@ test-unit:
 test-integration: build
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -tags integration ./test/...
 
+# Benchmarks: export speed, push fan-out (1 vs 8 hosts), control-server
+# propagation and memory (see bench/README.md).
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 5x ./internal/source/ ./internal/release/
-	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchtime 3x -tags integration ./test/...
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./internal/source/
+	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench PushDeploy -benchtime 5x -tags integration ./test/
+	$(GO) test -run '^$$' -bench Propagation -benchtime 5x ./bench/
+	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'ServerIdle|AgentIdle' -benchtime 1x -timeout 15m ./bench/
 
 lint:
 	gofmt -l . | (! grep .)
 	$(GO) vet ./...
+	$(GO) vet -tags integration ./test/...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest -tags integration ./test/...
 
 fuzz:
 	$(GO) test -fuzz FuzzParse -fuzztime 20s ./internal/config/

@@ -113,23 +113,6 @@ func (p *proc) kill(t *testing.T) {
 	}
 }
 
-// wait waits for the process to exit and returns its exit code.
-func (p *proc) wait(t *testing.T, d time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		t.Fatalf("%s did not exit within %s; log:\n%s", p.cmd, d, readFile(p.log))
-	}
-	var ee *exec.ExitError
-	if errors.As(p.err, &ee) {
-		return ee.ExitCode()
-	}
-	if p.err != nil {
-		t.Fatalf("%s: %v", p.cmd, p.err)
-	}
-	return 0
-}
 
 // node is one agent's machine: its config, deploy_to, shared port.
 type node struct {
