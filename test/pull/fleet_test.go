@@ -113,7 +113,6 @@ func (p *proc) kill(t *testing.T) {
 	}
 }
 
-
 // node is one agent's machine: its config, deploy_to, shared port.
 type node struct {
 	name     string
