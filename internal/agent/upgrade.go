@@ -47,7 +47,7 @@ func (a *Agent) upgrade(ctx context.Context, app *config.AgentApp, want api.Desi
 	if err != nil {
 		return false, fmt.Errorf("record upgrade: %w", err)
 	}
-	rep := &reporter{agent: a, id: up.ID}
+	rep := &reporter{agent: a, client: a.client, id: up.ID}
 	err = a.run(ctx, app, rel, commit, id, want, rep)
 	rep.finish(ctx, err)
 	_ = a.hello(ctx)
@@ -117,8 +117,9 @@ func contains(xs []string, x string) bool {
 // that fails is not fatal: the next one carries every step again, and the
 // final report is retried until the server takes it.
 type reporter struct {
-	agent *Agent
-	id    int64
+	agent  *Agent
+	client *api.Client // the connection the upgrade was recorded on
+	id     int64
 
 	mu     sync.Mutex
 	state  string
@@ -182,7 +183,7 @@ func (r *reporter) send(ctx context.Context, errText string, timeout time.Durati
 	defer r.sendMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return r.agent.client.Report(ctx, r.id, r.snapshot(errText))
+	return r.client.Report(ctx, r.id, r.snapshot(errText))
 }
 
 // finish sends the final status, retrying while the server is away.
