@@ -119,10 +119,10 @@ func (e *Engine) Activate(ctx context.Context, id string) error {
 	if err := e.runHooks(ctx, st, rec, config.StageAfterActivate, e.everywhere); err != nil {
 		// The release is live and healthy; say the hook failed but do not
 		// take the release down for it.
-		e.markActive(st, rec, active)
+		e.markActive(st, rec)
 		return err
 	}
-	return e.markActive(st, rec, active)
+	return e.markActive(st, rec)
 }
 
 func (e *Engine) isActivationHook(step string) bool {
@@ -136,14 +136,13 @@ func (e *Engine) isActivationHook(step string) bool {
 	return false
 }
 
-func (e *Engine) markActive(st *state, rec *Record, previous string) error {
+func (e *Engine) markActive(st *state, rec *Record) error {
 	for _, r := range st.releases {
 		if r.Status == StatusActive && r.ID != rec.ID {
 			r.Status = StatusGood
 		}
 	}
 	rec.Status, rec.ActivatedAt = StatusActive, e.now()
-	_ = previous
 	return st.save()
 }
 
