@@ -196,7 +196,7 @@ func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*R
 	if !plan.ActivateOnly {
 		obs.Phase("prepare")
 		if !r.prepareAll(ctx) {
-			rep.Err = "no host was activated because a host failed to prepare; fix it and run `drover resume`"
+			rep.Err = "no host was activated because a host failed to prepare; fix it and run `drover resume " + plan.Env.Name + "`"
 			r.skipRest("activate")
 			return rep, nil
 		}
@@ -438,5 +438,5 @@ func (r *run) mixedSummary() string {
 	if len(on) == 0 {
 		return fmt.Sprintf("no host runs %s; %v kept (or went back to) their previous release", r.plan.ID, off)
 	}
-	return fmt.Sprintf("hosts run different releases: %v run %s, %v do not; run `drover resume` after fixing, or `drover rollback`", on, r.plan.ID, off)
+	return fmt.Sprintf("hosts run different releases: %v run %s, %v do not; run `drover resume %s` after fixing, or `drover rollback %s`", on, r.plan.ID, off, r.plan.Env.Name, r.plan.Env.Name)
 }
