@@ -55,7 +55,11 @@ func Demo(ctx context.Context, o *DemoOptions) error {
 		return fmt.Errorf("demo: deployed, but %s does not answer: %w", url, err)
 	}
 	fmt.Fprintf(o.IO.Out, "\n%s\nThe example app is running: %s\n", strings.TrimSpace(body), url)
-	fmt.Fprintf(o.IO.Out, "Try: cd %s && drover releases demo; drover service status demo; drover rollback demo\n", src)
+	self := "drover"
+	if exe, err := os.Executable(); err == nil {
+		self = exe
+	}
+	fmt.Fprintf(o.IO.Out, "Try: cd %s && %s releases demo   (or: service status demo, rollback demo, exec demo -- ls)\n", src, self)
 	return nil
 }
 
