@@ -94,7 +94,10 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return err
+		if ctx.Err() != nil {
+			return err
+		}
+		return fmt.Errorf("cannot reach the drover server at %s (is it running? --server or DROVER_SERVER): %w", c.Base, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
