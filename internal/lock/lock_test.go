@@ -118,16 +118,16 @@ func TestHoldReleasesOnCancel(t *testing.T) {
 	ready := make(chan Holder, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- f.Hold(ctx, Holder{Owner: "a", Lease: 300 * time.Millisecond}, func(h Holder) { ready <- h })
+		done <- f.Hold(ctx, Holder{Owner: "a", Lease: time.Second}, func(h Holder) { ready <- h })
 	}()
 	h := <-ready
 	// Past several leases the holder is still fresh: Hold heartbeats.
-	deadline := time.Now().Add(900 * time.Millisecond)
+	deadline := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		if cur, err := f.Read(); err != nil || cur == nil || cur.Token != h.Token {
 			t.Fatalf("lock lapsed while held: %+v %v", cur, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	cancel()
 	if err := <-done; err != nil {
