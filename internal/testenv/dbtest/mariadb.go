@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/drover/drover/internal/testenv/debpkg"
 )
 
 const (
@@ -44,7 +46,7 @@ type mariaServer struct {
 // the tests run as root.
 func startMariaDB(t testing.TB) (server, error) {
 	have := func() bool { return isExecutable(mariadbd) && mariadbInstallDB() != "" }
-	if err := ensureInstalled(have, "mariadb-server", "service", "mariadb", "stop"); err != nil {
+	if err := debpkg.Ensure("mariadb-server", have, "service", "mariadb", "stop"); err != nil {
 		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "drover-dbtest-mariadb-")

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // "pgx" database/sql driver
+
+	"github.com/drover/drover/internal/testenv/debpkg"
 )
 
 // postgresBin returns the directory of the newest installed PostgreSQL's
@@ -45,7 +47,7 @@ type pgServer struct {
 // free loopback port. Root may not run postgres, so as root it runs as the
 // "postgres" user the Debian package creates.
 func startPostgres(t testing.TB) (server, error) {
-	if err := ensureInstalled(func() bool { return postgresBin() != "" }, "postgresql", "service", "postgresql", "stop"); err != nil {
+	if err := debpkg.Ensure("postgresql", func() bool { return postgresBin() != "" }, "service", "postgresql", "stop"); err != nil {
 		return nil, err
 	}
 	bin := postgresBin()

@@ -10,69 +10,11 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/drover/drover/internal/testenv/debpkg"
 )
 
-// aptLock serialises apt-get across test binaries that go test runs in
-// parallel; the check for the binary is repeated under it, so a package is
-// installed at most once per machine.
-const aptLock = "/tmp/drover-dbtest-apt.lock"
-
-// ensureInstalled returns nil when have() is true, installing the Debian
-// package pkg first if needed. afterInstall stops the system service the
-// package starts: tests run their own servers.
-func ensureInstalled(have func() bool, pkg string, afterInstall ...string) error {
-	if have() {
-		return nil
-	}
-	if os.Geteuid() != 0 {
-		return fmt.Errorf("%s is not installed and installing it needs root (apt-get install %s)", pkg, pkg)
-	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		return fmt.Errorf("%s is not installed and there is no apt-get", pkg)
-	}
-	f, err := os.OpenFile(aptLock, os.O_CREATE|os.O_RDWR, 0o666)
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", aptLock, err)
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("lock %s: %w", aptLock, err)
-	}
-	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-	if have() { // another test binary installed it while we waited
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	apt := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, "apt-get", append([]string{"-o", "DPkg::Lock::Timeout=300", "-qq"}, args...)...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("apt-get %s: %v\n%s", strings.Join(args, " "), err, tail(out, 2000))
-		}
-		return nil
-	}
-	if err := apt("update"); err != nil {
-		return err
-	}
-	if err := apt("install", "-y", "--no-install-recommends", pkg); err != nil {
-		return err
-	}
-	if len(afterInstall) > 0 {
-		_ = exec.CommandContext(ctx, afterInstall[0], afterInstall[1:]...).Run()
-	}
-	if !have() {
-		return fmt.Errorf("installed %s but its programs are still missing", pkg)
-	}
-	return nil
-}
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
-}
+func tail(b []byte, n int) string { return debpkg.Tail(b, n) }
 
 func fileTail(path string, n int) string {
 	b, _ := os.ReadFile(path)
