@@ -122,9 +122,18 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		fmt.Fprintf(o.IO.Out, "%s %s %s to %s: release %s (commit %s), %d hosts, strategy %s\n",
 			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Targets), e.plan.Strategy)
 	}
-	return observe(&o.Common, e, e.plan.ID, func(obs rollout.Observer) (*rollout.Report, error) {
+	rep, err := observe(&o.Common, e, e.plan.ID, func(obs rollout.Observer) (*rollout.Report, error) {
 		return rollout.Deploy(ctx, e.plan, set.Targets, obs)
 	})
+	if err == nil && verb == "prepare" && o.IO.Output != "json" {
+		// Seed 003's private release: say where it is and how to go on.
+		fmt.Fprintf(o.IO.Out, "\nprepared %s in %s on every host", e.plan.ID, release.Layout{Root: e.app.DeployTo}.Release(e.plan.ID))
+		if o.KeepFor > 0 {
+			fmt.Fprintf(o.IO.Out, ", kept for %s whatever cleanup does", o.KeepFor)
+		}
+		fmt.Fprintf(o.IO.Out, "\nrun a command in it: cd there on a host, or activate it: drover activate %s %s\n", e.env.Name, e.plan.ID)
+	}
+	return rep, err
 }
 
 func short(sha string) string { return sha[:min(len(sha), 12)] }
