@@ -151,6 +151,7 @@ type NodeStatus struct {
 	Status   string    `json:"status"`            // of the latest upgrade: pending|preparing|activating|succeeded|failed
 	Step     string    `json:"step"`              // its current or failed step
 	Target   int64     `json:"target_release_id"` // the server release the latest upgrade goes to
+	Since    time.Time `json:"since,omitzero"`    // when the latest upgrade started
 	Error    string    `json:"error,omitempty"`
 	LastSeen time.Time `json:"last_seen"`
 	Stale    bool      `json:"stale"` // not seen for three long-poll periods

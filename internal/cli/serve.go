@@ -313,7 +313,7 @@ func Status(ctx context.Context, o *StatusOptions) error {
 
 func printStatus(io IO, nodes []api.NodeStatus) {
 	tw := tabwriter.NewWriter(io.Out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tAPP\tENV\tRELEASE\tSTATUS\tSTEP\tLAST SEEN\tNOTE")
+	fmt.Fprintln(tw, "NODE\tAPP\tENV\tRELEASE\tSTATUS\tSTEP\tAGE\tLAST SEEN\tNOTE")
 	now := time.Now()
 	for _, n := range nodes {
 		note := n.Error
@@ -324,7 +324,11 @@ func printStatus(io IO, nodes []api.NodeStatus) {
 		if rel == "" {
 			rel = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", n.Node, n.App, n.Env, rel, n.Status, n.Step, age(now.Sub(n.LastSeen)), note)
+		since := "-"
+		if !n.Since.IsZero() {
+			since = age(now.Sub(n.Since))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", n.Node, n.App, n.Env, rel, n.Status, n.Step, since, age(now.Sub(n.LastSeen)), note)
 	}
 	tw.Flush()
 }

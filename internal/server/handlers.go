@@ -568,7 +568,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		}
 		if len(ups) > 0 {
 			u := ups[0]
-			ns.Status, ns.Step, ns.Error, ns.Target = string(u.Status), u.CurrentStep, u.Error, u.ReleaseID
+			ns.Status, ns.Step, ns.Error, ns.Target, ns.Since = string(u.Status), u.CurrentStep, u.Error, u.ReleaseID, u.StartedAt
 		}
 		out = append(out, ns)
 	}
