@@ -201,12 +201,22 @@ func (a *Agent) apply(ctx context.Context, d *api.Desired) Result {
 		if skip {
 			continue
 		}
+		// An upgrade that has begun is finished even when the agent is
+		// asked to stop (systemd's SIGTERM): stopping halfway would only
+		// leave work for the next start. SIGKILL still ends it, safely.
+		if ctx.Err() != nil {
+			break
+		}
+		stopping := context.AfterFunc(ctx, func() {
+			a.log().Warn("stop requested: finishing the upgrade in progress first", "app", want.App, "env", want.Env)
+		})
 		ran, err := a.upgrade(ctx, app, want)
+		stopping()
 		switch {
 		case err != nil:
 			res.Failed++
 			a.log().Error("upgrade failed", "app", want.App, "env", want.Env, "release", want.Release.ID, "err", err)
-			if ctx.Err() == nil {
+			{
 				a.mu.Lock()
 				if a.failed == nil {
 					a.failed = map[string]int64{}

@@ -48,7 +48,9 @@ func (a *Agent) upgrade(ctx context.Context, app *config.AgentApp, want api.Desi
 		return false, fmt.Errorf("record upgrade: %w", err)
 	}
 	rep := &reporter{agent: a, client: a.client, id: up.ID}
-	err = a.run(ctx, app, rel, commit, id, want, rep)
+	// The work goes on when ctx ends (see apply); retrying the final report
+	// does not.
+	err = a.run(context.WithoutCancel(ctx), app, rel, commit, id, want, rep)
 	rep.finish(ctx, err)
 	_ = a.hello(ctx)
 	return true, err
@@ -197,7 +199,9 @@ func (r *reporter) finish(ctx context.Context, err error) {
 	}
 	r.mu.Unlock()
 	for attempt := 1; ; attempt++ {
-		if e := r.send(ctx, errText, 10*time.Second); e == nil || ctx.Err() != nil {
+		// Each attempt gets its own time even when the agent is stopping,
+		// so a finished upgrade is reported once more before exiting.
+		if e := r.send(context.WithoutCancel(ctx), errText, 10*time.Second); e == nil || ctx.Err() != nil {
 			return
 		} else if attempt == 1 {
 			r.agent.log().Warn("cannot report the upgrade; retrying until the server is back", "upgrade", r.id, "err", e)

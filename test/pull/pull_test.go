@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -295,5 +296,42 @@ func TestPullFirstAgentResolves(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(n.deployTo, "releases", releaseID(api.Release{CreatedAt: rel.CreatedAt, Commit: c2}))); err == nil {
 			t.Errorf("%s prepared the moved branch's commit %s", n.name, c2[:7])
 		}
+	}
+}
+
+// TestPullAgentStopFinishesUpgrade sends an agent SIGTERM (systemd's stop)
+// while it waits in a prepare hook: it does not abandon the upgrade
+// halfway; once the hook can go on, the node reaches the release, the
+// upgrade is reported, and only then does the agent exit.
+func TestPullAgentStopFinishesUpgrade(t *testing.T) {
+	f := newFleet(t)
+	f.startAgents()
+	rel1 := f.createRelease("v1")
+	f.waitAll(rel1)
+	c2 := f.commit("v2", map[string]string{"GATED": ""})
+	rel2 := f.createRelease("v2")
+	n := f.nodes[0]
+	f.atGate(n, c2)
+	if err := n.agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Stopping does not cut the upgrade short: the agent is still there,
+	// waiting in the hook.
+	select {
+	case <-n.agent.done:
+		t.Fatalf("the agent exited mid-upgrade on SIGTERM:\n%s", tail(readFile(n.agent.log), 2000))
+	case <-time.After(time.Second):
+	}
+	openGate(t, n, c2)
+	select {
+	case <-n.agent.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the agent did not exit after finishing its upgrade")
+	}
+	if got := active(n); got != releaseID(rel2) {
+		t.Fatalf("after a stop mid-upgrade current = %s, want %s", got, releaseID(rel2))
+	}
+	if st := f.status()[n.name]; st.Status != api.StatusSucceeded || st.Target != rel2.ID {
+		t.Errorf("status after the stop: %+v", st)
 	}
 }
