@@ -15,6 +15,10 @@ import (
 // RunHooks runs the run_once hooks named in runOnce, of one stage, for
 // release id on this host: the rollout chose this host for them.
 func (e *Engine) RunHooks(ctx context.Context, id, stage string, runOnce []string) error {
+	return e.exclusive(ctx, func() error { return e.runOnceHooks(ctx, id, stage, runOnce) })
+}
+
+func (e *Engine) runOnceHooks(ctx context.Context, id, stage string, runOnce []string) error {
 	st, err := e.state()
 	if err != nil {
 		return err
@@ -54,6 +58,10 @@ func (e *Engine) everywhere(h *config.Hook) bool { return !h.RunOnce && e.hookAp
 // switched back to the release it ran before and restarted, and the error
 // says so. Activating the active release again does nothing.
 func (e *Engine) Activate(ctx context.Context, id string) error {
+	return e.exclusive(ctx, func() error { return e.activate(ctx, id) })
+}
+
+func (e *Engine) activate(ctx context.Context, id string) error {
 	if err := CheckID(id); err != nil {
 		return err
 	}
@@ -213,7 +221,15 @@ func (e *Engine) stopServices(ctx context.Context) error {
 
 // Rollback switches back to release to, or when to is empty to the newest
 // good release older than the active one, and restarts services.
-func (e *Engine) Rollback(ctx context.Context, to string) (string, error) {
+func (e *Engine) Rollback(ctx context.Context, to string) (id string, err error) {
+	err = e.exclusive(ctx, func() error {
+		id, err = e.rollback(ctx, to)
+		return err
+	})
+	return id, err
+}
+
+func (e *Engine) rollback(ctx context.Context, to string) (string, error) {
 	st, err := e.state()
 	if err != nil {
 		return "", err
@@ -244,7 +260,7 @@ func (e *Engine) Rollback(ctx context.Context, to string) (string, error) {
 	if err := st.save(); err != nil {
 		return "", err
 	}
-	if err := e.Activate(ctx, to); err != nil {
+	if err := e.activate(ctx, to); err != nil {
 		return "", err
 	}
 	return to, nil
@@ -283,7 +299,15 @@ func (e *Engine) rollbackTarget(st *state, active string) string {
 // Cleanup removes old and failed releases beyond keep. It never removes the
 // active release, the rollback target, a pinned release, or one being
 // prepared; failed ones go first. It returns the IDs it removed.
-func (e *Engine) Cleanup(ctx context.Context, keep int) ([]string, error) {
+func (e *Engine) Cleanup(ctx context.Context, keep int) (removed []string, err error) {
+	err = e.exclusive(ctx, func() error {
+		removed, err = e.cleanup(ctx, keep)
+		return err
+	})
+	return removed, err
+}
+
+func (e *Engine) cleanup(ctx context.Context, keep int) ([]string, error) {
 	st, err := e.state()
 	if err != nil {
 		return nil, err

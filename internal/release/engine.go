@@ -154,7 +154,15 @@ type PrepareOptions struct {
 // runs: fetch, checkout, shared links, prepare hooks. Calling it again for a
 // release that failed or was interrupted continues from the step that did
 // not finish; for a prepared release it does nothing.
-func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (*Record, error) {
+func (e *Engine) Prepare(ctx context.Context, opts PrepareOptions) (rec *Record, err error) {
+	err = e.exclusive(ctx, func() error {
+		rec, err = e.prepare(ctx, opts)
+		return err
+	})
+	return rec, err
+}
+
+func (e *Engine) prepare(ctx context.Context, opts PrepareOptions) (*Record, error) {
 	if err := CheckID(opts.ID); err != nil {
 		return nil, err
 	}

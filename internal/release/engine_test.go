@@ -365,3 +365,65 @@ func TestExec(t *testing.T) {
 		t.Errorf("exit code: %v", err)
 	}
 }
+
+// TestEnginesSerialisePerDeployTo runs two engines on one deploy_to at
+// once (a killed deployer's hook still running while a new deploy starts):
+// the second waits, saying so, until the first is done, and both records
+// survive in the state file.
+func TestEnginesSerialisePerDeployTo(t *testing.T) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	a := apptest.New(t, apptest.Options{NoService: true, Extra: "  slow: {when: prepare, commands: ['if [ -f SLOW ]; then touch " + gate + ".in; while [ ! -f " + gate + " ]; do sleep 0.02; done; fi']}\n"})
+	ctx := context.Background()
+	c1 := a.Repo.Commit("slow", map[string]string{"SLOW": "1"})
+	c2 := a.Repo.Commit("fast", map[string]string{"SLOW": "\x00delete"})
+	first, second := engine(a), engine(a)
+	done1 := make(chan error, 1)
+	go func() {
+		_, err := first.Prepare(ctx, release.PrepareOptions{ID: id(1, c1), Commit: c1})
+		done1 <- err
+	}()
+	waitFile(t, gate+".in")
+	waiting := make(chan struct{})
+	second.Emit = func(ev release.Event) {
+		if ev.Kind == release.EventInfo && strings.Contains(ev.Line, "waiting for another drover process") {
+			close(waiting)
+		}
+	}
+	done2 := make(chan error, 1)
+	go func() {
+		_, err := second.Prepare(ctx, release.PrepareOptions{ID: id(2, c2), Commit: c2})
+		done2 <- err
+	}()
+	select {
+	case <-waiting:
+	case err := <-done2:
+		t.Fatalf("second engine ran while the first was preparing: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("second engine neither waited nor finished")
+	}
+	os.WriteFile(gate, nil, 0o644)
+	if err := <-done1; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done2; err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := first.Releases()
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("state after two engines: %d records, %v", len(recs), err)
+	}
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never appeared", path)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
