@@ -3,9 +3,9 @@ package transport
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"strings"
 
 	"github.com/drover/drover/internal/config"
@@ -48,19 +48,13 @@ func openSSH(ctx context.Context, h *config.Host, opts Options) (rollout.Target,
 	if err != nil {
 		return nil, nil, err
 	}
-	var arch bytes.Buffer
-	if err := c.Run(ctx, "uname -sm", nil, &arch, io.Discard); err != nil {
-		c.Close()
-		return nil, nil, fmt.Errorf("uname: %w", err)
-	}
-	want := map[string]string{"amd64": "Linux x86_64", "arm64": "Linux aarch64"}[runtime.GOARCH]
-	if got := strings.TrimSpace(arch.String()); !opts.explicitBinary && (runtime.GOOS != "linux" || got != want) {
-		c.Close()
-		return nil, nil, fmt.Errorf("host is %q but this drover is %s/%s; build drover for the host and pass --node-binary", got, runtime.GOOS, runtime.GOARCH)
-	}
 	remote, err := c.Install(ctx, opts.binary)
 	if err != nil {
 		c.Close()
+		var pe *ssh.PlatformError
+		if errors.As(err, &pe) {
+			return nil, nil, err
+		}
 		return nil, nil, fmt.Errorf("copy drover to host: %w", err)
 	}
 	return &sshTarget{client: c, remote: remote, host: h}, c.Close, nil

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -76,6 +77,13 @@ func Open(ctx context.Context, hosts []*config.Host, opts Options) (*Set, []*Hos
 				errs[i] = &HostError{Host: h.Name, Err: err}
 			}
 			return &Set{}, errs
+		}
+		if !opts.explicitBinary {
+			// This very binary goes to the hosts: they must run what it runs.
+			b.Platform = map[string]string{"linux/amd64": "Linux x86_64", "linux/arm64": "Linux aarch64"}[runtime.GOOS+"/"+runtime.GOARCH]
+			if b.Platform == "" {
+				b.Platform = "Linux " + runtime.GOARCH
+			}
 		}
 		opts.binary = b
 	}

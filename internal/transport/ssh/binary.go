@@ -21,6 +21,18 @@ type Binary struct {
 	Path string
 	Sum  string // hex SHA-256
 	Size int64
+	// Platform, when set, is what `uname -sm` must print on a host for the
+	// binary to run there, like "Linux x86_64".
+	Platform string
+}
+
+// PlatformError is a host the binary cannot run on.
+type PlatformError struct {
+	Host, Got, Want string
+}
+
+func (e *PlatformError) Error() string {
+	return fmt.Sprintf("%s is %q but this drover is built for %q; build drover for the host and pass --node-binary", e.Host, e.Got, e.Want)
 }
 
 // LoadBinary hashes the file at path.
@@ -63,8 +75,10 @@ func (c *Client) Install(ctx context.Context, b Binary) (remotePath string, err 
 	sum, size := b.Sum, b.Size
 	name := "drover-" + sum[:16]
 
-	// One round trip when the binary is already there.
+	// One round trip when the binary is already there: the platform, then
+	// whether the copy is present.
 	check := fmt.Sprintf(`set -e
+uname -sm
 f="$HOME/%s/%s"
 if [ -f "$f" ] && [ -x "$f" ] && [ "$(wc -c < "$f")" -eq %d ]; then echo "present $f"; else echo "missing $f"; fi`,
 		BinaryDir, name, size)
@@ -72,7 +86,11 @@ if [ -f "$f" ] && [ -x "$f" ] && [ "$(wc -c < "$f")" -eq %d ]; then echo "presen
 	if err := c.Run(ctx, check, nil, &out, &errOut); err != nil {
 		return "", fmt.Errorf("copy drover: check for %s: %w%s", name, err, stderrSuffix(&errOut))
 	}
-	state, path, _ := strings.Cut(strings.TrimSpace(out.String()), " ")
+	platform, answer, _ := strings.Cut(strings.TrimSpace(out.String()), "\n")
+	if b.Platform != "" && strings.TrimSpace(platform) != b.Platform {
+		return "", &PlatformError{Host: c.name, Got: strings.TrimSpace(platform), Want: b.Platform}
+	}
+	state, path, _ := strings.Cut(strings.TrimSpace(answer), " ")
 	if path == "" || (state != "present" && state != "missing") {
 		return "", fmt.Errorf("%s: copy drover: unexpected answer from the host: %q", c.name, out.String())
 	}
