@@ -172,10 +172,8 @@ func hasStep(r *release.Record, name string) bool {
 func Rollback(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*Report, error) {
 	r, rep := newRun(plan, targets, obs)
 	defer r.finish(rep)
-	obs.Phase("lock")
-	ctx, unlock, err := r.lockAll(ctx)
+	ctx, unlock, err := r.lock(ctx, rep)
 	if err != nil {
-		rep.Err = err.Error()
 		return rep, err
 	}
 	defer unlock()

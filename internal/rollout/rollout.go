@@ -184,11 +184,8 @@ func (r *run) call(ctx context.Context, t Target, phase string, req *node.Reques
 func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*Report, error) {
 	r, rep := newRun(plan, targets, obs)
 	defer r.finish(rep)
-
-	obs.Phase("lock")
-	ctx, unlock, err := r.lockAll(ctx)
+	ctx, unlock, err := r.lock(ctx, rep)
 	if err != nil {
-		rep.Err = err.Error()
 		return rep, err
 	}
 	defer unlock()
@@ -222,6 +219,17 @@ func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*R
 		return rep, nil
 	}
 	return rep, nil
+}
+
+// lock is the first phase of every rollout: lockAll, with a failure noted
+// in the report.
+func (r *run) lock(ctx context.Context, rep *Report) (context.Context, func(), error) {
+	r.obs.Phase("lock")
+	ctx, unlock, err := r.lockAll(ctx)
+	if err != nil {
+		rep.Err = err.Error()
+	}
+	return ctx, unlock, err
 }
 
 // lockAll takes the deploy lock on every host. The returned context is
