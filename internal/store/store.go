@@ -80,8 +80,10 @@ type Store interface {
 	// state of any app/env changes, on this or any other replica. When it
 	// returns, the subscription is live: a change committed afterwards will
 	// be delivered. Changes are hints for long-polls: a receiver that falls
-	// far behind may miss some, and a Change with empty App means "anything
-	// may have changed" (sent after a lost connection), so receivers re-read
+	// behind gets them coalesced (one Change per environment, at the newest
+	// version) but never loses an environment, and a Change with empty App
+	// means "anything may have changed" (sent after a lost connection, or
+	// when very many environments are pending), so receivers re-read
 	// Version. The channel is closed when ctx is done or the Store closes.
 	Watch(ctx context.Context) (<-chan Change, error)
 

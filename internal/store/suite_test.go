@@ -43,6 +43,7 @@ func runSuite(t *testing.T, backend string) {
 		{"SchemaSQLInstall", s.testSchemaSQL},
 		{"NoCreateRight", s.testNoCreateRight},
 		{"WatchAcrossReplicas", s.testWatch},
+		{"WatchSlowReceiverLosesNothing", s.testWatchSlowReceiver},
 	} {
 		t.Run(tc.name, tc.fn)
 	}
@@ -818,5 +819,42 @@ func (s suite) testWatch(t *testing.T) {
 	}
 	if _, err := a.Watch(ctx); err == nil {
 		t.Fatal("Watch after Close succeeded")
+	}
+}
+
+// testWatchSlowReceiver changes one environment more times than a watch
+// channel buffers while its receiver does not read, then another
+// environment once: the receiver must still learn of both, with the latest
+// version of each (changes may be coalesced, never lost).
+func (s suite) testWatchSlowReceiver(t *testing.T) {
+	st, _ := s.open(t)
+	ctx := ctxT(t)
+	w, err := st.Watch(ctx)
+	must(t, err)
+	const bumps = 300 // more than any buffer a receiver is given
+	var last int64
+	for range bumps {
+		last, err = st.BumpVersion(ctx, "shop", "busy")
+		must(t, err)
+	}
+	quiet, err := st.BumpVersion(ctx, "shop", "quiet")
+	must(t, err)
+	want := map[string]int64{"busy": last, "quiet": quiet}
+	got := map[string]int64{}
+	deadline := time.After(10 * time.Second)
+	for got["busy"] != want["busy"] || got["quiet"] != want["quiet"] {
+		select {
+		case c, ok := <-w:
+			if !ok {
+				t.Fatal("watch channel closed")
+			}
+			if c.App == "" { // "anything may have changed" covers every environment
+				got = want
+				continue
+			}
+			got[c.Env] = max(got[c.Env], c.Version)
+		case <-deadline:
+			t.Fatalf("after %d changes to shop/busy and one to shop/quiet, the slow receiver saw %v, want %v", bumps, got, want)
+		}
 	}
 }
