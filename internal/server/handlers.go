@@ -332,6 +332,9 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		var d *api.Desired
 		offStack(func() { d, err = s.desiredOf(r.Context(), nodes) })
 		if err != nil {
+			if r.Context().Err() != nil {
+				return // the agent hung up
+			}
 			s.storeError(w, err)
 			return
 		}

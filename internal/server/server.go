@@ -377,40 +377,67 @@ type desiredCache struct {
 	entries map[string]*desiredEntry
 }
 
+// lookupTimeout bounds one shared lookup of an app/env's desired state.
+const lookupTimeout = 30 * time.Second
+
+// desiredEntry is one app/env's cached desired state; done is closed when
+// the lookup that fills it has finished.
 type desiredEntry struct {
-	once    sync.Once
+	done    chan struct{}
 	version int64
 	release *store.Release
 	err     error
 }
 
+// get returns app/env's entry, looking it up once for every waiter. The
+// lookup runs on a context of its own: a waiter that gives up (its agent
+// hung up) stops waiting for itself only, never fails the others.
 func (c *desiredCache) get(ctx context.Context, app, env string) (*desiredEntry, error) {
 	key := app + "/" + env
 	c.mu.Lock()
 	e := c.entries[key]
 	if e == nil {
-		e = &desiredEntry{}
+		e = &desiredEntry{done: make(chan struct{})}
 		c.entries[key] = e
+		go c.load(context.WithoutCancel(ctx), e, app, env)
 	}
 	c.mu.Unlock()
-	e.once.Do(func() {
-		e.version, e.err = c.st.Version(ctx, app, env)
-		if e.err != nil {
-			return
-		}
-		r, err := c.st.LatestRelease(ctx, app, env)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-		case err != nil:
-			e.err = err
-		default:
-			e.release = &r
-		}
-	})
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	if e.err != nil {
-		c.invalidate(app, env)
+		c.drop(key, e) // the next waiter tries again
 	}
 	return e, e.err
+}
+
+func (c *desiredCache) load(ctx context.Context, e *desiredEntry, app, env string) {
+	defer close(e.done)
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	e.version, e.err = c.st.Version(ctx, app, env)
+	if e.err != nil {
+		return
+	}
+	r, err := c.st.LatestRelease(ctx, app, env)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		e.err = err
+	default:
+		e.release = &r
+	}
+}
+
+// drop forgets e if it is still app/env's entry (not a newer one).
+func (c *desiredCache) drop(key string, e *desiredEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[key] == e {
+		delete(c.entries, key)
+	}
 }
 
 func (c *desiredCache) invalidate(app, env string) {

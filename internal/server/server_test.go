@@ -49,9 +49,17 @@ func newEnv(t *testing.T) *env {
 	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	e := newEnvOn(t, s, readToken(t, dir))
+	e.st = st
+	return e
+}
+
+// newEnvOn serves s (already started) on a test listener.
+func newEnvOn(t *testing.T, s *server.Server, admin string) *env {
+	t.Helper()
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(hs.Close)
-	return &env{t: t, st: st, srv: hs, admin: readToken(t, dir)}
+	return &env{t: t, srv: hs, admin: admin}
 }
 
 func readToken(t *testing.T, dir string) string {
