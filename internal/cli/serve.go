@@ -180,17 +180,38 @@ func (o *ClientOptions) client() (*api.Client, error) {
 	return c, nil
 }
 
-// JoinTokenCreate prints a new one-time join token for agents.
-func JoinTokenCreate(ctx context.Context, o *ClientOptions, ttl time.Duration) error {
+// JoinTokenOptions are the inputs of `drover server join-token create`.
+type JoinTokenOptions struct {
+	ClientOptions
+	TTL     time.Duration
+	Apps    []string // apps the joining node may run; required unless AnyApp
+	Envs    []string // environments it may run them in; empty: any
+	AnyApp  bool     // allow every app, said explicitly
+	Replace string   // node name the token may take over
+	Note    string
+}
+
+// JoinTokenCreate prints a new one-time join token for agents, scoped to
+// the apps and environments given.
+func JoinTokenCreate(ctx context.Context, o *JoinTokenOptions) error {
+	if len(o.Apps) == 0 && !o.AnyApp {
+		return &UsageError{errors.New("name the apps the joining node may run (--app shop, repeatable or comma-separated), or pass --any-app to allow every app")}
+	}
+	if len(o.Apps) > 0 && o.AnyApp {
+		return &UsageError{errors.New("--app and --any-app contradict each other: give one")}
+	}
 	c, err := o.client()
 	if err != nil {
 		return err
 	}
-	tok, err := c.CreateJoinToken(ctx, ttl)
+	tok, err := c.CreateJoinToken(ctx, api.CreateJoinToken{TTL: o.TTL.String(), Apps: o.Apps, Envs: o.Envs, AnyApp: o.AnyApp, Replace: o.Replace, Note: o.Note})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(o.IO.Out, tok)
+	if o.IO.Output == "json" {
+		return o.IO.JSON(tok)
+	}
+	fmt.Fprintln(o.IO.Out, tok.Token)
 	return nil
 }
 

@@ -154,6 +154,13 @@ type principal struct {
 	kind  store.TokenKind
 	node  string
 	token int64
+	scope store.Token // an agent token's Apps and Envs
+}
+
+// allows reports whether an agent's token scope covers app/env (admins
+// are not scoped).
+func (p principal) allows(app, env string) bool {
+	return p.kind == store.TokenAdmin || p.scope.Allows(app, env)
 }
 
 type ctxKey struct{}
@@ -210,7 +217,7 @@ func (s *Server) lookupPrincipal(r *http.Request) (principal, error) {
 	if err := t.Check(s.now()); err != nil {
 		return principal{}, fmt.Errorf("token %d: %w", t.ID, err)
 	}
-	return principal{kind: t.Kind, node: t.Node, token: t.ID}, nil
+	return principal{kind: t.Kind, node: t.Node, token: t.ID, scope: store.Token{Apps: t.Apps, Envs: t.Envs}}, nil
 }
 
 // auth lets a request through when its token is of one of kinds.

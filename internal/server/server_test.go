@@ -99,11 +99,11 @@ func (e *env) raw(method, path, token string, body io.Reader) (int, string) {
 func (e *env) join(node string) *api.Client {
 	e.t.Helper()
 	ctx := context.Background()
-	jt, err := e.client(e.admin).CreateJoinToken(ctx, time.Hour)
+	jt, err := e.client(e.admin).CreateJoinToken(ctx, api.CreateJoinToken{Apps: []string{"hello"}})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	j, err := e.client("").Join(ctx, api.Join{JoinToken: jt, Node: node, Hostname: node + ".test", Apps: []api.NodeApp{{App: "hello", Env: "demo", Roles: []string{"web"}}}})
+	j, err := e.client("").Join(ctx, api.Join{JoinToken: jt.Token, Node: node, Hostname: node + ".test", Apps: []api.NodeApp{{App: "hello", Env: "demo", Roles: []string{"web"}}}})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -296,8 +296,8 @@ func TestSecurity(t *testing.T) {
 		t.Errorf("healthz without token: %d", code)
 	}
 	// A join token works once.
-	jt, _ := e.client(e.admin).CreateJoinToken(ctx, time.Hour)
-	j := api.Join{JoinToken: jt, Node: "web9", Hostname: "h", Apps: []api.NodeApp{{App: "hello", Env: "demo"}}}
+	jt, _ := e.client(e.admin).CreateJoinToken(ctx, api.CreateJoinToken{Apps: []string{"hello"}})
+	j := api.Join{JoinToken: jt.Token, Node: "web9", Hostname: "h", Apps: []api.NodeApp{{App: "hello", Env: "demo"}}}
 	if _, err := e.client("").Join(ctx, j); err != nil {
 		t.Fatal(err)
 	}

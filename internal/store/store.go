@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -284,6 +285,20 @@ type Token struct {
 	ExpiresAt time.Time `json:"expires_at"` // zero: never
 	UsedAt    time.Time `json:"used_at"`    // join tokens: when consumed
 	Revoked   bool      `json:"revoked"`
+	// Apps and Envs scope join and agent tokens: the token may act only on
+	// an app in Apps and an environment in Envs; an empty list allows any
+	// (tokens made before scopes existed have both empty). An agent token
+	// carries the scope of the join token it was minted from.
+	Apps []string `json:"apps,omitempty"`
+	Envs []string `json:"envs,omitempty"`
+	// Replace, on a join token, is the node name it may take over from a
+	// live agent token (whose tokens are then revoked); empty: none.
+	Replace string `json:"replace,omitempty"`
+}
+
+// Allows reports whether the token's scope covers app/env.
+func (t Token) Allows(app, env string) bool {
+	return (len(t.Apps) == 0 || slices.Contains(t.Apps, app)) && (len(t.Envs) == 0 || slices.Contains(t.Envs, env))
 }
 
 // Check returns nil when the token can be used at now, or ErrTokenRevoked,

@@ -37,6 +37,7 @@ func runSuite(t *testing.T, backend string) {
 		{"Upgrades", s.testUpgrades},
 		{"StepLogAppend", s.testStepLogAppend},
 		{"Tokens", s.testTokens},
+		{"TokenScope", s.testTokenScope},
 		{"JoinTokenConsumedOnce", s.testJoinTokenRace},
 		{"Audit", s.testAudit},
 		{"MigrationsIdempotent", s.testMigrations},
@@ -564,6 +565,59 @@ func (s suite) testTokens(t *testing.T) {
 	if got := kinds(""); len(got) != 5 {
 		t.Fatalf("ListTokens() = %v, want 5 tokens", got)
 	}
+}
+
+// testTokenScope stores a join token's scope and replaced node, reads them
+// back through every way a token is read, and copies them to an agent token.
+func (s suite) testTokenScope(t *testing.T) {
+	st, _ := s.open(t)
+	ctx := ctxT(t)
+	join, err := st.CreateToken(ctx, store.Token{Kind: store.TokenJoin, Hash: "h-join", Apps: []string{"shop", "blog"}, Envs: []string{"production"}, Replace: "web1"})
+	must(t, err)
+	wantScope := func(who string, got store.Token, apps, envs []string, replace string) {
+		t.Helper()
+		if !reflect.DeepEqual(got.Apps, apps) || !reflect.DeepEqual(got.Envs, envs) || got.Replace != replace {
+			t.Fatalf("%s: apps %q envs %q replace %q, want %q %q %q", who, got.Apps, got.Envs, got.Replace, apps, envs, replace)
+		}
+	}
+	got, err := st.TokenByHash(ctx, "h-join")
+	must(t, err)
+	wantScope("TokenByHash", got, []string{"shop", "blog"}, []string{"production"}, "web1")
+	used, err := st.ConsumeJoinToken(ctx, "h-join", time.Time{})
+	must(t, err)
+	wantScope("ConsumeJoinToken", used, join.Apps, join.Envs, "web1")
+
+	_, err = st.CreateToken(ctx, store.Token{Kind: store.TokenAgent, Node: "web1", Hash: "h-agent", Apps: used.Apps, Envs: used.Envs})
+	must(t, err)
+	_, err = st.CreateToken(ctx, store.Token{Kind: store.TokenAgent, Node: "web2", Hash: "h-any"})
+	must(t, err)
+	agents, err := st.ListTokens(ctx, store.TokenAgent)
+	must(t, err)
+	if len(agents) != 2 {
+		t.Fatalf("ListTokens(agent) = %+v, want 2", agents)
+	}
+	wantScope("ListTokens, scoped agent", agents[0], []string{"shop", "blog"}, []string{"production"}, "")
+	wantScope("ListTokens, unscoped agent", agents[1], nil, nil, "")
+	for _, tc := range []struct {
+		tok      store.Token
+		app, env string
+		want     bool
+	}{
+		{agents[0], "shop", "production", true},
+		{agents[0], "blog", "production", true},
+		{agents[0], "shop", "staging", false},
+		{agents[0], "admin", "production", false},
+		{agents[1], "anything", "anywhere", true},
+	} {
+		if got := tc.tok.Allows(tc.app, tc.env); got != tc.want {
+			t.Errorf("token %d (apps %q envs %q).Allows(%s, %s) = %v, want %v", tc.tok.ID, tc.tok.Apps, tc.tok.Envs, tc.app, tc.env, got, tc.want)
+		}
+	}
+
+	_, err = st.CreateToken(ctx, store.Token{Kind: store.TokenJoin, Hash: "h-comma", Apps: []string{"a,b"}})
+	wantErr(t, err, store.ErrInvalid)
+	_, err = st.CreateToken(ctx, store.Token{Kind: store.TokenAgent, Node: "web3", Hash: "h-rep", Replace: "web1"})
+	wantErr(t, err, store.ErrInvalid)
 }
 
 // testJoinTokenRace consumes each join token from many goroutines spread
