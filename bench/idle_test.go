@@ -120,7 +120,7 @@ func startServerProcess(ctx context.Context, tb testing.TB, n int) (string, stri
 		tb.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", apptest.FreePorts(tb, 1)[0])
-	cmd := droverProcess(tb, filepath.Join(dir, "server.log"), "server", "--data", data, "--listen", addr)
+	cmd := droverProcess(tb, filepath.Join(dir, "server.log"), "server", "--data", data, "--listen", addr, "--join-rate", "-1", "--join-rate-total", "-1") // thousands of simulated agents join from one address
 	url := "http://" + addr
 	deadline := time.Now().Add(30 * time.Second)
 	for {

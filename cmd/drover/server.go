@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover/drover/internal/cli"
+	"github.com/drover/drover/internal/server"
 )
 
 func newServerCmd(g *globals) *cobra.Command {
@@ -32,6 +33,9 @@ may share one) or MySQL/MariaDB. Schema migrations run on start.`,
 	f.StringVar(&o.DB, "db", "", "database URL: postgres://..., mysql://user:pass@tcp(host:3306)/db (default SQLite in --data)")
 	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "TLS certificate (PEM)")
 	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "TLS private key (PEM)")
+	cmd.Flags().IntVar(&o.MaxConns, "max-conns", server.DefaultMaxConns, "connections served at once (agents hold one each); -1: no cap")
+	cmd.Flags().Float64Var(&o.JoinRate, "join-rate", server.DefaultJoinRate, "agent joins a second taken from one address (bursts of 10x); -1: no limit")
+	cmd.Flags().Float64Var(&o.JoinRateTot, "join-rate-total", server.DefaultJoinRateTotal, "agent joins a second taken from all addresses (bursts of 10x); -1: no limit")
 
 	var printSQL bool
 	migrate := &cobra.Command{

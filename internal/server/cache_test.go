@@ -2,14 +2,12 @@ package server_test
 
 import (
 	"context"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/drover/drover/internal/api"
-	"github.com/drover/drover/internal/server"
 	"github.com/drover/drover/internal/store"
 )
 
@@ -64,23 +62,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // app/env while the shared lookup is slow; the first hangs up. The second
 // must still get its answer, not the first one's cancellation.
 func TestCancelledLongPollFailsOnlyItself(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	dir := t.TempDir()
-	inner, err := store.Open(ctx, filepath.Join(dir, "drover.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { inner.Close() })
-	if _, err := server.EnsureAdminToken(ctx, inner, dir); err != nil {
-		t.Fatal(err)
-	}
-	gs := &gatedStore{Store: inner}
-	s := server.New(gs, nil)
-	if err := s.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	e := newEnvOn(t, s, readToken(t, dir))
+	ctx := context.Background()
+	gs := &gatedStore{}
+	e := startServer(t, serverOpts{wrap: func(st store.Store) store.Store { gs.Store = st; return gs }})
 	a, b := e.join("web1"), e.join("web2")
 	if _, err := e.client(e.admin).CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "commit:" + sha, Commit: sha}); err != nil {
 		t.Fatal(err)

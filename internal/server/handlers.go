@@ -250,6 +250,9 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	if !s.joinAllowed(w, r) {
+		return
+	}
 	var req api.Join
 	if !decode(w, r, &req) {
 		return

@@ -37,14 +37,48 @@ type Server struct {
 	MaxWait time.Duration
 	// StaleAfter flags nodes not seen for this long.
 	StaleAfter time.Duration
+
+	// BodyTimeout bounds how long a request's body may take to arrive: a
+	// client that trickles one in is answered 408 and its connection
+	// closed. The long-poll has no body and waits as long as it asks.
+	BodyTimeout time.Duration
+	// WriteTimeout bounds how long a client may take to take its answer,
+	// counted after the request's own work (a long-poll's wait).
+	WriteTimeout time.Duration
+	// MaxConns caps the connections served at once (see Listener); the
+	// kernel queues the rest. 0: no cap.
+	MaxConns int
+	// JoinRate is how many joins per second one remote address may
+	// attempt, with bursts of JoinBurst; JoinRateTotal and JoinBurstTotal
+	// bound all addresses together. Past them a join is answered 429 with
+	// Retry-After. A rate of 0 turns that limit off.
+	JoinRate, JoinRateTotal   float64
+	JoinBurst, JoinBurstTotal int
+
+	joinOnce  sync.Once
+	joinLimit *rateLimiter
+	handler   http.Handler
 }
+
+// Defaults of the limits a Server starts with.
+const (
+	DefaultBodyTimeout    = 30 * time.Second
+	DefaultWriteTimeout   = 30 * time.Second
+	DefaultMaxConns       = 20000
+	DefaultJoinRate       = 10
+	DefaultJoinBurst      = 100
+	DefaultJoinRateTotal  = 100
+	DefaultJoinBurstTotal = 1000
+)
 
 // New returns a server over st. Start must run for long-polls to wake.
 func New(st store.Store, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{store: st, log: log, now: time.Now, hub: newHub(), MaxWait: 60 * time.Second, StaleAfter: 100 * time.Second}
+	s := &Server{store: st, log: log, now: time.Now, hub: newHub(), MaxWait: 60 * time.Second, StaleAfter: 100 * time.Second,
+		BodyTimeout: DefaultBodyTimeout, WriteTimeout: DefaultWriteTimeout, MaxConns: DefaultMaxConns,
+		JoinRate: DefaultJoinRate, JoinBurst: DefaultJoinBurst, JoinRateTotal: DefaultJoinRateTotal, JoinBurstTotal: DefaultJoinBurstTotal}
 	s.cache = &desiredCache{st: st, entries: map[string]*desiredEntry{}}
 	s.seen = &lastSeen{ids: map[int64]time.Time{}}
 	s.routes()
@@ -109,7 +143,7 @@ func (l *lastSeen) flushEvery(ctx context.Context, st store.Store, every time.Du
 }
 
 // Handler returns the HTTP handler of the API.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 func (s *Server) routes() {
 	m := http.NewServeMux()
@@ -144,6 +178,7 @@ func (s *Server) routes() {
 		writeError(w, http.StatusNotFound, "not found", r.Method+" "+r.URL.Path)
 	})
 	s.mux = m
+	s.handler = s.deadlines(m)
 }
 
 // maxBody is the largest request body the API reads.
@@ -265,7 +300,15 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	err := dec.Decode(v)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, "request body too slow", "the body did not arrive in time; send it at once")
+		return false
+	}
+	more := err == nil && dec.More()
+	bodyRead(w)
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, "request body too large", fmt.Sprintf("at most %d bytes", maxBody))
@@ -274,7 +317,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeError(w, http.StatusBadRequest, "bad request", "malformed JSON: "+err.Error())
 		return false
 	}
-	if dec.More() {
+	if more {
 		writeError(w, http.StatusBadRequest, "bad request", "trailing data after the JSON object")
 		return false
 	}

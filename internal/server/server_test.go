@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,12 +21,26 @@ import (
 
 type env struct {
 	t     *testing.T
-	st    store.Store
-	srv   *httptest.Server
+	st    store.Store // the real store under the server
+	url   string      // the server's base URL
+	addr  string      // its listening address
 	admin string
 }
 
 func newEnv(t *testing.T) *env {
+	return startServer(t, serverOpts{set: func(s *server.Server) { s.MaxWait = 5 * time.Second }})
+}
+
+// serverOpts change how startServer builds the server.
+type serverOpts struct {
+	wrap func(store.Store) store.Store // the store the server sees; default the real one
+	set  func(*server.Server)          // limits and waits, set before Start
+}
+
+// startServer serves a new SQLite-backed server on a real loopback
+// listener, the way `drover server` serves it (HTTPServer over Listener),
+// until the test ends.
+func startServer(t *testing.T, o serverOpts) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -44,22 +58,27 @@ func newEnv(t *testing.T) *env {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin token file %v mode %v", err, fi.Mode())
 	}
-	s := server.New(st, nil)
-	s.MaxWait = 5 * time.Second
+	seen := st
+	if o.wrap != nil {
+		seen = o.wrap(st)
+	}
+	s := server.New(seen, nil)
+	if o.set != nil {
+		o.set(s)
+	}
 	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	e := newEnvOn(t, s, readToken(t, dir))
-	e.st = st
-	return e
-}
-
-// newEnvOn serves s (already started) on a test listener.
-func newEnvOn(t *testing.T, s *server.Server, admin string) *env {
-	t.Helper()
-	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(hs.Close)
-	return &env{t: t, srv: hs, admin: admin}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := s.HTTPServer()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = hs.Serve(s.Listener(ln)) }()
+	t.Cleanup(func() { hs.Close(); <-done })
+	addr := ln.Addr().String()
+	return &env{t: t, st: st, url: "http://" + addr, addr: addr, admin: readToken(t, dir)}
 }
 
 func readToken(t *testing.T, dir string) string {
@@ -72,7 +91,7 @@ func readToken(t *testing.T, dir string) string {
 }
 
 func (e *env) client(token string) *api.Client {
-	c, err := api.NewClient(e.srv.URL, token, "")
+	c, err := api.NewClient(e.url, token, "")
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -82,7 +101,7 @@ func (e *env) client(token string) *api.Client {
 // raw sends a request and returns the status code and body.
 func (e *env) raw(method, path, token string, body io.Reader) (int, string) {
 	e.t.Helper()
-	req, _ := http.NewRequest(method, e.srv.URL+path, body)
+	req, _ := http.NewRequest(method, e.url+path, body)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
