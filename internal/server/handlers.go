@@ -358,14 +358,14 @@ func nodeTaken(node string, token int64) string {
 
 // liveAgentTokens returns the agent tokens of node that still work.
 func (s *Server) liveAgentTokens(ctx context.Context, node string) ([]store.Token, error) {
-	toks, err := s.store.ListTokens(ctx, store.TokenAgent)
+	toks, err := s.store.AgentTokens(ctx, node)
 	if err != nil {
 		return nil, err
 	}
 	var live []store.Token
 	now := s.now()
 	for _, t := range toks {
-		if t.Node == node && t.Check(now) == nil {
+		if t.Check(now) == nil {
 			live = append(live, t)
 		}
 	}

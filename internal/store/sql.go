@@ -772,20 +772,28 @@ func (s *sqlStore) ListTokens(ctx context.Context, kind TokenKind) ([]Token, err
 	if kind != "" {
 		query, args = query+" WHERE kind = ?", append(args, string(kind))
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(query+" ORDER BY id"), args...)
+	return s.tokens(ctx, "list tokens", query+" ORDER BY id", args...)
+}
+
+func (s *sqlStore) AgentTokens(ctx context.Context, node string) ([]Token, error) {
+	return s.tokens(ctx, "list agent tokens of node "+node, "SELECT "+tokenCols+" FROM tokens WHERE node = ? AND kind = ? ORDER BY id", node, string(TokenAgent))
+}
+
+func (s *sqlStore) tokens(ctx context.Context, op, query string, args ...any) ([]Token, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(query), args...)
 	if err != nil {
-		return nil, wrap("list tokens", err)
+		return nil, wrap(op, err)
 	}
 	defer rows.Close()
 	out := []Token{}
 	for rows.Next() {
 		t, err := scanToken(rows)
 		if err != nil {
-			return nil, wrap("list tokens", err)
+			return nil, wrap(op, err)
 		}
 		out = append(out, t)
 	}
-	return out, wrap("list tokens", rows.Err())
+	return out, wrap(op, rows.Err())
 }
 
 func (s *sqlStore) RevokeToken(ctx context.Context, id int64) error {

@@ -130,6 +130,9 @@ type Store interface {
 	TokenByHash(ctx context.Context, hash string) (Token, error)
 	// ListTokens returns tokens ordered by ID, optionally of one kind ("" for all).
 	ListTokens(ctx context.Context, kind TokenKind) ([]Token, error)
+	// AgentTokens returns the agent tokens of node, whatever their state,
+	// ordered by ID.
+	AgentTokens(ctx context.Context, node string) ([]Token, error)
 	// RevokeToken revokes a token; revoking twice is not an error.
 	RevokeToken(ctx context.Context, id int64) error
 	// ConsumeJoinToken marks the join token with this hash used at at (now

@@ -598,6 +598,15 @@ func (s suite) testTokenScope(t *testing.T) {
 	}
 	wantScope("ListTokens, scoped agent", agents[0], []string{"shop", "blog"}, []string{"production"}, "")
 	wantScope("ListTokens, unscoped agent", agents[1], nil, nil, "")
+	web1, err := st.AgentTokens(ctx, "web1")
+	must(t, err)
+	if len(web1) != 1 || web1[0].ID != agents[0].ID {
+		t.Fatalf("AgentTokens(web1) = %+v, want token %d only", web1, agents[0].ID)
+	}
+	wantScope("AgentTokens", web1[0], []string{"shop", "blog"}, []string{"production"}, "")
+	if none, err := st.AgentTokens(ctx, "web9"); err != nil || len(none) != 0 {
+		t.Fatalf("AgentTokens(web9) = %+v, %v; want none", none, err)
+	}
 	for _, tc := range []struct {
 		tok      store.Token
 		app, env string
