@@ -181,7 +181,7 @@ func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) {
 func checkScope(req api.CreateJoinToken) error {
 	switch {
 	case len(req.Apps) == 0 && !req.AnyApp:
-		return errors.New("a join token needs a scope: name the apps its node may run (--app shop, repeatable), or allow every app with --any-app")
+		return errors.New(`a join token needs a scope: name the apps its node may run (join-token create --app shop, repeatable; "apps" in the API), or allow every app with --any-app ("any_app": true)`)
 	case len(req.Apps) > 0 && req.AnyApp:
 		return errors.New("--app and --any-app contradict each other: give one")
 	case len(req.Apps) > maxScope || len(req.Envs) > maxScope:
