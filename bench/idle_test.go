@@ -120,7 +120,7 @@ func startServerProcess(ctx context.Context, tb testing.TB, n int) (string, stri
 		tb.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", apptest.FreePorts(tb, 1)[0])
-	cmd := droverProcess(tb, filepath.Join(dir, "server.log"), "server", "--data", data, "--listen", addr)
+	cmd := droverProcess(tb, filepath.Join(dir, "server.log"), "server", "--data", data, "--listen", addr, "--join-rate", "-1", "--join-rate-total", "-1") // thousands of simulated agents join from one address
 	url := "http://" + addr
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -210,7 +210,7 @@ func BenchmarkAgentIdle(b *testing.B) {
 	defer cancel()
 	base, adminToken, _, _ := startServerProcess(ctx, b, 0)
 	admin := newClient(b, base, adminToken)
-	join, err := admin.CreateJoinToken(ctx, time.Hour)
+	join, err := admin.CreateJoinToken(ctx, api.CreateJoinToken{Apps: []string{"hello"}, Envs: []string{"test"}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func BenchmarkAgentIdle(b *testing.B) {
 	a := apptest.New(b, apptest.Options{DeployTo: deployTo})
 	cfg := filepath.Join(dir, "agent.yml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("server: %s\njoin_token: %s\nstate_dir: %s\nnode: bench1\napps:\n  - {app: hello, env: test, repo: %s, deploy_to: %s, roles: [web, db]}\n",
-		base, join, filepath.Join(dir, "state"), a.Repo.Dir, deployTo)), 0o600); err != nil {
+		base, join.Token, filepath.Join(dir, "state"), a.Repo.Dir, deployTo)), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	rel, err := admin.CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "test", Spec: "branch:main", Commit: a.Repo.Head()})

@@ -151,6 +151,7 @@ func (a *simAgent) follow(ctx context.Context, seen func(rel int64, started time
 func inProcessServer(ctx context.Context, tb testing.TB, st store.Store) string {
 	tb.Helper()
 	srv := server.New(st, slog.New(slog.DiscardHandler))
+	srv.JoinRate, srv.JoinRateTotal = 0, 0 // thousands of simulated agents join from one address
 	if err := srv.Start(ctx); err != nil {
 		tb.Fatal(err)
 	}
@@ -158,8 +159,8 @@ func inProcessServer(ctx context.Context, tb testing.TB, st store.Store) string 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
-	go hs.Serve(ln)
+	hs := srv.HTTPServer()
+	go hs.Serve(srv.Listener(ln))
 	tb.Cleanup(func() {
 		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover/drover/internal/cli"
+	"github.com/drover/drover/internal/server"
 )
 
 func newServerCmd(g *globals) *cobra.Command {
@@ -32,6 +33,9 @@ may share one) or MySQL/MariaDB. Schema migrations run on start.`,
 	f.StringVar(&o.DB, "db", "", "database URL: postgres://..., mysql://user:pass@tcp(host:3306)/db (default SQLite in --data)")
 	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "TLS certificate (PEM)")
 	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "TLS private key (PEM)")
+	cmd.Flags().IntVar(&o.MaxConns, "max-conns", server.DefaultMaxConns, "connections served at once (agents hold one each); -1: no cap")
+	cmd.Flags().Float64Var(&o.JoinRate, "join-rate", server.DefaultJoinRate, "agent joins a second taken from one address (bursts of 10x); -1: no limit")
+	cmd.Flags().Float64Var(&o.JoinRateTot, "join-rate-total", server.DefaultJoinRateTotal, "agent joins a second taken from all addresses (bursts of 10x); -1: no limit")
 
 	var printSQL bool
 	migrate := &cobra.Command{
@@ -49,20 +53,35 @@ may share one) or MySQL/MariaDB. Schema migrations run on start.`,
 	migrate.Flags().BoolVar(&printSQL, "print-sql", false, "print the schema SQL for the --db dialect instead (for a DBA to run)")
 	cmd.AddCommand(migrate)
 	jt := &cobra.Command{Use: "join-token", Short: "Manage one-time join tokens for agents"}
-	co := &cli.ClientOptions{}
-	var ttl time.Duration
+	jo := &cli.JoinTokenOptions{}
 	create := &cobra.Command{
-		Use:     "create",
-		Short:   "Print a new one-time join token",
-		Example: "  drover server join-token create --ttl 1h --server http://127.0.0.1:8700 --token @drover-data/admin.token",
-		Args:    cobra.NoArgs,
+		Use:   "create",
+		Short: "Print a new one-time join token, scoped to the apps a node may run",
+		Long: `create prints a one-time join token. The node that joins with it, and the
+agent token it receives, may act only on the apps named with --app (and
+the environments named with --env; any environment when none is named).
+--any-app allows every app and must be said explicitly.
+
+A join token cannot take over the name of a node that is joined (its agent
+token is live). To replace a machine, make the token with --replace NODE:
+the new node joins under that name and the old node's tokens are revoked.`,
+		Example: `  drover server join-token create --app shop --env production --server http://127.0.0.1:8700 --token @drover-data/admin.token
+  drover server join-token create --app shop,blog --ttl 24h
+  drover server join-token create --app shop --env production --replace web3
+  drover server join-token create --any-app`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			co.IO = cli.StdIO(g.output)
-			return cli.JoinTokenCreate(cmd.Context(), co, ttl)
+			jo.IO = cli.StdIO(g.output)
+			return cli.JoinTokenCreate(cmd.Context(), jo)
 		},
 	}
-	clientFlags(create, co)
-	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token may be used")
+	clientFlags(create, &jo.ClientOptions)
+	create.Flags().DurationVar(&jo.TTL, "ttl", time.Hour, "how long the token may be used")
+	create.Flags().StringSliceVar(&jo.Apps, "app", nil, "app the joining node may run (repeatable, or comma-separated)")
+	create.Flags().StringSliceVar(&jo.Envs, "env", nil, "environment it may run them in (repeatable, or comma-separated; default any)")
+	create.Flags().BoolVar(&jo.AnyApp, "any-app", false, "allow every app (instead of --app)")
+	create.Flags().StringVar(&jo.Replace, "replace", "", "node name this token may take over; the old node's tokens are revoked when it joins")
+	create.Flags().StringVar(&jo.Note, "note", "", "a note kept with the token")
 	jt.AddCommand(create)
 	cmd.AddCommand(jt)
 	return cmd

@@ -55,6 +55,29 @@ type Join struct {
 	Apps         []NodeApp `json:"apps"`
 }
 
+// CreateJoinToken is the body of POST /api/v1/join-tokens. A join token
+// is scoped: the node that joins with it, and its agent token, may act only
+// on the apps in Apps (or any app with AnyApp) and the environments in Envs
+// (any when empty). One of Apps and AnyApp is required.
+type CreateJoinToken struct {
+	TTL     string   `json:"ttl,omitempty"` // a duration, default 1h, at most 720h
+	Note    string   `json:"note,omitempty"`
+	Apps    []string `json:"apps,omitempty"`
+	Envs    []string `json:"envs,omitempty"`
+	AnyApp  bool     `json:"any_app,omitempty"`
+	Replace string   `json:"replace,omitempty"` // a node name this token may take over; its old tokens are revoked
+}
+
+// JoinToken answers CreateJoinToken: the one-time secret and its scope.
+type JoinToken struct {
+	Token     string    `json:"token"`
+	ID        int64     `json:"id"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Apps      []string  `json:"apps,omitempty"`
+	Envs      []string  `json:"envs,omitempty"`
+	Replace   string    `json:"replace,omitempty"`
+}
+
 // Joined answers a Join.
 type Joined struct {
 	Node  string `json:"node"`

@@ -189,11 +189,11 @@ func (c *Client) Upgrades(ctx context.Context, app, env string) ([]Upgrade, erro
 	return out, c.do(ctx, http.MethodGet, Prefix+"/upgrades?"+q.Encode(), nil, &out)
 }
 
-// CreateJoinToken makes a one-time join token valid for ttl.
-func (c *Client) CreateJoinToken(ctx context.Context, ttl time.Duration) (string, error) {
-	var out struct {
-		Token string `json:"token"`
+// CreateJoinToken makes a one-time join token with the scope in req.
+func (c *Client) CreateJoinToken(ctx context.Context, req CreateJoinToken) (*JoinToken, error) {
+	var out JoinToken
+	if err := c.do(ctx, http.MethodPost, Prefix+"/join-tokens", req, &out); err != nil {
+		return nil, err
 	}
-	err := c.do(ctx, http.MethodPost, Prefix+"/join-tokens", map[string]string{"ttl": ttl.String()}, &out)
-	return out.Token, err
+	return &out, nil
 }

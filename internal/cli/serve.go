@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -30,8 +29,14 @@ type ServerOptions struct {
 	DB      string // default sqlite at Data/drover.db
 	TLSCert string
 	TLSKey  string
-	IO      IO
-	Logger  *slog.Logger
+	// MaxConns caps the connections served at once; JoinRate and
+	// JoinRateTotal are the joins a second taken from one address and
+	// from all. 0 keeps the server's default, a negative value lifts the
+	// limit.
+	MaxConns              int
+	JoinRate, JoinRateTot float64
+	IO                    IO
+	Logger                *slog.Logger
 	// Ready, when set, receives the URL once the server listens (tests).
 	Ready func(url string)
 }
@@ -82,6 +87,15 @@ func Serve(ctx context.Context, o *ServerOptions) error {
 		log = slog.New(slog.NewTextHandler(o.IO.Err, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	srv := server.New(st, log)
+	if o.MaxConns != 0 {
+		srv.MaxConns = max(0, o.MaxConns)
+	}
+	if o.JoinRate != 0 {
+		srv.JoinRate, srv.JoinBurst = max(0, o.JoinRate), max(1, int(10*o.JoinRate))
+	}
+	if o.JoinRateTot != 0 {
+		srv.JoinRateTotal, srv.JoinBurstTotal = max(0, o.JoinRateTot), max(1, int(10*o.JoinRateTot))
+	}
 	if err := srv.Start(ctx); err != nil {
 		return err
 	}
@@ -89,6 +103,7 @@ func Serve(ctx context.Context, o *ServerOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", o.Listen, err)
 	}
+	ln = srv.Listener(ln) // counts TCP connections, under TLS too
 	scheme := "http"
 	if o.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
@@ -106,7 +121,7 @@ func Serve(ctx context.Context, o *ServerOptions) error {
 	} else {
 		fmt.Fprintf(o.IO.Out, "admin token: see %s\n", filepath.Join(o.data(), "admin.token"))
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	hs := srv.HTTPServer()
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	if o.Ready != nil {
@@ -180,17 +195,38 @@ func (o *ClientOptions) client() (*api.Client, error) {
 	return c, nil
 }
 
-// JoinTokenCreate prints a new one-time join token for agents.
-func JoinTokenCreate(ctx context.Context, o *ClientOptions, ttl time.Duration) error {
+// JoinTokenOptions are the inputs of `drover server join-token create`.
+type JoinTokenOptions struct {
+	ClientOptions
+	TTL     time.Duration
+	Apps    []string // apps the joining node may run; required unless AnyApp
+	Envs    []string // environments it may run them in; empty: any
+	AnyApp  bool     // allow every app, said explicitly
+	Replace string   // node name the token may take over
+	Note    string
+}
+
+// JoinTokenCreate prints a new one-time join token for agents, scoped to
+// the apps and environments given.
+func JoinTokenCreate(ctx context.Context, o *JoinTokenOptions) error {
+	if len(o.Apps) == 0 && !o.AnyApp {
+		return &UsageError{errors.New("name the apps the joining node may run (--app shop, repeatable or comma-separated), or pass --any-app to allow every app")}
+	}
+	if len(o.Apps) > 0 && o.AnyApp {
+		return &UsageError{errors.New("--app and --any-app contradict each other: give one")}
+	}
 	c, err := o.client()
 	if err != nil {
 		return err
 	}
-	tok, err := c.CreateJoinToken(ctx, ttl)
+	tok, err := c.CreateJoinToken(ctx, api.CreateJoinToken{TTL: o.TTL.String(), Apps: o.Apps, Envs: o.Envs, AnyApp: o.AnyApp, Replace: o.Replace, Note: o.Note})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(o.IO.Out, tok)
+	if o.IO.Output == "json" {
+		return o.IO.JSON(tok)
+	}
+	fmt.Fprintln(o.IO.Out, tok.Token)
 	return nil
 }
 

@@ -96,6 +96,10 @@ func pathID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 // nodeIn returns the agent's node in app/env, or writes 403.
 func (s *Server) nodeIn(w http.ResponseWriter, r *http.Request, app, env string) (store.Node, bool) {
 	p := from(r)
+	if msg := outOfScope(p.node, p.scope, app, env); msg != "" {
+		writeError(w, http.StatusForbidden, "forbidden", msg)
+		return store.Node{}, false
+	}
 	n, err := s.store.FindNode(r.Context(), p.node, app, env)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -140,11 +144,11 @@ func (s *Server) resolveRelease(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, toAPI(rel))
 }
 
+// maxScope is the most apps or environments one join token may name.
+const maxScope = 100
+
 func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		TTL  string `json:"ttl"`
-		Note string `json:"note"`
-	}
+	var req api.CreateJoinToken
 	if !decode(w, r, &req) {
 		return
 	}
@@ -157,14 +161,70 @@ func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) {
 		}
 		ttl = d
 	}
+	if err := checkScope(req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request", err.Error())
+		return
+	}
 	secret := NewSecret(store.TokenJoin)
-	t, err := s.store.CreateToken(r.Context(), store.Token{Kind: store.TokenJoin, Hash: HashToken(secret), Note: req.Note, ExpiresAt: s.now().Add(ttl)})
+	t, err := s.store.CreateToken(r.Context(), store.Token{Kind: store.TokenJoin, Hash: HashToken(secret), Note: req.Note, ExpiresAt: s.now().Add(ttl),
+		Apps: req.Apps, Envs: req.Envs, Replace: req.Replace})
 	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	s.audit(r.Context(), from(r), "token.join.create", map[string]any{"id": t.ID, "expires_at": t.ExpiresAt})
-	writeJSON(w, http.StatusCreated, map[string]any{"token": secret, "id": t.ID, "expires_at": t.ExpiresAt})
+	s.audit(r.Context(), from(r), "token.join.create", map[string]any{"id": t.ID, "expires_at": t.ExpiresAt, "apps": t.Apps, "envs": t.Envs, "any_app": req.AnyApp, "replace": t.Replace})
+	writeJSON(w, http.StatusCreated, api.JoinToken{Token: secret, ID: t.ID, ExpiresAt: t.ExpiresAt, Apps: t.Apps, Envs: t.Envs, Replace: t.Replace})
+}
+
+// checkScope validates a join token's scope: apps named, or any app asked
+// for explicitly, never both and never neither.
+func checkScope(req api.CreateJoinToken) error {
+	switch {
+	case len(req.Apps) == 0 && !req.AnyApp:
+		return errors.New(`a join token needs a scope: name the apps its node may run (join-token create --app shop, repeatable; "apps" in the API), or allow every app with --any-app ("any_app": true)`)
+	case len(req.Apps) > 0 && req.AnyApp:
+		return errors.New("--app and --any-app contradict each other: give one")
+	case len(req.Apps) > maxScope || len(req.Envs) > maxScope:
+		return fmt.Errorf("a join token names at most %d apps and %d environments", maxScope, maxScope)
+	}
+	for _, a := range req.Apps {
+		if err := validName("app", a); err != nil {
+			return err
+		}
+	}
+	for _, e := range req.Envs {
+		if err := validName("env", e); err != nil {
+			return err
+		}
+	}
+	if req.Replace != "" {
+		if err := validName("node to replace", req.Replace); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// outOfScope returns why an agent token scoped to scope may not act on
+// app/env and how to allow it, or "" when it may.
+func outOfScope(node string, scope store.Token, app, env string) string {
+	if scope.Allows(app, env) {
+		return ""
+	}
+	return fmt.Sprintf("node %s's token %s; to add it, have an admin create a join token with --app %s --env %s --replace %s and join the node with it",
+		node, scopeText(scope, app, env), app, env, node)
+}
+
+// scopeText says what scope allows and that app/env is not in it.
+func scopeText(scope store.Token, app, env string) string {
+	apps, envs := "any app", "any environment"
+	if len(scope.Apps) > 0 {
+		apps = "apps " + strings.Join(scope.Apps, ", ")
+	}
+	if len(scope.Envs) > 0 {
+		envs = "environments " + strings.Join(scope.Envs, ", ")
+	}
+	return fmt.Sprintf("allows %s in %s, not %s/%s", apps, envs, app, env)
 }
 
 func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
@@ -190,6 +250,9 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) join(w http.ResponseWriter, r *http.Request) {
+	if !s.joinAllowed(w, r) {
+		return
+	}
 	var req api.Join
 	if !decode(w, r, &req) {
 		return
@@ -206,7 +269,45 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "unauthorized", "no join token")
 		return
 	}
-	if _, err := s.store.ConsumeJoinToken(r.Context(), HashToken(req.JoinToken), time.Time{}); err != nil {
+	ctx := r.Context()
+	hash := HashToken(req.JoinToken)
+	// Look before consuming: a join refused for its scope or its name
+	// leaves the token usable for the right node.
+	jt, err := s.store.TokenByHash(ctx, hash)
+	if err == nil && jt.Kind != store.TokenJoin {
+		err = store.ErrNotFound
+	}
+	if err == nil {
+		err = jt.Check(s.now())
+	}
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusUnauthorized, "unauthorized", "unknown join token")
+			return
+		}
+		s.storeError(w, err)
+		return
+	}
+	for _, a := range req.Apps {
+		if !jt.Allows(a.App, a.Env) {
+			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("the join token %s; ask an admin for one made with --app %s --env %s", scopeText(jt, a.App, a.Env), a.App, a.Env))
+			return
+		}
+	}
+	if jt.Replace != "" && jt.Replace != req.Node {
+		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("this join token was made to replace node %s; join as %s, or ask an admin for a token without --replace", jt.Replace, jt.Replace))
+		return
+	}
+	live, err := s.liveAgentTokens(ctx, req.Node)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if len(live) > 0 && jt.Replace == "" {
+		writeError(w, http.StatusConflict, "conflict", nodeTaken(req.Node, live[0].ID))
+		return
+	}
+	if _, err := s.store.ConsumeJoinToken(ctx, hash, time.Time{}); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "unknown join token")
 			return
@@ -215,17 +316,75 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	secret := NewSecret(store.TokenAgent)
-	t, err := s.store.CreateToken(r.Context(), store.Token{Kind: store.TokenAgent, Node: req.Node, Hash: HashToken(secret), Note: "joined from " + req.Hostname})
+	t, err := s.store.CreateToken(ctx, store.Token{Kind: store.TokenAgent, Node: req.Node, Hash: HashToken(secret), Note: "joined from " + req.Hostname, Apps: jt.Apps, Envs: jt.Envs})
 	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	if err := s.register(r.Context(), req.Node, req.Hostname, req.AgentVersion, req.Apps); err != nil {
+	if jt.Replace != "" {
+		for _, old := range live {
+			if err := s.store.RevokeToken(ctx, old.ID); err != nil {
+				s.storeError(w, err)
+				return
+			}
+		}
+	} else if taken, err := s.joinedMeanwhile(ctx, req.Node, t.ID); err != nil || taken != 0 {
+		// Two joins raced for a new name: the older token keeps it.
+		_ = s.store.RevokeToken(ctx, t.ID)
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		writeError(w, http.StatusConflict, "conflict", nodeTaken(req.Node, taken))
+		return
+	}
+	if err := s.register(ctx, req.Node, req.Hostname, req.AgentVersion, req.Apps); err != nil {
 		s.storeError(w, err)
 		return
 	}
-	s.audit(r.Context(), principal{kind: store.TokenAgent, node: req.Node, token: t.ID}, "node.join", map[string]any{"hostname": req.Hostname, "apps": req.Apps})
+	replaced := []int64{}
+	for _, old := range live {
+		replaced = append(replaced, old.ID)
+	}
+	s.audit(ctx, principal{kind: store.TokenAgent, node: req.Node, token: t.ID}, "node.join", map[string]any{"hostname": req.Hostname, "apps": req.Apps, "join_token": jt.ID, "replaced_tokens": replaced})
 	writeJSON(w, http.StatusCreated, api.Joined{Node: req.Node, Token: secret})
+}
+
+// nodeTaken says why a join may not take a node name and how to replace it.
+func nodeTaken(node string, token int64) string {
+	return fmt.Sprintf("node %s is already joined (agent token %d is live); a join token cannot take over a live node. To replace that machine, have an admin run `drover server join-token create --replace %s --app ...` and join with that token; to free the name instead, revoke token %d (POST /api/v1/tokens/%d/revoke)",
+		node, token, node, token, token)
+}
+
+// liveAgentTokens returns the agent tokens of node that still work.
+func (s *Server) liveAgentTokens(ctx context.Context, node string) ([]store.Token, error) {
+	toks, err := s.store.AgentTokens(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	var live []store.Token
+	now := s.now()
+	for _, t := range toks {
+		if t.Check(now) == nil {
+			live = append(live, t)
+		}
+	}
+	return live, nil
+}
+
+// joinedMeanwhile returns the ID of a live agent token of node older than
+// ours (a concurrent join that won), or 0.
+func (s *Server) joinedMeanwhile(ctx context.Context, node string, ours int64) (int64, error) {
+	live, err := s.liveAgentTokens(ctx, node)
+	if err != nil {
+		return 0, err
+	}
+	for _, t := range live {
+		if t.ID < ours {
+			return t.ID, nil
+		}
+	}
+	return 0, nil
 }
 
 func (s *Server) checkApps(apps []api.NodeApp) error {
@@ -283,7 +442,14 @@ func (s *Server) hello(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad request", err.Error())
 		return
 	}
-	if err := s.register(r.Context(), from(r).node, req.Hostname, req.AgentVersion, req.Apps); err != nil {
+	p := from(r)
+	for _, a := range req.Apps {
+		if msg := outOfScope(p.node, p.scope, a.App, a.Env); msg != "" {
+			writeError(w, http.StatusForbidden, "forbidden", msg)
+			return
+		}
+	}
+	if err := s.register(r.Context(), p.node, req.Hostname, req.AgentVersion, req.Apps); err != nil {
 		s.storeError(w, err)
 		return
 	}
@@ -313,8 +479,11 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, err)
 		return
 	}
+	// Registrations outside the token's scope (made by a token this node
+	// replaced) are not this token's to read.
+	nodes = slices.DeleteFunc(nodes, func(n store.Node) bool { return !p.allows(n.App, n.Env) })
 	if len(nodes) == 0 {
-		writeError(w, http.StatusForbidden, "forbidden", "node "+p.node+" has no apps registered; the agent says hello first")
+		writeError(w, http.StatusForbidden, "forbidden", "node "+p.node+" has no apps registered within its token's scope; the agent says hello first")
 		return
 	}
 	keys := make([]string, len(nodes))
@@ -332,6 +501,9 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		var d *api.Desired
 		offStack(func() { d, err = s.desiredOf(r.Context(), nodes) })
 		if err != nil {
+			if r.Context().Err() != nil {
+				return // the agent hung up
+			}
 			s.storeError(w, err)
 			return
 		}
@@ -438,8 +610,11 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, err)
 		return
 	}
-	if n.Name != from(r).node {
+	if p := from(r); n.Name != p.node {
 		writeError(w, http.StatusForbidden, "forbidden", "this upgrade belongs to another node")
+		return
+	} else if msg := outOfScope(p.node, p.scope, n.App, n.Env); msg != "" {
+		writeError(w, http.StatusForbidden, "forbidden", msg)
 		return
 	}
 	if u.Status.Done() {

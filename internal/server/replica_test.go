@@ -46,12 +46,12 @@ func TestReplicasWakeEachOther(t *testing.T) {
 			admin := readToken(t, dir)
 			adminB, _ := api.NewClient(b.URL, admin, "")
 			adminA, _ := api.NewClient(a.URL, admin, "")
-			jt, err := adminA.CreateJoinToken(ctx, time.Hour)
+			jt, err := adminA.CreateJoinToken(ctx, api.CreateJoinToken{Apps: []string{"hello"}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			anon, _ := api.NewClient(a.URL, "", "")
-			j, err := anon.Join(ctx, api.Join{JoinToken: jt, Node: "web1", Hostname: "web1", Apps: []api.NodeApp{{App: "hello", Env: "prod"}}})
+			j, err := anon.Join(ctx, api.Join{JoinToken: jt.Token, Node: "web1", Hostname: "web1", Apps: []api.NodeApp{{App: "hello", Env: "prod"}}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -37,14 +37,48 @@ type Server struct {
 	MaxWait time.Duration
 	// StaleAfter flags nodes not seen for this long.
 	StaleAfter time.Duration
+
+	// BodyTimeout bounds how long a request's body may take to arrive: a
+	// client that trickles one in is answered 408 and its connection
+	// closed. The long-poll has no body and waits as long as it asks.
+	BodyTimeout time.Duration
+	// WriteTimeout bounds how long a client may take to take its answer,
+	// counted after the request's own work (a long-poll's wait).
+	WriteTimeout time.Duration
+	// MaxConns caps the connections served at once (see Listener); the
+	// kernel queues the rest. 0: no cap.
+	MaxConns int
+	// JoinRate is how many joins per second one remote address may
+	// attempt, with bursts of JoinBurst; JoinRateTotal and JoinBurstTotal
+	// bound all addresses together. Past them a join is answered 429 with
+	// Retry-After. A rate of 0 turns that limit off.
+	JoinRate, JoinRateTotal   float64
+	JoinBurst, JoinBurstTotal int
+
+	joinOnce  sync.Once
+	joinLimit *rateLimiter
+	handler   http.Handler
 }
+
+// Defaults of the limits a Server starts with.
+const (
+	DefaultBodyTimeout    = 30 * time.Second
+	DefaultWriteTimeout   = 30 * time.Second
+	DefaultMaxConns       = 20000
+	DefaultJoinRate       = 10
+	DefaultJoinBurst      = 100
+	DefaultJoinRateTotal  = 100
+	DefaultJoinBurstTotal = 1000
+)
 
 // New returns a server over st. Start must run for long-polls to wake.
 func New(st store.Store, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{store: st, log: log, now: time.Now, hub: newHub(), MaxWait: 60 * time.Second, StaleAfter: 100 * time.Second}
+	s := &Server{store: st, log: log, now: time.Now, hub: newHub(), MaxWait: 60 * time.Second, StaleAfter: 100 * time.Second,
+		BodyTimeout: DefaultBodyTimeout, WriteTimeout: DefaultWriteTimeout, MaxConns: DefaultMaxConns,
+		JoinRate: DefaultJoinRate, JoinBurst: DefaultJoinBurst, JoinRateTotal: DefaultJoinRateTotal, JoinBurstTotal: DefaultJoinBurstTotal}
 	s.cache = &desiredCache{st: st, entries: map[string]*desiredEntry{}}
 	s.seen = &lastSeen{ids: map[int64]time.Time{}}
 	s.routes()
@@ -109,7 +143,7 @@ func (l *lastSeen) flushEvery(ctx context.Context, st store.Store, every time.Du
 }
 
 // Handler returns the HTTP handler of the API.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 func (s *Server) routes() {
 	m := http.NewServeMux()
@@ -144,6 +178,7 @@ func (s *Server) routes() {
 		writeError(w, http.StatusNotFound, "not found", r.Method+" "+r.URL.Path)
 	})
 	s.mux = m
+	s.handler = s.deadlines(m)
 }
 
 // maxBody is the largest request body the API reads.
@@ -154,6 +189,13 @@ type principal struct {
 	kind  store.TokenKind
 	node  string
 	token int64
+	scope store.Token // an agent token's Apps and Envs
+}
+
+// allows reports whether an agent's token scope covers app/env (admins
+// are not scoped).
+func (p principal) allows(app, env string) bool {
+	return p.kind == store.TokenAdmin || p.scope.Allows(app, env)
 }
 
 type ctxKey struct{}
@@ -210,7 +252,7 @@ func (s *Server) lookupPrincipal(r *http.Request) (principal, error) {
 	if err := t.Check(s.now()); err != nil {
 		return principal{}, fmt.Errorf("token %d: %w", t.ID, err)
 	}
-	return principal{kind: t.Kind, node: t.Node, token: t.ID}, nil
+	return principal{kind: t.Kind, node: t.Node, token: t.ID, scope: store.Token{Apps: t.Apps, Envs: t.Envs}}, nil
 }
 
 // auth lets a request through when its token is of one of kinds.
@@ -258,7 +300,15 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	err := dec.Decode(v)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, "request body too slow", "the body did not arrive in time; send it at once")
+		return false
+	}
+	more := err == nil && dec.More()
+	bodyRead(w)
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, "request body too large", fmt.Sprintf("at most %d bytes", maxBody))
@@ -267,7 +317,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeError(w, http.StatusBadRequest, "bad request", "malformed JSON: "+err.Error())
 		return false
 	}
-	if dec.More() {
+	if more {
 		writeError(w, http.StatusBadRequest, "bad request", "trailing data after the JSON object")
 		return false
 	}
@@ -377,40 +427,67 @@ type desiredCache struct {
 	entries map[string]*desiredEntry
 }
 
+// lookupTimeout bounds one shared lookup of an app/env's desired state.
+const lookupTimeout = 30 * time.Second
+
+// desiredEntry is one app/env's cached desired state; done is closed when
+// the lookup that fills it has finished.
 type desiredEntry struct {
-	once    sync.Once
+	done    chan struct{}
 	version int64
 	release *store.Release
 	err     error
 }
 
+// get returns app/env's entry, looking it up once for every waiter. The
+// lookup runs on a context of its own: a waiter that gives up (its agent
+// hung up) stops waiting for itself only, never fails the others.
 func (c *desiredCache) get(ctx context.Context, app, env string) (*desiredEntry, error) {
 	key := app + "/" + env
 	c.mu.Lock()
 	e := c.entries[key]
 	if e == nil {
-		e = &desiredEntry{}
+		e = &desiredEntry{done: make(chan struct{})}
 		c.entries[key] = e
+		go c.load(context.WithoutCancel(ctx), e, app, env)
 	}
 	c.mu.Unlock()
-	e.once.Do(func() {
-		e.version, e.err = c.st.Version(ctx, app, env)
-		if e.err != nil {
-			return
-		}
-		r, err := c.st.LatestRelease(ctx, app, env)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-		case err != nil:
-			e.err = err
-		default:
-			e.release = &r
-		}
-	})
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	if e.err != nil {
-		c.invalidate(app, env)
+		c.drop(key, e) // the next waiter tries again
 	}
 	return e, e.err
+}
+
+func (c *desiredCache) load(ctx context.Context, e *desiredEntry, app, env string) {
+	defer close(e.done)
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	e.version, e.err = c.st.Version(ctx, app, env)
+	if e.err != nil {
+		return
+	}
+	r, err := c.st.LatestRelease(ctx, app, env)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		e.err = err
+	default:
+		e.release = &r
+	}
+}
+
+// drop forgets e if it is still app/env's entry (not a newer one).
+func (c *desiredCache) drop(key string, e *desiredEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[key] == e {
+		delete(c.entries, key)
+	}
 }
 
 func (c *desiredCache) invalidate(app, env string) {

@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,12 +21,26 @@ import (
 
 type env struct {
 	t     *testing.T
-	st    store.Store
-	srv   *httptest.Server
+	st    store.Store // the real store under the server
+	url   string      // the server's base URL
+	addr  string      // its listening address
 	admin string
 }
 
 func newEnv(t *testing.T) *env {
+	return startServer(t, serverOpts{set: func(s *server.Server) { s.MaxWait = 5 * time.Second }})
+}
+
+// serverOpts change how startServer builds the server.
+type serverOpts struct {
+	wrap func(store.Store) store.Store // the store the server sees; default the real one
+	set  func(*server.Server)          // limits and waits, set before Start
+}
+
+// startServer serves a new SQLite-backed server on a real loopback
+// listener, the way `drover server` serves it (HTTPServer over Listener),
+// until the test ends.
+func startServer(t *testing.T, o serverOpts) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -44,14 +58,27 @@ func newEnv(t *testing.T) *env {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin token file %v mode %v", err, fi.Mode())
 	}
-	s := server.New(st, nil)
-	s.MaxWait = 5 * time.Second
+	seen := st
+	if o.wrap != nil {
+		seen = o.wrap(st)
+	}
+	s := server.New(seen, nil)
+	if o.set != nil {
+		o.set(s)
+	}
 	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(s.Handler())
-	t.Cleanup(hs.Close)
-	return &env{t: t, st: st, srv: hs, admin: readToken(t, dir)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := s.HTTPServer()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = hs.Serve(s.Listener(ln)) }()
+	t.Cleanup(func() { hs.Close(); <-done })
+	addr := ln.Addr().String()
+	return &env{t: t, st: st, url: "http://" + addr, addr: addr, admin: readToken(t, dir)}
 }
 
 func readToken(t *testing.T, dir string) string {
@@ -64,7 +91,7 @@ func readToken(t *testing.T, dir string) string {
 }
 
 func (e *env) client(token string) *api.Client {
-	c, err := api.NewClient(e.srv.URL, token, "")
+	c, err := api.NewClient(e.url, token, "")
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -74,7 +101,7 @@ func (e *env) client(token string) *api.Client {
 // raw sends a request and returns the status code and body.
 func (e *env) raw(method, path, token string, body io.Reader) (int, string) {
 	e.t.Helper()
-	req, _ := http.NewRequest(method, e.srv.URL+path, body)
+	req, _ := http.NewRequest(method, e.url+path, body)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -91,11 +118,11 @@ func (e *env) raw(method, path, token string, body io.Reader) (int, string) {
 func (e *env) join(node string) *api.Client {
 	e.t.Helper()
 	ctx := context.Background()
-	jt, err := e.client(e.admin).CreateJoinToken(ctx, time.Hour)
+	jt, err := e.client(e.admin).CreateJoinToken(ctx, api.CreateJoinToken{Apps: []string{"hello"}})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	j, err := e.client("").Join(ctx, api.Join{JoinToken: jt, Node: node, Hostname: node + ".test", Apps: []api.NodeApp{{App: "hello", Env: "demo", Roles: []string{"web"}}}})
+	j, err := e.client("").Join(ctx, api.Join{JoinToken: jt.Token, Node: node, Hostname: node + ".test", Apps: []api.NodeApp{{App: "hello", Env: "demo", Roles: []string{"web"}}}})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -288,8 +315,8 @@ func TestSecurity(t *testing.T) {
 		t.Errorf("healthz without token: %d", code)
 	}
 	// A join token works once.
-	jt, _ := e.client(e.admin).CreateJoinToken(ctx, time.Hour)
-	j := api.Join{JoinToken: jt, Node: "web9", Hostname: "h", Apps: []api.NodeApp{{App: "hello", Env: "demo"}}}
+	jt, _ := e.client(e.admin).CreateJoinToken(ctx, api.CreateJoinToken{Apps: []string{"hello"}})
+	j := api.Join{JoinToken: jt.Token, Node: "web9", Hostname: "h", Apps: []api.NodeApp{{App: "hello", Env: "demo"}}}
 	if _, err := e.client("").Join(ctx, j); err != nil {
 		t.Fatal(err)
 	}

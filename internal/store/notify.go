@@ -13,24 +13,39 @@ import (
 // notifyChannel is the PostgreSQL NOTIFY channel replicas share.
 const notifyChannel = "drover_changes"
 
-// watchBuffer is how many changes a Watch channel holds before further ones
-// are dropped for that receiver (it re-reads Version anyway).
-const watchBuffer = 256
+// maxPending is how many environments a slow receiver may have pending
+// before they are folded into one "anything may have changed" Change.
+const maxPending = 4096
 
 type envKey struct{ app, env string }
 
 // hub fans changes out to Watch channels, dropping a change it has already
 // delivered (the same version arriving from a local write and from the
-// database) and never blocking on a slow receiver.
+// database) and never blocking on a slow receiver. A receiver that does not
+// keep up loses no environment: its pending changes are coalesced, one per
+// environment at the newest version, and delivered when it reads again.
 type hub struct {
 	mu     sync.Mutex
-	subs   map[chan Change]struct{}
+	subs   map[*watcher]struct{}
 	seen   map[envKey]int64
 	closed bool
 }
 
+// watcher is one Watch subscription: a level-triggered set of pending
+// changes and the goroutine that hands them to the receiver's channel.
+type watcher struct {
+	out    chan Change
+	signal chan struct{} // capacity 1: "pending is not empty"
+	done   chan struct{} // closed by unsubscribe
+	exited chan struct{} // closed when the forwarder has closed out
+
+	mu      sync.Mutex
+	pending map[envKey]int64
+	all     bool // a resync or too many pending: send Change{}
+}
+
 func newHub() *hub {
-	return &hub{subs: map[chan Change]struct{}{}, seen: map[envKey]int64{}}
+	return &hub{subs: map[*watcher]struct{}{}, seen: map[envKey]int64{}}
 }
 
 // publish delivers c unless a version at least as new was delivered
@@ -45,10 +60,62 @@ func (h *hub) publish(c Change) {
 		}
 		h.seen[k] = c.Version
 	}
-	for ch := range h.subs {
+	for w := range h.subs {
+		w.add(c)
+	}
+}
+
+// add records c as pending for the receiver and signals its forwarder; it
+// never blocks on the receiver.
+func (w *watcher) add(c Change) {
+	w.mu.Lock()
+	switch k := (envKey{c.App, c.Env}); {
+	case c.App == "" || w.all:
+		w.all, w.pending = true, map[envKey]int64{}
+	case len(w.pending) >= maxPending && w.pending[k] == 0:
+		w.all, w.pending = true, map[envKey]int64{}
+	default:
+		w.pending[k] = max(w.pending[k], c.Version)
+	}
+	w.mu.Unlock()
+	select {
+	case w.signal <- struct{}{}:
+	default: // already signalled: the forwarder will take this one too
+	}
+}
+
+// take returns and clears the pending changes.
+func (w *watcher) take() []Change {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.all {
+		w.all, w.pending = false, map[envKey]int64{}
+		return []Change{{}}
+	}
+	out := make([]Change, 0, len(w.pending))
+	for k, v := range w.pending {
+		out = append(out, Change{App: k.app, Env: k.env, Version: v})
+	}
+	clear(w.pending)
+	return out
+}
+
+// forward hands pending changes to the receiver until unsubscribed.
+func (w *watcher) forward() {
+	defer close(w.exited)
+	defer close(w.out)
+	for {
 		select {
-		case ch <- c:
-		default: // receiver full: it will re-read Version on the next change
+		case <-w.done:
+			return
+		case <-w.signal:
+		}
+		for _, c := range w.take() {
+			select {
+			case w.out <- c:
+			case <-w.done:
+				return
+			}
 		}
 	}
 }
@@ -64,33 +131,38 @@ func (h *hub) observe(c Change) {
 	}
 }
 
-func (h *hub) subscribe() (chan Change, bool) {
+func (h *hub) subscribe() (*watcher, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, false
 	}
-	ch := make(chan Change, watchBuffer)
-	h.subs[ch] = struct{}{}
-	return ch, true
+	w := &watcher{out: make(chan Change), signal: make(chan struct{}, 1), done: make(chan struct{}), exited: make(chan struct{}), pending: map[envKey]int64{}}
+	h.subs[w] = struct{}{}
+	go w.forward()
+	return w, true
 }
 
-func (h *hub) unsubscribe(ch chan Change) {
+func (h *hub) unsubscribe(w *watcher) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.subs[ch]; ok {
-		delete(h.subs, ch)
-		close(ch)
+	_, ok := h.subs[w]
+	delete(h.subs, w)
+	h.mu.Unlock()
+	if ok {
+		close(w.done)
+		<-w.exited
 	}
 }
 
 func (h *hub) close() {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	h.closed = true
-	for ch := range h.subs {
-		delete(h.subs, ch)
-		close(ch)
+	subs := h.subs
+	h.subs = map[*watcher]struct{}{}
+	h.mu.Unlock()
+	for w := range subs {
+		close(w.done)
+		<-w.exited
 	}
 }
 
@@ -102,7 +174,7 @@ func (s *sqlStore) Watch(ctx context.Context) (<-chan Change, error) {
 	if err := s.startWatcher(ctx); err != nil {
 		return nil, fmt.Errorf("store: watch: %w", err)
 	}
-	ch, ok := s.hub.subscribe()
+	w, ok := s.hub.subscribe()
 	if !ok {
 		return nil, fmt.Errorf("store: watch: %w", ErrClosed)
 	}
@@ -113,9 +185,9 @@ func (s *sqlStore) Watch(ctx context.Context) (<-chan Change, error) {
 		case <-ctx.Done():
 		case <-s.ctx.Done():
 		}
-		s.hub.unsubscribe(ch)
+		s.hub.unsubscribe(w)
 	}()
-	return ch, nil
+	return w.out, nil
 }
 
 // startWatcher starts the watcher goroutine once and returns when its

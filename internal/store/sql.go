@@ -699,15 +699,34 @@ func (s *sqlStore) AppendStepLog(ctx context.Context, upgradeID int64, step, tex
 
 // Tokens.
 
-const tokenCols = "id, kind, node, hash, note, created_at, expires_at, used_at, revoked"
+const tokenCols = "id, kind, node, hash, note, created_at, expires_at, used_at, revoked, scope_apps, scope_envs, replace_node"
 
 func scanToken(sc interface{ Scan(...any) error }) (Token, error) {
 	var t Token
-	var kind string
+	var kind, apps, envs string
 	var expires, used sql.NullTime
-	err := sc.Scan(&t.ID, &kind, &t.Node, &t.Hash, &t.Note, &t.CreatedAt, &expires, &used, &t.Revoked)
+	err := sc.Scan(&t.ID, &kind, &t.Node, &t.Hash, &t.Note, &t.CreatedAt, &expires, &used, &t.Revoked, &apps, &envs, &t.Replace)
 	t.Kind, t.CreatedAt, t.ExpiresAt, t.UsedAt = TokenKind(kind), t.CreatedAt.UTC(), fromNull(expires), fromNull(used)
+	t.Apps, t.Envs = splitScope(apps), splitScope(envs)
 	return t, err
+}
+
+// joinScope stores a scope list as one comma-separated column; names
+// cannot hold commas (the server validates them).
+func joinScope(names []string) (string, error) {
+	for _, n := range names {
+		if n == "" || strings.ContainsAny(n, ", ") {
+			return "", fmt.Errorf("%w: scope name %q", ErrInvalid, n)
+		}
+	}
+	return strings.Join(names, ","), nil
+}
+
+func splitScope(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }
 
 func (s *sqlStore) CreateToken(ctx context.Context, t Token) (Token, error) {
@@ -721,10 +740,21 @@ func (s *sqlStore) CreateToken(ctx context.Context, t Token) (Token, error) {
 	if t.Kind == TokenAgent && t.Node == "" {
 		return Token{}, wrap(op, fmt.Errorf("%w: an agent token needs a node", ErrInvalid))
 	}
+	apps, err := joinScope(t.Apps)
+	if err != nil {
+		return Token{}, wrap(op, err)
+	}
+	envs, err := joinScope(t.Envs)
+	if err != nil {
+		return Token{}, wrap(op, err)
+	}
+	if t.Replace != "" && t.Kind != TokenJoin {
+		return Token{}, wrap(op, fmt.Errorf("%w: only a join token replaces a node", ErrInvalid))
+	}
 	t.CreatedAt = norm(t.CreatedAt)
 	t.ExpiresAt, t.UsedAt = normOrZero(t.ExpiresAt), normOrZero(t.UsedAt)
-	id, err := s.insert(ctx, s.db, "INSERT INTO tokens (kind, node, hash, note, created_at, expires_at, used_at, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-		string(t.Kind), t.Node, t.Hash, t.Note, t.CreatedAt, nullTime(t.ExpiresAt), nullTime(t.UsedAt), t.Revoked)
+	id, err := s.insert(ctx, s.db, "INSERT INTO tokens (kind, node, hash, note, created_at, expires_at, used_at, revoked, scope_apps, scope_envs, replace_node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		string(t.Kind), t.Node, t.Hash, t.Note, t.CreatedAt, nullTime(t.ExpiresAt), nullTime(t.UsedAt), t.Revoked, apps, envs, t.Replace)
 	if err != nil {
 		return Token{}, wrap(op, err)
 	}
@@ -742,20 +772,28 @@ func (s *sqlStore) ListTokens(ctx context.Context, kind TokenKind) ([]Token, err
 	if kind != "" {
 		query, args = query+" WHERE kind = ?", append(args, string(kind))
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(query+" ORDER BY id"), args...)
+	return s.tokens(ctx, "list tokens", query+" ORDER BY id", args...)
+}
+
+func (s *sqlStore) AgentTokens(ctx context.Context, node string) ([]Token, error) {
+	return s.tokens(ctx, "list agent tokens of node "+node, "SELECT "+tokenCols+" FROM tokens WHERE node = ? AND kind = ? ORDER BY id", node, string(TokenAgent))
+}
+
+func (s *sqlStore) tokens(ctx context.Context, op, query string, args ...any) ([]Token, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(query), args...)
 	if err != nil {
-		return nil, wrap("list tokens", err)
+		return nil, wrap(op, err)
 	}
 	defer rows.Close()
 	out := []Token{}
 	for rows.Next() {
 		t, err := scanToken(rows)
 		if err != nil {
-			return nil, wrap("list tokens", err)
+			return nil, wrap(op, err)
 		}
 		out = append(out, t)
 	}
-	return out, wrap("list tokens", rows.Err())
+	return out, wrap(op, rows.Err())
 }
 
 func (s *sqlStore) RevokeToken(ctx context.Context, id int64) error {

@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -80,8 +81,10 @@ type Store interface {
 	// state of any app/env changes, on this or any other replica. When it
 	// returns, the subscription is live: a change committed afterwards will
 	// be delivered. Changes are hints for long-polls: a receiver that falls
-	// far behind may miss some, and a Change with empty App means "anything
-	// may have changed" (sent after a lost connection), so receivers re-read
+	// behind gets them coalesced (one Change per environment, at the newest
+	// version) but never loses an environment, and a Change with empty App
+	// means "anything may have changed" (sent after a lost connection, or
+	// when very many environments are pending), so receivers re-read
 	// Version. The channel is closed when ctx is done or the Store closes.
 	Watch(ctx context.Context) (<-chan Change, error)
 
@@ -127,6 +130,9 @@ type Store interface {
 	TokenByHash(ctx context.Context, hash string) (Token, error)
 	// ListTokens returns tokens ordered by ID, optionally of one kind ("" for all).
 	ListTokens(ctx context.Context, kind TokenKind) ([]Token, error)
+	// AgentTokens returns the agent tokens of node, whatever their state,
+	// ordered by ID.
+	AgentTokens(ctx context.Context, node string) ([]Token, error)
 	// RevokeToken revokes a token; revoking twice is not an error.
 	RevokeToken(ctx context.Context, id int64) error
 	// ConsumeJoinToken marks the join token with this hash used at at (now
@@ -282,6 +288,20 @@ type Token struct {
 	ExpiresAt time.Time `json:"expires_at"` // zero: never
 	UsedAt    time.Time `json:"used_at"`    // join tokens: when consumed
 	Revoked   bool      `json:"revoked"`
+	// Apps and Envs scope join and agent tokens: the token may act only on
+	// an app in Apps and an environment in Envs; an empty list allows any
+	// (tokens made before scopes existed have both empty). An agent token
+	// carries the scope of the join token it was minted from.
+	Apps []string `json:"apps,omitempty"`
+	Envs []string `json:"envs,omitempty"`
+	// Replace, on a join token, is the node name it may take over from a
+	// live agent token (whose tokens are then revoked); empty: none.
+	Replace string `json:"replace,omitempty"`
+}
+
+// Allows reports whether the token's scope covers app/env.
+func (t Token) Allows(app, env string) bool {
+	return (len(t.Apps) == 0 || slices.Contains(t.Apps, app)) && (len(t.Envs) == 0 || slices.Contains(t.Envs, env))
 }
 
 // Check returns nil when the token can be used at now, or ErrTokenRevoked,

@@ -37,12 +37,14 @@ func runSuite(t *testing.T, backend string) {
 		{"Upgrades", s.testUpgrades},
 		{"StepLogAppend", s.testStepLogAppend},
 		{"Tokens", s.testTokens},
+		{"TokenScope", s.testTokenScope},
 		{"JoinTokenConsumedOnce", s.testJoinTokenRace},
 		{"Audit", s.testAudit},
 		{"MigrationsIdempotent", s.testMigrations},
 		{"SchemaSQLInstall", s.testSchemaSQL},
 		{"NoCreateRight", s.testNoCreateRight},
 		{"WatchAcrossReplicas", s.testWatch},
+		{"WatchSlowReceiverLosesNothing", s.testWatchSlowReceiver},
 	} {
 		t.Run(tc.name, tc.fn)
 	}
@@ -565,6 +567,68 @@ func (s suite) testTokens(t *testing.T) {
 	}
 }
 
+// testTokenScope stores a join token's scope and replaced node, reads them
+// back through every way a token is read, and copies them to an agent token.
+func (s suite) testTokenScope(t *testing.T) {
+	st, _ := s.open(t)
+	ctx := ctxT(t)
+	join, err := st.CreateToken(ctx, store.Token{Kind: store.TokenJoin, Hash: "h-join", Apps: []string{"shop", "blog"}, Envs: []string{"production"}, Replace: "web1"})
+	must(t, err)
+	wantScope := func(who string, got store.Token, apps, envs []string, replace string) {
+		t.Helper()
+		if !reflect.DeepEqual(got.Apps, apps) || !reflect.DeepEqual(got.Envs, envs) || got.Replace != replace {
+			t.Fatalf("%s: apps %q envs %q replace %q, want %q %q %q", who, got.Apps, got.Envs, got.Replace, apps, envs, replace)
+		}
+	}
+	got, err := st.TokenByHash(ctx, "h-join")
+	must(t, err)
+	wantScope("TokenByHash", got, []string{"shop", "blog"}, []string{"production"}, "web1")
+	used, err := st.ConsumeJoinToken(ctx, "h-join", time.Time{})
+	must(t, err)
+	wantScope("ConsumeJoinToken", used, join.Apps, join.Envs, "web1")
+
+	_, err = st.CreateToken(ctx, store.Token{Kind: store.TokenAgent, Node: "web1", Hash: "h-agent", Apps: used.Apps, Envs: used.Envs})
+	must(t, err)
+	_, err = st.CreateToken(ctx, store.Token{Kind: store.TokenAgent, Node: "web2", Hash: "h-any"})
+	must(t, err)
+	agents, err := st.ListTokens(ctx, store.TokenAgent)
+	must(t, err)
+	if len(agents) != 2 {
+		t.Fatalf("ListTokens(agent) = %+v, want 2", agents)
+	}
+	wantScope("ListTokens, scoped agent", agents[0], []string{"shop", "blog"}, []string{"production"}, "")
+	wantScope("ListTokens, unscoped agent", agents[1], nil, nil, "")
+	web1, err := st.AgentTokens(ctx, "web1")
+	must(t, err)
+	if len(web1) != 1 || web1[0].ID != agents[0].ID {
+		t.Fatalf("AgentTokens(web1) = %+v, want token %d only", web1, agents[0].ID)
+	}
+	wantScope("AgentTokens", web1[0], []string{"shop", "blog"}, []string{"production"}, "")
+	if none, err := st.AgentTokens(ctx, "web9"); err != nil || len(none) != 0 {
+		t.Fatalf("AgentTokens(web9) = %+v, %v; want none", none, err)
+	}
+	for _, tc := range []struct {
+		tok      store.Token
+		app, env string
+		want     bool
+	}{
+		{agents[0], "shop", "production", true},
+		{agents[0], "blog", "production", true},
+		{agents[0], "shop", "staging", false},
+		{agents[0], "admin", "production", false},
+		{agents[1], "anything", "anywhere", true},
+	} {
+		if got := tc.tok.Allows(tc.app, tc.env); got != tc.want {
+			t.Errorf("token %d (apps %q envs %q).Allows(%s, %s) = %v, want %v", tc.tok.ID, tc.tok.Apps, tc.tok.Envs, tc.app, tc.env, got, tc.want)
+		}
+	}
+
+	_, err = st.CreateToken(ctx, store.Token{Kind: store.TokenJoin, Hash: "h-comma", Apps: []string{"a,b"}})
+	wantErr(t, err, store.ErrInvalid)
+	_, err = st.CreateToken(ctx, store.Token{Kind: store.TokenAgent, Node: "web3", Hash: "h-rep", Replace: "web1"})
+	wantErr(t, err, store.ErrInvalid)
+}
+
 // testJoinTokenRace consumes each join token from many goroutines spread
 // over two replicas at once: exactly one may win.
 func (s suite) testJoinTokenRace(t *testing.T) {
@@ -818,5 +882,42 @@ func (s suite) testWatch(t *testing.T) {
 	}
 	if _, err := a.Watch(ctx); err == nil {
 		t.Fatal("Watch after Close succeeded")
+	}
+}
+
+// testWatchSlowReceiver changes one environment more times than a watch
+// channel buffers while its receiver does not read, then another
+// environment once: the receiver must still learn of both, with the latest
+// version of each (changes may be coalesced, never lost).
+func (s suite) testWatchSlowReceiver(t *testing.T) {
+	st, _ := s.open(t)
+	ctx := ctxT(t)
+	w, err := st.Watch(ctx)
+	must(t, err)
+	const bumps = 300 // more than any buffer a receiver is given
+	var last int64
+	for range bumps {
+		last, err = st.BumpVersion(ctx, "shop", "busy")
+		must(t, err)
+	}
+	quiet, err := st.BumpVersion(ctx, "shop", "quiet")
+	must(t, err)
+	want := map[string]int64{"busy": last, "quiet": quiet}
+	got := map[string]int64{}
+	deadline := time.After(10 * time.Second)
+	for got["busy"] != want["busy"] || got["quiet"] != want["quiet"] {
+		select {
+		case c, ok := <-w:
+			if !ok {
+				t.Fatal("watch channel closed")
+			}
+			if c.App == "" { // "anything may have changed" covers every environment
+				got = want
+				continue
+			}
+			got[c.Env] = max(got[c.Env], c.Version)
+		case <-deadline:
+			t.Fatalf("after %d changes to shop/busy and one to shop/quiet, the slow receiver saw %v, want %v", bumps, got, want)
+		}
 	}
 }

@@ -185,7 +185,7 @@ func newFleet(t *testing.T) *fleet {
 		n := &node{name: name, dir: filepath.Join(f.root, name), port: ports[i+1]}
 		n.deployTo = filepath.Join(n.dir, "srv")
 		n.config = filepath.Join(n.dir, "agent.yml")
-		jt := strings.TrimSpace(f.mustDrover("server", "join-token", "create", "--ttl", "1h"))
+		jt := strings.TrimSpace(f.mustDrover("server", "join-token", "create", "--ttl", "1h", "--app", app, "--env", env))
 		cfg := fmt.Sprintf("server: %s\njoin_token: %s\nstate_dir: %s\nnode: %s\napps:\n  - {app: %s, env: %s, repo: %s, deploy_to: %s, roles: [web]}\n",
 			f.url, jt, filepath.Join(n.dir, "state"), name, app, env, f.repo.Dir, n.deployTo)
 		mustWrite(t, n.config, cfg)
