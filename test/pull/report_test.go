@@ -1,0 +1,68 @@
+//go:build integration
+
+package pull
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// loudHooks are prepare hooks that print more than the server takes in one
+// request: one 1.2 MB line, then twenty steps of 100 kB each in long lines.
+func loudHooks() string {
+	var b strings.Builder
+	b.WriteString("  oneline:\n    when: prepare\n    commands:\n      - yes x | head -c 1200000 | tr -d '\\n'; echo; echo oneline-done\n")
+	for i := range 20 {
+		fmt.Fprintf(&b, "  loud%02d:\n    when: prepare\n    commands:\n      - i=0; while [ $i -lt 200 ]; do printf 'loud%02d line %%04d %%0480d\\n' $i 0; i=$((i+1)); done; echo loud%02d-done\n", i, i, i)
+	}
+	return b.String()
+}
+
+// TestPullLoudHookKeepsPolling: a release whose hooks print a 1.2 MB line
+// and twenty steps of long lines is deployed and reported (each line and
+// each report bounded, the end of each step kept), the daemon goes on
+// polling and takes the next release, and `agent --once` on the same loud
+// release exits.
+func TestPullLoudHookKeepsPolling(t *testing.T) {
+	f := newFleet(t)
+	quiet := readFile(f.repo.Dir + "/drover.yml")
+	loud := strings.Replace(quiet, "hooks:\n", "hooks:\n"+loudHooks(), 1)
+	f.commit("loud", map[string]string{"drover.yml": loud})
+	n := f.nodes[0]
+	f.startAgent(n)
+	rel1 := f.createRelease("loud")
+	f.waitNode(n, rel1)
+
+	u := f.upgrades()[n.name]
+	var one, last string
+	for _, s := range u.Steps {
+		switch s.Name {
+		case "hook:oneline":
+			one = s.Log
+		case "hook:loud19":
+			last = s.Log
+		}
+	}
+	if !strings.Contains(one, "[truncated ") || !strings.Contains(one, "oneline-done") || len(one) > 64<<10 {
+		t.Errorf("the 1.2 MB line's step log (%d bytes) is not cut with a marker and its end kept:\n%s", len(one), tail(one, 500))
+	}
+	if !strings.Contains(last, "loud19-done") {
+		t.Errorf("the last loud step lost its last line:\n%s", tail(last, 500))
+	}
+
+	// --once on the loud release exits and reports it.
+	m := f.nodes[1]
+	start := time.Now()
+	r := f.drover("agent", "--config", m.config, "--once")
+	if r.code != 0 || !strings.Contains(r.stdout, "upgraded 1, failed 0") {
+		t.Fatalf("agent --once: exit %d after %s\n%s%s", r.code, time.Since(start), r.stdout, r.stderr)
+	}
+	f.waitNode(m, rel1)
+
+	// The daemon still follows the server.
+	f.commit("quiet", map[string]string{"drover.yml": quiet})
+	rel2 := f.createRelease("quiet again")
+	f.waitNode(n, rel2)
+}
