@@ -59,6 +59,9 @@ func (a *Agent) run(ctx context.Context, app *config.AgentApp, rel *api.Release,
 	layout := release.Layout{Root: app.DeployTo}
 	mirror := &source.Mirror{Dir: layout.Repo(), URL: app.Repo}
 	rep.status(ctx, api.StatusPreparing)
+	if err := verifyCommit(ctx, mirror, rel.Spec, commit); err != nil {
+		return err
+	}
 	if err := mirror.Ensure(ctx, commit); err != nil {
 		return fmt.Errorf("fetch %s: %w", commit, err)
 	}
