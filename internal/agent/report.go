@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -93,9 +94,12 @@ func (l *stepLog) text(limit int) string {
 	return b.String()
 }
 
-// reporter sends an upgrade's steps to the server as they happen. A send
-// that fails is not fatal: the next one carries every step again. Every
-// report stays under the server's body limit (see maxReport).
+// reporter sends an upgrade's steps to the server as they happen. The
+// server appends what is new to each step's log, so a step's log is sent
+// once, whole, when the step has ended (a running step goes without it),
+// and a step the server took is not sent again. A send that fails is not
+// fatal: the next one carries every step not taken yet. Every report stays
+// under the server's body limit (see maxReport).
 type reporter struct {
 	agent  *Agent
 	client *api.Client // the connection the upgrade was recorded on
@@ -105,8 +109,10 @@ type reporter struct {
 	state string
 	step  string
 	err   string // the upgrade's error, once it ended
+	ended bool   // end was called: only finish sends from then on
 	steps []api.Step
 	logs  []*stepLog // beside steps
+	taken []bool     // beside steps: the server has the ended step and its log
 
 	sendMu sync.Mutex
 }
@@ -118,6 +124,7 @@ func (r *reporter) event(ev release.Event) {
 		r.step = ev.Step
 		r.steps = append(r.steps, api.Step{Name: ev.Step, Status: "running", Started: ev.Time})
 		r.logs = append(r.logs, &stepLog{})
+		r.taken = append(r.taken, false)
 	case release.EventStepEnd:
 		if i := r.find(ev.Step); i >= 0 {
 			s := &r.steps[i]
@@ -135,7 +142,7 @@ func (r *reporter) event(ev release.Event) {
 	end := ev.Kind == release.EventStepEnd || ev.Kind == release.EventStepStart
 	r.mu.Unlock()
 	if end {
-		go func() { _ = r.send(context.Background(), 5*time.Second) }()
+		go func() { _ = r.send(context.Background(), 5*time.Second, false) }()
 	}
 }
 
@@ -152,28 +159,43 @@ func (r *reporter) status(ctx context.Context, s string) {
 	r.mu.Lock()
 	r.state = s
 	r.mu.Unlock()
-	_ = r.send(ctx, 5*time.Second)
+	_ = r.send(ctx, 5*time.Second, false)
 }
 
-// snapshot is the report to send now: every step with the end of its log,
-// cut shorter until the whole report is under maxReport bytes as JSON. The
-// logs of steps that succeeded shrink first, those of failed steps last.
-func (r *reporter) snapshot() api.Report {
+// snapshot is the report to send now and the steps in it that ended: the
+// steps the server has not taken yet, each ended one with the end of its
+// log, cut shorter until the whole report is under maxReport bytes as
+// JSON. The logs of steps that succeeded shrink first, those of failed
+// steps last.
+func (r *reporter) snapshot() (api.Report, []int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rep := api.Report{Status: r.state, Step: r.step, Error: r.err, Steps: append([]api.Step(nil), r.steps...)}
+	rep := api.Report{Status: r.state, Step: r.step, Error: r.err}
+	var in, ended []int
+	for i, s := range r.steps {
+		if r.taken[i] {
+			continue
+		}
+		in = append(in, i)
+		rep.Steps = append(rep.Steps, s)
+		if s.Status != "running" {
+			ended = append(ended, i)
+		}
+	}
 	okLimit, failLimit := maxStepLog, maxStepLog
 	for {
-		for i := range rep.Steps {
-			limit := okLimit
-			if rep.Steps[i].Status == "failed" {
-				limit = failLimit
+		for j, i := range in {
+			switch rep.Steps[j].Status {
+			case "running":
+			case "failed":
+				rep.Steps[j].Log = r.logs[i].text(failLimit)
+			default:
+				rep.Steps[j].Log = r.logs[i].text(okLimit)
 			}
-			rep.Steps[i].Log = r.logs[i].text(limit)
 		}
 		b, err := json.Marshal(rep)
 		if err != nil || len(b) <= maxReport || failLimit < 0 {
-			return rep
+			return rep, ended
 		}
 		switch {
 		case okLimit > 0:
@@ -186,19 +208,36 @@ func (r *reporter) snapshot() api.Report {
 	}
 }
 
-func (r *reporter) send(ctx context.Context, timeout time.Duration) error {
+// send reports the upgrade now; a send that is not final does nothing once
+// the upgrade ended, so that only finish reports the end.
+func (r *reporter) send(ctx context.Context, timeout time.Duration, final bool) error {
 	r.sendMu.Lock()
 	defer r.sendMu.Unlock()
+	r.mu.Lock()
+	ended := r.ended
+	r.mu.Unlock()
+	if ended && !final {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return r.client.Report(ctx, r.id, r.snapshot())
+	rep, steps := r.snapshot()
+	if err := r.client.Report(ctx, r.id, rep); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	for _, i := range steps {
+		r.taken[i] = true
+	}
+	r.mu.Unlock()
+	return nil
 }
 
 // end records how the upgrade ended; every report sent after it says so.
 func (r *reporter) end(err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.state = api.StatusSucceeded
+	r.state, r.ended = api.StatusSucceeded, true
 	if err != nil {
 		r.state, r.err = api.StatusFailed, clipError(strings.TrimSpace(err.Error()))
 	}
@@ -213,12 +252,16 @@ func (r *reporter) finish(ctx context.Context, deadline time.Time) {
 	for attempt := 1; ; attempt++ {
 		// Each attempt gets its own time even when the agent is stopping,
 		// so a finished upgrade is reported once more before exiting.
-		e := r.send(context.WithoutCancel(ctx), 10*time.Second)
+		e := r.send(context.WithoutCancel(ctx), 10*time.Second, true)
 		switch {
 		case e == nil:
 			if attempt > 1 {
 				log.Info("upgrade reported")
 			}
+			return
+		case attempt > 1 && api.IsStatus(e, http.StatusConflict):
+			// An attempt whose answer was lost had been taken.
+			log.Info("upgrade reported")
 			return
 		case isFinal(e):
 			log.Error("the server refused the upgrade's report; it is dropped", "err", e)

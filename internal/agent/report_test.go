@@ -19,27 +19,22 @@ import (
 // loudReporter is a reporter of an upgrade whose first step printed a
 // 1.2 MB line and twenty more 100 kB each in long lines of char c; the last
 // step failed with a long error.
-func loudReporter(t *testing.T, c string) *reporter {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { _, _ = io.Copy(io.Discard, req.Body) }))
-	t.Cleanup(srv.Close)
-	client, err := api.NewClient(srv.URL, "tok", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &reporter{agent: &Agent{}, client: client, steps: []api.Step{{Name: "hook:one"}}, logs: []*stepLog{{}}}
+func loudReporter(c string) *reporter {
+	r := &reporter{steps: []api.Step{{Name: "hook:one", Status: "ok"}}, logs: []*stepLog{{}}, taken: []bool{false}}
 	r.event(release.Event{Kind: release.EventOutput, Step: "hook:one", Line: strings.Repeat(c, 1200000)})
 	r.event(release.Event{Kind: release.EventOutput, Step: "hook:one", Line: "one-done"})
 	for i := range 20 {
 		step := fmt.Sprintf("hook:loud%02d", i)
 		r.steps = append(r.steps, api.Step{Name: step, Status: "ok"})
 		r.logs = append(r.logs, &stepLog{})
+		r.taken = append(r.taken, false)
 		for j := range 200 {
 			r.logs[i+1].add(fmt.Sprintf("%s line %d %s", step, j, strings.Repeat(c, 480)))
 		}
 		r.logs[i+1].add(step + "-done")
 	}
 	r.steps[20].Status = "failed"
-	r.event(release.Event{Kind: release.EventStepEnd, Step: "hook:loud19", Error: strings.Repeat("e", 100000) + " the cause"})
+	r.logs[20].add("error: " + clipError(strings.Repeat("e", 100000)+" the cause"))
 	r.end(fmt.Errorf("step hook:loud19: %s", strings.Repeat("x", 50000)))
 	return r
 }
@@ -50,7 +45,7 @@ func loudReporter(t *testing.T, c string) *reporter {
 func TestReportBounded(t *testing.T) {
 	for _, c := range []string{"a", "<"} {
 		t.Run(c, func(t *testing.T) {
-			rep := loudReporter(t, c).snapshot()
+			rep, _ := loudReporter(c).snapshot()
 			b, err := json.Marshal(rep)
 			if err != nil {
 				t.Fatal(err)
