@@ -33,7 +33,7 @@ type Agent struct {
 	MaxBackoff time.Duration
 
 	// ReportWait bounds how long Once retries an upgrade's final report
-	// while the server is away (default 1m). The daemon keeps retrying in
+	// while the server is away (default 30s). The daemon keeps retrying in
 	// the background without holding up the poll loop.
 	ReportWait time.Duration
 

@@ -275,7 +275,12 @@ func (r *reporter) finish(ctx context.Context, deadline time.Time) {
 		case attempt == 1:
 			log.Warn("cannot report the upgrade; retrying until the server is back", "err", e)
 		}
-		r.agent.sleep(ctx, attempt)
+		wait, cancel := ctx, context.CancelFunc(func() {})
+		if !deadline.IsZero() {
+			wait, cancel = context.WithDeadline(ctx, deadline)
+		}
+		r.agent.sleep(wait, attempt)
+		cancel()
 	}
 }
 

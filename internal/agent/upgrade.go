@@ -125,7 +125,7 @@ func (a *Agent) deliver(ctx context.Context, key string, rep *reporter) {
 	if !a.background {
 		wait := a.ReportWait
 		if wait == 0 {
-			wait = time.Minute
+			wait = 30 * time.Second
 		}
 		rep.finish(ctx, time.Now().Add(wait))
 		return

@@ -68,3 +68,30 @@ func TestPullLoudHookKeepsPolling(t *testing.T) {
 	rel2 := f.createRelease("quiet again")
 	f.waitNode(n, rel2)
 }
+
+// TestPullOnceExitsWhenServerGone: the server dies while `agent --once`
+// is in a prepare hook. The node finishes the upgrade, and --once gives up
+// reporting it within its bound and exits instead of retrying forever.
+func TestPullOnceExitsWhenServerGone(t *testing.T) {
+	f := newFleet(t)
+	c1 := f.commit("gated", map[string]string{"GATED": ""})
+	rel := f.createRelease("gated")
+	n := f.nodes[0]
+	once := f.start(n.name+"-once.log", "agent", "--config", n.config, "--once")
+	f.atGate(n, c1)
+	f.server.kill(t)
+	openGate(t, n, c1)
+	start := time.Now()
+	select {
+	case <-once.done:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("agent --once still running %s after the upgrade could not be reported:\n%s", time.Since(start).Round(time.Second), tail(readFile(once.log), 2000))
+	}
+	t.Logf("agent --once exited %s after the gate opened: %v", time.Since(start).Round(time.Millisecond), once.err)
+	if got := active(n); got != releaseID(rel) {
+		t.Errorf("current = %s, want %s", got, releaseID(rel))
+	}
+	if log := readFile(once.log); !strings.Contains(log, "gave up reporting the upgrade") || !strings.Contains(log, "upgraded 1, failed 0") {
+		t.Errorf("agent --once did not say it gave up reporting, or did not count the upgrade:\n%s", tail(log, 2000))
+	}
+}
