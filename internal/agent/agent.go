@@ -32,9 +32,17 @@ type Agent struct {
 	// MaxBackoff caps the wait between retries when the server is away.
 	MaxBackoff time.Duration
 
-	client *api.Client
-	mu     sync.Mutex
-	failed map[string]int64 // app/env → server release that failed here; not retried until it changes
+	// ReportWait bounds how long Once retries an upgrade's final report
+	// while the server is away (default 30s). The daemon keeps retrying in
+	// the background without holding up the poll loop.
+	ReportWait time.Duration
+
+	client     *api.Client
+	background bool // final reports are sent in the background (Run)
+	reports    sync.WaitGroup
+	mu         sync.Mutex
+	failed     map[string]int64          // app/env → server release that failed here; not retried until it changes
+	pending    map[string]*pendingReport // app/env → final report still being sent
 }
 
 func (a *Agent) log() *slog.Logger {
@@ -68,6 +76,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if wait == 0 {
 		wait = 30 * time.Second
 	}
+	a.background = true
+	// Reports still pending get one last attempt each when the agent stops.
+	defer a.reports.Wait()
 	failures := 0
 	version := int64(-1)
 	for ctx.Err() == nil {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/drover/drover/internal/api"
@@ -51,7 +49,8 @@ func (a *Agent) upgrade(ctx context.Context, app *config.AgentApp, want api.Desi
 	// The work goes on when ctx ends (see apply); retrying the final report
 	// does not.
 	err = a.run(context.WithoutCancel(ctx), app, rel, commit, id, want, rep)
-	rep.finish(ctx, err)
+	rep.end(err)
+	a.deliver(ctx, app.App+"/"+app.Env, rep)
 	_ = a.hello(ctx)
 	return true, err
 }
@@ -60,6 +59,9 @@ func (a *Agent) run(ctx context.Context, app *config.AgentApp, rel *api.Release,
 	layout := release.Layout{Root: app.DeployTo}
 	mirror := &source.Mirror{Dir: layout.Repo(), URL: app.Repo}
 	rep.status(ctx, api.StatusPreparing)
+	if err := verifyCommit(ctx, mirror, rel.Spec, commit); err != nil {
+		return err
+	}
 	if err := mirror.Ensure(ctx, commit); err != nil {
 		return fmt.Errorf("fetch %s: %w", commit, err)
 	}
@@ -115,97 +117,42 @@ func contains(xs []string, x string) bool {
 	return false
 }
 
-// reporter sends an upgrade's steps to the server as they happen. A send
-// that fails is not fatal: the next one carries every step again, and the
-// final report is retried until the server takes it.
-type reporter struct {
-	agent  *Agent
-	client *api.Client // the connection the upgrade was recorded on
-	id     int64
-
-	mu     sync.Mutex
-	state  string
-	step   string
-	steps  []api.Step
-	sendMu sync.Mutex
-}
-
-const maxStepLog = 64 << 10
-
-func (r *reporter) event(ev release.Event) {
-	r.mu.Lock()
-	switch ev.Kind {
-	case release.EventStepStart:
-		r.step = ev.Step
-		r.steps = append(r.steps, api.Step{Name: ev.Step, Status: "running", Started: ev.Time})
-	case release.EventStepEnd:
-		if s := r.find(ev.Step); s != nil {
-			s.Status, s.Elapsed = "ok", ev.Elapsed
-			if ev.Error != "" {
-				s.Status = "failed"
-				s.Log += "error: " + ev.Error + "\n"
-			}
+// deliver sends rep's final report. The daemon does it in the background,
+// so a server that is away or refuses the report never stops the poll
+// loop; a newer upgrade of the same app replaces a report still pending.
+// Once waits for it, at most ReportWait.
+func (a *Agent) deliver(ctx context.Context, key string, rep *reporter) {
+	if !a.background {
+		wait := a.ReportWait
+		if wait == 0 {
+			wait = 30 * time.Second
 		}
-	case release.EventOutput, release.EventInfo:
-		if s := r.find(ev.Step); s != nil && len(s.Log) < maxStepLog {
-			s.Log += ev.Line + "\n"
+		rep.finish(ctx, time.Now().Add(wait))
+		return
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	p := &pendingReport{cancel: cancel}
+	a.mu.Lock()
+	if old := a.pending[key]; old != nil {
+		old.cancel()
+	}
+	if a.pending == nil {
+		a.pending = map[string]*pendingReport{}
+	}
+	a.pending[key] = p
+	a.mu.Unlock()
+	a.reports.Add(1)
+	go func() {
+		defer a.reports.Done()
+		defer cancel()
+		rep.finish(rctx, time.Time{})
+		a.mu.Lock()
+		if a.pending[key] == p {
+			delete(a.pending, key)
 		}
-	}
-	end := ev.Kind == release.EventStepEnd || ev.Kind == release.EventStepStart
-	r.mu.Unlock()
-	if end {
-		go r.send(context.Background(), "", 5*time.Second)
-	}
+		a.mu.Unlock()
+	}()
 }
 
-func (r *reporter) find(step string) *api.Step {
-	for i := len(r.steps) - 1; i >= 0; i-- {
-		if r.steps[i].Name == step {
-			return &r.steps[i]
-		}
-	}
-	return nil
-}
-
-func (r *reporter) status(ctx context.Context, s string) {
-	r.mu.Lock()
-	r.state = s
-	r.mu.Unlock()
-	r.send(ctx, "", 5*time.Second)
-}
-
-func (r *reporter) snapshot(errText string) api.Report {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return api.Report{Status: r.state, Step: r.step, Error: errText, Steps: append([]api.Step(nil), r.steps...)}
-}
-
-func (r *reporter) send(ctx context.Context, errText string, timeout time.Duration) error {
-	r.sendMu.Lock()
-	defer r.sendMu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	return r.client.Report(ctx, r.id, r.snapshot(errText))
-}
-
-// finish sends the final status, retrying while the server is away.
-func (r *reporter) finish(ctx context.Context, err error) {
-	r.mu.Lock()
-	r.state = api.StatusSucceeded
-	errText := ""
-	if err != nil {
-		r.state, errText = api.StatusFailed, err.Error()
-		errText = strings.TrimSpace(errText)
-	}
-	r.mu.Unlock()
-	for attempt := 1; ; attempt++ {
-		// Each attempt gets its own time even when the agent is stopping,
-		// so a finished upgrade is reported once more before exiting.
-		if e := r.send(context.WithoutCancel(ctx), errText, 10*time.Second); e == nil || ctx.Err() != nil {
-			return
-		} else if attempt == 1 {
-			r.agent.log().Warn("cannot report the upgrade; retrying until the server is back", "upgrade", r.id, "err", e)
-		}
-		r.agent.sleep(ctx, attempt)
-	}
-}
+// pendingReport is a final report the daemon is still sending.
+type pendingReport struct{ cancel context.CancelFunc }

@@ -392,6 +392,9 @@ func Agent(ctx context.Context, o *AgentOptions) error {
 	if err != nil {
 		return err
 	}
+	if cfg.PlainHTTP() {
+		fmt.Fprintf(o.IO.Err, "warning: %s: server %s is plain http over the network: the node token and the releases this node deploys can be read and changed on the way; use https:// (drover server --tls-cert/--tls-key, ca_file here)\n", cfg.Path, cfg.Server)
+	}
 	a := &agent.Agent{Config: cfg, Version: o.Version, Logger: slog.New(slog.NewTextHandler(o.IO.Err, nil))}
 	if o.Once {
 		res, err := a.Once(ctx)

@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path"
 	"strings"
@@ -101,4 +103,21 @@ func LoadAgent(file string) (*Agent, error) {
 		return nil, v.errs
 	}
 	return &a, nil
+}
+
+// PlainHTTP reports whether the agent talks to its server in clear text over
+// the network: an http:// server that is not on this machine (localhost or
+// a loopback address). Its tokens and the releases it deploys can then be
+// read and changed on the way.
+func (a *Agent) PlainHTTP() bool {
+	u, err := url.Parse(a.Server)
+	if err != nil || u.Scheme != "http" {
+		return false
+	}
+	host := u.Hostname()
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
 }
