@@ -184,7 +184,8 @@ func Rollback(ctx context.Context, plan *Plan, targets []Target, obs Observer) (
 		req.To = plan.ID
 		resp, ok := r.call(ctx, t, "rollback", req)
 		if ok {
-			r.result(t).Release = resp.Active
+			res := r.result(t)
+			res.Release, res.Serving = resp.Active, &release.Serving{Release: resp.Active, Healthy: true}
 		}
 		obs.Done(t.Host().Name, r.result(t))
 	})
