@@ -42,7 +42,7 @@ func (e *Engine) runHooks(ctx context.Context, st *state, rec *Record, stage str
 			continue
 		}
 		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {
-			return runCommands(ctx, dir, env, h.Commands, out)
+			return runHook(ctx, h, dir, env, out)
 		}); err != nil {
 			return err
 		}
