@@ -98,14 +98,18 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	if fi, err := os.Stat(e.Layout.Release(id)); err != nil || !fi.IsDir() {
 		return fmt.Errorf("activate %s: %w: releases/%s is missing", id, ErrNotPrepared, id)
 	}
-	if rec.Status != StatusActivating && rec.Status != StatusFailed {
+	// A recorded switch that `current` no longer shows (a rollback or
+	// another activation moved it since) is not done: a step counts as
+	// done only while what it did still holds.
+	moved := rec.done("switch") && active != id
+	if rec.Status != StatusActivating && rec.Status != StatusFailed || moved {
 		rec.Previous = active
 		if active == id {
 			rec.Previous = ""
 		}
 	}
-	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive {
-		// Going back to an earlier release runs its activation afresh.
+	// Going back to an earlier release runs its activation afresh.
+	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive || moved {
 		rec.Steps = slices.DeleteFunc(rec.Steps, func(s Step) bool { return isActivationStep(s.Name) || e.isActivationHook(s.Name) })
 	}
 	rec.Status, rec.FailedStep, rec.Error = StatusActivating, "", ""
