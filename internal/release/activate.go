@@ -112,6 +112,7 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive || moved {
 		rec.Steps = slices.DeleteFunc(rec.Steps, func(s Step) bool { return isActivationStep(s.Name) || e.isActivationHook(s.Name) })
 	}
+	before := rec.Status
 	rec.Status, rec.FailedStep, rec.Error = StatusActivating, "", ""
 	if err := st.save(); err != nil {
 		return err
@@ -130,7 +131,7 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 		restarted = true
 		return e.restartServices(ctx, rec, dir, out)
 	}); err != nil {
-		return e.revert(ctx, st, rec, err, restarted)
+		return e.revert(ctx, st, rec, err, restarted, before)
 	}
 	if err := e.runHooks(ctx, st, rec, config.StageAfterActivate, e.everywhere); err != nil {
 		// The release is live and healthy; say the hook failed but do not
@@ -240,16 +241,23 @@ func (e *Engine) revertTimeout() time.Duration {
 }
 
 // revert switches back to the release that ran before rec after a failed
-// or cancelled restart, restarts it when the failed restart had begun, and
-// marks rec failed. It runs on a context detached from the caller's
-// cancellation and bounded by revertTimeout: a deployer that is
-// interrupted (Ctrl-C, SIGTERM, a lost lock or session) must not leave the
-// host with nothing listening. The *ActivateError it returns says what the
-// host serves afterwards.
-func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error, restarted bool) error {
+// or cancelled restart, and restarts it when the failed restart had begun.
+// It runs on a context detached from the caller's cancellation and bounded
+// by revertTimeout: a deployer that is interrupted (Ctrl-C, SIGTERM, a lost
+// lock or session) must not leave the host with nothing listening. The
+// release switched back to is recorded active again; rec is recorded
+// failed, or, when the caller cancelled, as it was before (its status
+// before), so that it may be activated again. The *ActivateError it
+// returns says what the host serves afterwards.
+func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error, restarted bool, before Status) error {
+	cancelled := ctx.Err() != nil
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.revertTimeout())
 	defer cancel()
 	rec.Status = StatusFailed
+	if cancelled {
+		rec.Status = resumableStatus(before)
+		rec.Steps = slices.DeleteFunc(rec.Steps, func(s Step) bool { return isActivationStep(s.Name) || e.isActivationHook(s.Name) })
+	}
 	prev := rec.Previous
 	var rerr error
 	if prev == "" {
@@ -258,8 +266,13 @@ func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error
 	} else {
 		e.emit(Event{Kind: EventInfo, Step: "revert", Line: "switching back to " + prev})
 		rerr = e.Layout.switchCurrent(prev)
+		pr := st.find(prev)
+		if rerr == nil && pr != nil {
+			// current points at it again (a rollback had marked it
+			// rolled back from before it switched).
+			pr.Status = StatusActive
+		}
 		if rerr == nil && restarted {
-			pr := st.find(prev)
 			rerr = e.restartServices(ctx, pr, e.Layout.Release(prev), lineWriter(func(l string) {
 				e.emit(Event{Kind: EventOutput, Step: "revert", Line: l})
 			}))
@@ -271,6 +284,18 @@ func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error
 	ae := &ActivateError{Release: rec.ID, Previous: prev, Cause: cause, Revert: rerr, Serving: e.serving(ctx)}
 	e.emit(Event{Kind: EventInfo, Step: "revert", Line: "this host " + ae.Serving.String()})
 	return ae
+}
+
+// resumableStatus is the status of a release whose activation was
+// cancelled and reverted, from its status before the activation began.
+func resumableStatus(before Status) Status {
+	switch before {
+	case StatusGood, StatusRolledBack:
+		return before
+	case StatusActive:
+		return StatusGood
+	}
+	return StatusPrepared
 }
 
 // servingCheck bounds the health check serving runs on each process: the
