@@ -43,18 +43,6 @@ func TestResumeAfterRollbackNeverRecordsWhatDoesNotRun(t *testing.T) {
 		t.Fatalf("rollback: %s %v", to, err)
 	}
 
-	status := func(rid string) release.Status {
-		recs, _, err := e.Releases()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range recs {
-			if r.ID == rid {
-				return r.Status
-			}
-		}
-		return ""
-	}
 	// Preparing a release rolled back from again has nothing to do and
 	// keeps what the host knows of it.
 	if rec := prepare(t, e, rB, cB); rec.Status != release.StatusRolledBack {
@@ -64,7 +52,7 @@ func TestResumeAfterRollbackNeverRecordsWhatDoesNotRun(t *testing.T) {
 	if err := e.Activate(ctx, rB); err != nil {
 		t.Fatal(err)
 	}
-	if cur := current(t, a); status(rB) == release.StatusActive && cur != rB {
+	if cur := current(t, a); statusOf(t, e, rB) == release.StatusActive && cur != rB {
 		t.Fatalf("%s recorded active while current points at %s", rB, cur)
 	}
 	if cur := current(t, a); cur != rB {
