@@ -167,6 +167,12 @@ func (r *run) request(t Target, op string) *node.Request {
 // call runs req on t and records a failure in t's result.
 func (r *run) call(ctx context.Context, t Target, phase string, req *node.Request) (*node.Response, bool) {
 	name := t.Host().Name
+	if err := ctx.Err(); err != nil {
+		// Interrupted before this host was asked: it was not touched.
+		res := r.result(t)
+		res.Phase, res.State, res.Error = phase, StateFailed, "interrupted before "+phase+": "+err.Error()
+		return nil, false
+	}
 	resp, err := node.Call(ctx, t, req, func(ev release.Event) { r.obs.Event(name, ev) })
 	res := r.result(t)
 	res.Phase = phase
