@@ -103,6 +103,14 @@ func TestRollback(t *testing.T) {
 	p.mustDrover("rollback", env)
 	p.wantServing(first.Release)
 
+	// The release rolled back from is not an interrupted deploy: resume
+	// refuses to pick it up again, and nothing moves.
+	r = p.drover("resume", env)
+	if r.code == 0 || !strings.Contains(r.out(), "nothing to resume") || !strings.Contains(r.out(), "rolled back") {
+		t.Errorf("resume after rollback:\n%s", r)
+	}
+	p.wantServing(first.Release)
+
 	// A release only h1 and h3 have: prepare one on h1 and h3 only.
 	p.commit("v3")
 	r = p.drover("prepare", env, "--host", "h1,h3", "-o", "json")

@@ -47,15 +47,30 @@ const (
 	StageAfterActivate  = "after_activate"  // after the switch and the restart
 )
 
+// DefaultHookTimeout is how long a hook may run when drover.yml does not
+// give it a timeout.
+const DefaultHookTimeout = 30 * time.Minute
+
 // Hook is a list of shell commands run in the new release directory.
 // In YAML a hook is either a plain list of commands or a mapping with
-// commands, when, run_once and role.
+// commands, when, run_once, role and timeout.
 type Hook struct {
 	Name     string   `yaml:"-" json:"name"`
 	When     string   `yaml:"when" json:"when"`
 	RunOnce  bool     `yaml:"run_once" json:"run_once,omitempty"`
 	Role     string   `yaml:"role" json:"role,omitempty"`
 	Commands []string `yaml:"commands" json:"commands"`
+	// Timeout bounds the whole hook, every command of it; when it passes,
+	// the hook's process group is killed and its step fails.
+	Timeout Duration `yaml:"timeout" json:"timeout,omitempty"`
+}
+
+// TimeoutOrDefault returns the hook's timeout, or DefaultHookTimeout.
+func (h *Hook) TimeoutOrDefault() time.Duration {
+	if h.Timeout > 0 {
+		return h.Timeout.D()
+	}
+	return DefaultHookTimeout
 }
 
 // UnmarshalYAML accepts a list of commands or the full mapping.
@@ -64,7 +79,7 @@ func (h *Hook) UnmarshalYAML(n ast.Node) error {
 		return yaml.NodeToValue(n, &h.Commands, yaml.DisallowUnknownField())
 	}
 	if n.Type() != ast.MappingType && n.Type() != ast.MappingValueType {
-		return &nodeError{node: n, msg: "a hook is a list of commands or a mapping with commands, when, run_once and role"}
+		return &nodeError{node: n, msg: "a hook is a list of commands or a mapping with commands, when, run_once, role and timeout"}
 	}
 	type plain Hook
 	return yaml.NodeToValue(n, (*plain)(h), yaml.DisallowUnknownField())

@@ -50,6 +50,16 @@ func TestParseValid(t *testing.T) {
 	if h := f.Hooks["migrate"]; h.When != StageBeforeActivate || !h.RunOnce || h.Role != "db" || len(h.Commands) != 2 {
 		t.Errorf("migrate hook = %+v", h)
 	}
+	if got := f.Hooks["prepare"].TimeoutOrDefault(); got != DefaultHookTimeout {
+		t.Errorf("default hook timeout %v, want %v", got, DefaultHookTimeout)
+	}
+	g, err := Parse("drover.yml", []byte(strings.Replace(valid, "role: db,", "role: db, timeout: 10m,", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := g.Hooks["migrate"].TimeoutOrDefault(); got != 10*time.Minute {
+		t.Errorf("hook timeout %v, want 10m", got)
+	}
 	if f.Environments["staging"].Branch != "staging" {
 		t.Errorf("staging branch defaults to its name, got %q", f.Environments["staging"].Branch)
 	}
@@ -105,6 +115,8 @@ func TestParseErrors(t *testing.T) {
 		{"host without address", func(s string) string {
 			return strings.Replace(s, "{host: 10.0.0.5, roles: [web, db]}", "{roles: [web, db]}", 1)
 		}, 20, "missing required key host"},
+		{"zero hook timeout", func(s string) string { return strings.Replace(s, "role: db,", "role: db, timeout: 0,", 1) }, 10, "must be more than 0"},
+		{"bad hook timeout", func(s string) string { return strings.Replace(s, "role: db,", "role: db, timeout: soon,", 1) }, 10, `"soon" is not a duration`},
 		{"bad spacing", func(s string) string { return s + "  broken:\n hosts: []\n" }, 30, ""},
 	}
 	for _, tc := range tests {

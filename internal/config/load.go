@@ -440,6 +440,9 @@ func (v *validator) validateHooks(f *File, roles map[string]bool) {
 		if len(h.Commands) == 0 {
 			v.at(p, "hook has no commands")
 		}
+		if h.Timeout <= 0 && slices.Contains(v.keyOrder(p), "timeout") {
+			v.at(p+".timeout", "must be more than 0, like 10m (without it a hook may run %s)", DefaultHookTimeout)
+		}
 		for i, c := range h.Commands {
 			if strings.TrimSpace(c) == "" {
 				v.at(fmt.Sprintf("%s.commands[%d]", p, i), "empty command")

@@ -75,6 +75,7 @@ type Response struct {
 	Release   *release.Record   `json:"release,omitempty"`
 	Releases  []*release.Record `json:"releases,omitempty"`
 	Active    string            `json:"active,omitempty"`
+	Serving   *release.Serving  `json:"serving,omitempty"` // after a failed activation or rollback: what the host runs now
 	Target    string            `json:"target,omitempty"`
 	Removed   []string          `json:"removed,omitempty"`
 	Processes []service.Process `json:"processes,omitempty"`

@@ -71,6 +71,10 @@ func errResponse(err error) *Response {
 	if errors.As(err, &ee) {
 		r.ExitCode = ee.Code
 	}
+	var ae *release.ActivateError
+	if errors.As(err, &ae) {
+		r.Active, r.Serving = ae.Serving.Release, &ae.Serving
+	}
 	var he *lock.HeldError
 	if errors.As(err, &he) {
 		r.Held, r.Holder = true, &he.Holder

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/service"
@@ -40,7 +42,7 @@ func (e *Engine) runHooks(ctx context.Context, st *state, rec *Record, stage str
 			continue
 		}
 		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {
-			return runCommands(ctx, dir, env, h.Commands, out)
+			return runHook(ctx, h, dir, env, out)
 		}); err != nil {
 			return err
 		}
@@ -96,16 +98,21 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	if fi, err := os.Stat(e.Layout.Release(id)); err != nil || !fi.IsDir() {
 		return fmt.Errorf("activate %s: %w: releases/%s is missing", id, ErrNotPrepared, id)
 	}
-	if rec.Status != StatusActivating && rec.Status != StatusFailed {
+	// A recorded switch that `current` no longer shows (a rollback or
+	// another activation moved it since) is not done: a step counts as
+	// done only while what it did still holds.
+	moved := rec.done("switch") && active != id
+	if rec.Status != StatusActivating && rec.Status != StatusFailed || moved {
 		rec.Previous = active
 		if active == id {
 			rec.Previous = ""
 		}
 	}
-	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive {
-		// Going back to an earlier release runs its activation afresh.
+	// Going back to an earlier release runs its activation afresh.
+	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive || moved {
 		rec.Steps = slices.DeleteFunc(rec.Steps, func(s Step) bool { return isActivationStep(s.Name) || e.isActivationHook(s.Name) })
 	}
+	before := rec.Status
 	rec.Status, rec.FailedStep, rec.Error = StatusActivating, "", ""
 	if err := st.save(); err != nil {
 		return err
@@ -119,10 +126,12 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	}); err != nil {
 		return e.fail(st, rec, err)
 	}
+	restarted := false
 	if err := e.runStep(ctx, st, rec, "restart", func(ctx context.Context, out *tail) error {
+		restarted = true
 		return e.restartServices(ctx, rec, dir, out)
 	}); err != nil {
-		return e.revert(ctx, st, rec, err)
+		return e.revert(ctx, st, rec, err, restarted, before)
 	}
 	if err := e.runHooks(ctx, st, rec, config.StageAfterActivate, e.everywhere); err != nil {
 		// The release is live and healthy; say the hook failed but do not
@@ -154,10 +163,101 @@ func (e *Engine) markActive(st *state, rec *Record) error {
 	return st.save()
 }
 
+// ActivateError is an activation that failed after `current` was switched
+// (a restart or health check failed, or the caller cancelled): the host was
+// switched back to the release it ran before, and Serving says what it runs
+// now, as checked after the switch back.
+type ActivateError struct {
+	Release  string  // the release that failed to activate
+	Previous string  // the release switched back to; "" for a first release
+	Cause    error   // why the activation failed (a *StepError, or the caller's cancellation)
+	Revert   error   // why switching back failed, or nil
+	Serving  Serving // what the host runs once drover is done
+}
+
+func (e *ActivateError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Cause.Error())
+	switch {
+	case e.Revert != nil:
+		fmt.Fprintf(&b, "; switching back to %q also failed: %v", e.Previous, e.Revert)
+	case e.Previous == "":
+		b.WriteString("; this was the first release, so nothing runs now")
+	default:
+		fmt.Fprintf(&b, "; switched back to %s", e.Previous)
+	}
+	if e.Previous != "" || e.Serving.Release != "" {
+		fmt.Fprintf(&b, "; this host now %s", e.Serving)
+	}
+	return b.String()
+}
+
+// Unwrap returns the cause of the failed activation.
+func (e *ActivateError) Unwrap() error { return e.Cause }
+
+// Serving is what a host runs once an activation or rollback has ended:
+// the release `current` points to, and whether every service process runs
+// from it and passes its health check.
+type Serving struct {
+	Release string `json:"release,omitempty"` // where current points; "" when there is no current
+	Healthy bool   `json:"healthy"`
+	Problem string `json:"problem,omitempty"` // why it is not healthy
+}
+
+// String says what runs in words, for summaries and errors.
+func (s Serving) String() string {
+	switch {
+	case s.Release == "":
+		return "runs no release"
+	case s.Healthy:
+		return "serves " + s.Release + " (healthy)"
+	}
+	return "points at " + s.Release + " but it is not healthy: " + s.Problem
+}
+
+// revertGrace is added to the time a revert may take beyond what its
+// stops, starts and health checks are configured to take.
+const revertGrace = 30 * time.Second
+
+// killWait is how long a stop may wait after SIGKILL (service.Stop's bound).
+const killWait = 10 * time.Second
+
+// revertTimeout bounds a revert: for every process, stopping the one that
+// runs (its stop grace, then SIGKILL), starting the previous one and its
+// health check, plus revertGrace.
+func (e *Engine) revertTimeout() time.Duration {
+	d := revertGrace
+	for _, s := range e.services() {
+		per := service.DefaultStopGrace + killWait + service.DefaultHealthTimeout
+		if s.StopGrace > 0 {
+			per += s.StopGrace - service.DefaultStopGrace
+		}
+		if s.Health != nil && s.Health.Timeout > 0 {
+			per += s.Health.Timeout - service.DefaultHealthTimeout
+		}
+		d += time.Duration(max(len(s.Ports), 1)) * per
+	}
+	return d
+}
+
 // revert switches back to the release that ran before rec after a failed
-// restart or health check, restarts it, and marks rec failed.
-func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error) error {
+// or cancelled restart, and restarts it when the failed restart had begun.
+// It runs on a context detached from the caller's cancellation and bounded
+// by revertTimeout: a deployer that is interrupted (Ctrl-C, SIGTERM, a lost
+// lock or session) must not leave the host with nothing listening. The
+// release switched back to is recorded active again; rec is recorded
+// failed, or, when the caller cancelled, as it was before (its status
+// before), so that it may be activated again. The *ActivateError it
+// returns says what the host serves afterwards.
+func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error, restarted bool, before Status) error {
+	cancelled := ctx.Err() != nil
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.revertTimeout())
+	defer cancel()
 	rec.Status = StatusFailed
+	if cancelled {
+		rec.Status = resumableStatus(before)
+		rec.Steps = slices.DeleteFunc(rec.Steps, func(s Step) bool { return isActivationStep(s.Name) || e.isActivationHook(s.Name) })
+	}
 	prev := rec.Previous
 	var rerr error
 	if prev == "" {
@@ -166,8 +266,13 @@ func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error
 	} else {
 		e.emit(Event{Kind: EventInfo, Step: "revert", Line: "switching back to " + prev})
 		rerr = e.Layout.switchCurrent(prev)
-		if rerr == nil {
-			pr := st.find(prev)
+		pr := st.find(prev)
+		if rerr == nil && pr != nil {
+			// current points at it again (a rollback had marked it
+			// rolled back from before it switched).
+			pr.Status = StatusActive
+		}
+		if rerr == nil && restarted {
 			rerr = e.restartServices(ctx, pr, e.Layout.Release(prev), lineWriter(func(l string) {
 				e.emit(Event{Kind: EventOutput, Step: "revert", Line: l})
 			}))
@@ -176,13 +281,80 @@ func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error
 	if serr := st.save(); serr != nil {
 		rerr = errors.Join(rerr, serr)
 	}
-	if rerr != nil {
-		return fmt.Errorf("%w; switching back to %q also failed: %v", cause, prev, rerr)
+	ae := &ActivateError{Release: rec.ID, Previous: prev, Cause: cause, Revert: rerr, Serving: e.serving(ctx)}
+	e.emit(Event{Kind: EventInfo, Step: "revert", Line: "this host " + ae.Serving.String()})
+	return ae
+}
+
+// resumableStatus is the status of a release whose activation was
+// cancelled and reverted, from its status before the activation began.
+func resumableStatus(before Status) Status {
+	switch before {
+	case StatusGood, StatusRolledBack:
+		return before
+	case StatusActive:
+		return StatusGood
 	}
-	if prev == "" {
-		return fmt.Errorf("%w; this was the first release, so nothing runs now", cause)
+	return StatusPrepared
+}
+
+// servingCheck bounds the health check serving runs on each process: the
+// processes were just restarted and checked, or never stopped.
+const servingCheck = 5 * time.Second
+
+// serving checks what this host runs: where `current` points, whether every
+// process of every service runs from that release, and whether each passes
+// one health check.
+func (e *Engine) serving(ctx context.Context) Serving {
+	active, err := e.Layout.ActiveID()
+	if err != nil {
+		return Serving{Problem: err.Error()}
 	}
-	return fmt.Errorf("%w; switched back to %s", cause, prev)
+	if active == "" {
+		return Serving{Problem: "no current release"}
+	}
+	sv := Serving{Release: active}
+	st, err := e.state()
+	if err != nil {
+		sv.Problem = err.Error()
+		return sv
+	}
+	dir := e.Layout.Release(active)
+	m := e.manager(st.find(active), dir)
+	var problems []string
+	for _, s := range e.services() {
+		if s.Systemd == "" {
+			for _, p := range m.Status(s) {
+				switch {
+				case !p.Running:
+					problems = append(problems, fmt.Sprintf("service %s port %d is %s", s.Name, p.Port, p.State))
+				case p.ReleaseDir != dir:
+					problems = append(problems, fmt.Sprintf("service %s port %d runs %s", s.Name, p.Port, p.ReleaseDir))
+				}
+			}
+		}
+		if s.Health == nil {
+			continue
+		}
+		h := *s.Health
+		if h.Timeout <= 0 || h.Timeout > servingCheck {
+			h.Timeout = servingCheck
+		}
+		s.Health = &h
+		for _, port := range s.Ports {
+			if err := m.Check(ctx, s, port); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+		if len(s.Ports) == 0 {
+			if err := m.Check(ctx, s, 0); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+	}
+	sv.Healthy = len(problems) == 0
+	sv.Problem = strings.Join(problems, "; ")
+	return sv
 }
 
 func (e *Engine) manager(rec *Record, dir string) *service.Manager {

@@ -183,7 +183,7 @@ func (e *Engine) prepare(ctx context.Context, opts PrepareOptions) (*Record, err
 		st.releases = append(st.releases, rec)
 	case rec.Commit != opts.Commit:
 		return nil, fmt.Errorf("prepare %s: this host recorded it for commit %s, not %s; a release directory is never reused", opts.ID, rec.Commit, opts.Commit)
-	case rec.Status == StatusPrepared || rec.Status == StatusActive || rec.Status == StatusGood || rec.Status == StatusActivating:
+	case rec.Status == StatusPrepared || rec.Status == StatusActive || rec.Status == StatusGood || rec.Status == StatusActivating || rec.Status == StatusRolledBack:
 		return rec, nil
 	case rec.Status == StatusFailed && !rec.PreparedAt.IsZero():
 		// Prepared, then its activation failed: nothing left to prepare.

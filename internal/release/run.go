@@ -2,6 +2,7 @@ package release
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/drover/drover/internal/config"
 )
 
 // tail keeps the last lines of a step's output and forwards each line.
@@ -78,7 +81,32 @@ func runCommands(ctx context.Context, dir string, env []string, commands []strin
 	return nil
 }
 
-// runShell runs one shell command in its own process group.
+// outputGrace is how long a command's output is still read after its shell
+// exited: a background process it started (`./bin/worker &`) inherits the
+// output pipes and would otherwise hold the step until it exits.
+const outputGrace = 2 * time.Second
+
+// killGrace is how long a cancelled command's process group has between
+// SIGTERM and SIGKILL.
+const killGrace = 5 * time.Second
+
+// runHook runs the commands of hook h in dir, all of them within the
+// hook's timeout; a hook that outlives it has its process group killed.
+func runHook(ctx context.Context, h *config.Hook, dir string, env []string, out io.Writer) error {
+	limit := h.TimeoutOrDefault()
+	hctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	err := runCommands(hctx, dir, env, h.Commands, out)
+	if err != nil && ctx.Err() == nil && errors.Is(hctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("hook %s did not finish within its timeout of %s, so its processes were killed; raise hooks.%s.timeout in drover.yml if it needs longer", h.Name, limit, h.Name)
+	}
+	return err
+}
+
+// runShell runs one shell command in its own process group. It returns when
+// the shell exits, reading its output for at most outputGrace more. When
+// ctx ends first, the whole group gets SIGTERM, then SIGKILL after
+// killGrace, and runShell returns once that is done.
 func runShell(ctx context.Context, dir string, env []string, command string, stdin io.Reader, stdout, stderr io.Writer) error {
 	cmd := exec.Command("/bin/sh", "-c", command)
 	cmd.Dir = dir
@@ -86,29 +114,42 @@ func runShell(ctx context.Context, dir string, env []string, command string, std
 	cmd.Stdin = stdin
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = outputGrace
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("run %q: %w", command, err)
 	}
+	pgid := cmd.Process.Pid
 	done := make(chan struct{})
+	killed := make(chan struct{})
 	go func() {
+		defer close(killed)
 		select {
 		case <-ctx.Done():
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			}
 		case <-done:
+			return
 		}
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		deadline := time.Now().Add(killGrace)
+		for time.Now().Before(deadline) && syscall.Kill(-pgid, 0) == nil {
+			time.Sleep(20 * time.Millisecond)
+		}
+		// Whatever is left of the group, including background processes
+		// that outlived the shell and zombies no init reaped.
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	}()
 	err := cmd.Wait()
 	close(done)
 	if ctx.Err() != nil {
+		<-killed
 		return fmt.Errorf("run %q: %w", command, ctx.Err())
 	}
 	if ee, ok := err.(*exec.ExitError); ok {
 		return &ExitError{Command: command, Code: ee.ExitCode()}
+	}
+	if errors.Is(err, exec.ErrWaitDelay) {
+		// The shell exited 0; a process it left running still holds the
+		// output pipes, which are closed now.
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("run %q: %w", command, err)

@@ -148,6 +148,17 @@ func Resumable(hosts []*HostReleases) (id, commit, spec string, err error) {
 	if all {
 		return "", "", "", fmt.Errorf("nothing to resume: every host runs %s", newest)
 	}
+	var rolledBack []string
+	for _, h := range hosts {
+		for _, r := range h.Releases {
+			if r.ID == newest && r.Status == release.StatusRolledBack {
+				rolledBack = append(rolledBack, h.Host)
+			}
+		}
+	}
+	if len(rolledBack) > 0 {
+		return "", "", "", fmt.Errorf("nothing to resume: %s was rolled back on %s, not interrupted; to return to it run `drover activate ENV %s`, or deploy a new release", newest, strings.Join(rolledBack, ", "), newest)
+	}
 	for _, h := range hosts {
 		for _, r := range h.Releases {
 			if r.ID == newest && r.Status == release.StatusFailed && !r.PreparedAt.IsZero() && hasStep(r, "switch") {
@@ -184,7 +195,8 @@ func Rollback(ctx context.Context, plan *Plan, targets []Target, obs Observer) (
 		req.To = plan.ID
 		resp, ok := r.call(ctx, t, "rollback", req)
 		if ok {
-			r.result(t).Release = resp.Active
+			res := r.result(t)
+			res.Release, res.Serving = resp.Active, &release.Serving{Release: resp.Active, Healthy: true}
 		}
 		obs.Done(t.Host().Name, r.result(t))
 	})

@@ -50,13 +50,19 @@ const (
 
 // HostResult is what happened on one host.
 type HostResult struct {
-	Host     string        `json:"host"`
-	State    string        `json:"state"`
-	Phase    string        `json:"phase"`          // the last phase it took part in
-	Step     string        `json:"step,omitempty"` // the step that failed
-	Error    string        `json:"error,omitempty"`
-	Tail     []string      `json:"tail,omitempty"`
-	Release  string        `json:"release,omitempty"` // the release it runs at the end, when known
+	Host    string   `json:"host"`
+	State   string   `json:"state"`
+	Phase   string   `json:"phase"`          // the last phase it took part in
+	Step    string   `json:"step,omitempty"` // the step that failed
+	Error   string   `json:"error,omitempty"`
+	Tail    []string `json:"tail,omitempty"`
+	Release string   `json:"release,omitempty"` // the release it runs at the end, when known
+	// Serving is what the host said it runs once its activation or
+	// rollback ended, checked on the host; nil when it did not say.
+	Serving *release.Serving `json:"serving,omitempty"`
+	// unknown is set when the host's answer never came back (the
+	// connection failed or was interrupted mid-request).
+	unknown  bool
 	Prepare  time.Duration `json:"prepare"`
 	Activate time.Duration `json:"activate"`
 }
@@ -161,17 +167,26 @@ func (r *run) request(t Target, op string) *node.Request {
 // call runs req on t and records a failure in t's result.
 func (r *run) call(ctx context.Context, t Target, phase string, req *node.Request) (*node.Response, bool) {
 	name := t.Host().Name
+	if err := ctx.Err(); err != nil {
+		// Interrupted before this host was asked: it was not touched.
+		res := r.result(t)
+		res.Phase, res.State, res.Error = phase, StateFailed, "interrupted before "+phase+": "+err.Error()
+		return nil, false
+	}
 	resp, err := node.Call(ctx, t, req, func(ev release.Event) { r.obs.Event(name, ev) })
 	res := r.result(t)
 	res.Phase = phase
 	switch {
 	case err != nil:
-		res.State, res.Error = StateUnreachable, err.Error()
+		res.State, res.Error, res.unknown = StateUnreachable, err.Error(), true
 		if ctx.Err() != nil {
 			res.State, res.Error = StateFailed, "interrupted: "+ctx.Err().Error()
 		}
 	case !resp.OK:
 		res.State, res.Error, res.Step, res.Tail = StateFailed, resp.Error, resp.Step, resp.Tail
+		if resp.Serving != nil {
+			res.Release, res.Serving = resp.Serving.Release, resp.Serving
+		}
 	default:
 		return resp, true
 	}
@@ -378,7 +393,7 @@ func (r *run) activate(ctx context.Context) time.Duration {
 		res := r.result(t)
 		res.Activate = time.Since(t0)
 		if ok {
-			res.Release = resp.Active
+			res.Release, res.Serving = resp.Active, &release.Serving{Release: resp.Active, Healthy: true}
 		}
 		r.obs.Done(t.Host().Name, res)
 	}
@@ -430,21 +445,33 @@ func (r *run) skipRest(phase string) {
 }
 
 // mixedSummary names the hosts left on another release after a failed
-// activation.
+// activation or rollback, and says what each of them runs as far as the
+// host itself reported it.
 func (r *run) mixedSummary() string {
 	var on, off []string
 	for _, t := range r.targets {
 		res := r.result(t)
-		if res.State == StateOK && res.Phase == "activate" {
+		if res.State == StateOK && (res.Phase == "activate" || res.Phase == "rollback") {
 			on = append(on, res.Host)
 		} else {
-			off = append(off, res.Host)
+			off = append(off, res.Host+" "+whereNow(res, r.plan.Env.Name))
 		}
 	}
 	slices.Sort(on)
 	slices.Sort(off)
 	if len(on) == 0 {
-		return fmt.Sprintf("no host runs %s; %v kept (or went back to) their previous release", r.plan.ID, off)
+		return fmt.Sprintf("no host runs %s: %s", r.plan.ID, strings.Join(off, "; "))
 	}
-	return fmt.Sprintf("hosts run different releases: %v run %s, %v do not; run `drover resume %s` after fixing, or `drover rollback %s`", on, r.plan.ID, off, r.plan.Env.Name, r.plan.Env.Name)
+	return fmt.Sprintf("hosts run different releases: %v run %s; %s; run `drover resume %s` after fixing, or `drover rollback %s`", on, r.plan.ID, strings.Join(off, "; "), r.plan.Env.Name, r.plan.Env.Name)
+}
+
+// whereNow says what a host that did not end on the rollout's release runs.
+func whereNow(res *HostResult, env string) string {
+	switch {
+	case res.Serving != nil:
+		return res.Serving.String()
+	case res.unknown && (res.Phase == "activate" || res.Phase == "rollback"):
+		return "did not answer while it switched releases: what it runs is unknown; check with `drover releases " + env + "` and `drover service status " + env + "`"
+	}
+	return "was not switched and keeps its previous release"
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/testenv/gitrepo"
@@ -121,8 +122,9 @@ func New(t testing.TB, o Options) *App {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "app: hello\nrepo: %s\ndeploy_to: %s\nkeep_releases: %d\n%s", a.Repo.Dir, a.DeployTo, o.Keep, o.Shared)
-	// A release whose tree holds BROKEN gets a server that exits at once.
-	fmt.Fprintf(&b, "hooks:\n  prepare: [mkdir -p bin, cp %s bin/hello, 'if [ -f BROKEN ]; then printf \"#!/bin/sh\\nexit 3\\n\" > bin/hello; fi']\n%s", bin, o.Extra)
+	// A release whose tree holds BROKEN gets a server that exits at once;
+	// one that holds HANG, a server that stays up and never listens.
+	fmt.Fprintf(&b, "hooks:\n  prepare: [mkdir -p bin, cp %s bin/hello, 'if [ -f BROKEN ]; then printf \"#!/bin/sh\\nexit 3\\n\" > bin/hello; fi', 'if [ -f HANG ]; then printf \"#!/bin/sh\\nexec sleep 300\\n\" > bin/hello; fi']\n%s", bin, o.Extra)
 	if !o.NoService {
 		fmt.Fprintf(&b, "services:\n  web:\n    start: ./bin/hello --port {{port}}\n    ports: [%s]\n    health: {http: \"http://127.0.0.1:{{port}}/healthz\", timeout: 10s}\n    stop_grace: 5s\n", strings.Join(ports, ", "))
 	}
@@ -136,6 +138,24 @@ func New(t testing.TB, o Options) *App {
 	a.Repo.Commit("example app", map[string]string{"drover.yml": a.YAML, "README": "example\n", "log/.keep": ""})
 	t.Cleanup(func() { a.StopServices(t) })
 	return a
+}
+
+// WaitStarted waits until the process of the app's web service on port
+// runs from release id (its PID file says so), failing the test after limit.
+func (a *App) WaitStarted(t testing.TB, port int, id string, limit time.Duration) {
+	t.Helper()
+	pidFile := filepath.Join(a.DeployTo, "shared", "pids", fmt.Sprintf("web-%d.pid", port))
+	deadline := time.Now().Add(limit)
+	for {
+		data, _ := os.ReadFile(pidFile)
+		if strings.Contains(string(data), filepath.Join("releases", id)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("release %s's process on port %d did not start within %s; PID file: %q", id, port, limit, data)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // StopServices kills whatever the app's PID files name, so no test leaves
