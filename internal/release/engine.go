@@ -257,65 +257,6 @@ func (e *Engine) checkout(ctx context.Context, m *source.Mirror, commit, dir str
 	return syncDir(filepath.Dir(dir))
 }
 
-// linkShared creates each shared path under shared/ when it is missing and
-// links it into the release. What exists under shared/ is never moved,
-// emptied or replaced.
-func (e *Engine) linkShared(dir string) error {
-	shared := e.Layout.Shared()
-	link := func(rel string, isDir bool) error {
-		src := filepath.Join(shared, rel)
-		fi, err := os.Lstat(src)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-			if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
-				return err
-			}
-			if isDir {
-				if err := os.Mkdir(src, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-					return err
-				}
-			} else {
-				f, err := os.OpenFile(src, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
-				if err != nil && !errors.Is(err, os.ErrExist) {
-					return err
-				}
-				if f != nil {
-					f.Close()
-				}
-			}
-		case err != nil:
-			return err
-		case isDir && !fi.IsDir():
-			return fmt.Errorf("shared/%s exists and is not a directory; it is left as it is: move it or list it under shared.files", rel)
-		case !isDir && fi.IsDir():
-			return fmt.Errorf("shared/%s exists and is a directory; it is left as it is: move it or list it under shared.dirs", rel)
-		}
-		dst := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		if err := os.RemoveAll(dst); err != nil {
-			return err
-		}
-		target, err := filepath.Rel(filepath.Dir(dst), src)
-		if err != nil {
-			target = src
-		}
-		return os.Symlink(target, dst)
-	}
-	for _, d := range e.App.Shared.Dirs {
-		if err := link(filepath.Clean(d), true); err != nil {
-			return fmt.Errorf("link shared dir %s: %w", d, err)
-		}
-	}
-	for _, f := range e.App.Shared.Files {
-		if err := link(filepath.Clean(f), false); err != nil {
-			return fmt.Errorf("link shared file %s: %w", f, err)
-		}
-	}
-	return nil
-}
-
 // hookApplies reports whether hook h runs on this host: its role matches,
 // and a run_once hook only where the rollout chose this host for it.
 func (e *Engine) hookApplies(h *config.Hook, runOnce []string) bool {
