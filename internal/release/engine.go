@@ -39,6 +39,10 @@ type Engine struct {
 	// CrashAt names a point ("before:STEP" or "after:STEP") where the engine
 	// kills itself with SIGKILL. Crash tests set it through DROVER_CRASH_AT.
 	CrashAt string
+
+	// syncFS makes the files under a release dir durable; nil means
+	// syncfs(2) on its filesystem. Tests wrap it to check the order.
+	syncFS func(dir string) error
 }
 
 // New returns an engine for app on this host, rooted at app.DeployTo.
@@ -69,6 +73,15 @@ func (e *Engine) now() time.Time {
 		return e.Now()
 	}
 	return time.Now()
+}
+
+// sync makes every file of release dir durable before it is recorded
+// prepared.
+func (e *Engine) sync(dir string) error {
+	if e.syncFS != nil {
+		return e.syncFS(dir)
+	}
+	return syncFS(dir)
 }
 
 func (e *Engine) log() *slog.Logger {
@@ -213,6 +226,9 @@ func (e *Engine) prepare(ctx context.Context, opts PrepareOptions) (*Record, err
 	}
 	if err := e.runHooks(ctx, st, rec, config.StagePrepare, func(h *config.Hook) bool { return e.hookApplies(h, opts.RunOnce) }); err != nil {
 		return rec, e.fail(st, rec, err)
+	}
+	if err := e.sync(dir); err != nil {
+		return rec, e.fail(st, rec, &StepError{Release: rec.ID, Step: "sync", Err: err})
 	}
 	rec.Status, rec.PreparedAt = StatusPrepared, e.now()
 	return rec, st.save()
