@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 
@@ -279,11 +280,21 @@ func (e *Engine) RollbackTarget() (string, error) {
 	return e.rollbackTarget(st, active), nil
 }
 
+// rollbackTarget is the newest good release this host recorded before the
+// active one (by its own record, not by the IDs' timestamps).
 func (e *Engine) rollbackTarget(st *state, active string) string {
+	if active == "" {
+		return ""
+	}
+	below := int64(math.MaxInt64)
+	if cur := st.find(active); cur != nil {
+		below = cur.Seq
+	}
 	best := ""
+	var bestSeq int64
 	for _, r := range st.releases {
-		if r.Status == StatusGood && r.ID != active && r.ID < active && r.ID > best {
-			best = r.ID
+		if r.Status == StatusGood && r.ID != active && r.Seq < below && r.Seq > bestSeq {
+			best, bestSeq = r.ID, r.Seq
 		}
 	}
 	if best == "" && active != "" {
@@ -321,7 +332,7 @@ func (e *Engine) cleanup(ctx context.Context, keep int) ([]string, error) {
 	var remove []*Record
 	kept := 0
 	sorted := slices.Clone(st.releases)
-	slices.SortFunc(sorted, func(a, b *Record) int { return cmpString(b.ID, a.ID) })
+	slices.SortFunc(sorted, newestFirst)
 	for _, r := range sorted {
 		switch {
 		case protected[r.ID] || r.Pinned(now):

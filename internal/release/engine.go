@@ -193,7 +193,7 @@ func (e *Engine) prepare(ctx context.Context, opts PrepareOptions) (*Record, err
 	switch {
 	case rec == nil:
 		rec = &Record{ID: opts.ID, Commit: opts.Commit, Spec: opts.Spec, Env: e.Env, By: opts.By, CreatedAt: e.now()}
-		st.releases = append(st.releases, rec)
+		st.add(rec)
 	case rec.Commit != opts.Commit:
 		return nil, fmt.Errorf("prepare %s: this host recorded it for commit %s, not %s; a release directory is never reused", opts.ID, rec.Commit, opts.Commit)
 	case rec.Status == StatusPrepared || rec.Status == StatusActive || rec.Status == StatusGood || rec.Status == StatusActivating:
@@ -314,7 +314,8 @@ func (e *Engine) hookEnv(rec *Record, dir string) []string {
 	}
 }
 
-// Releases returns the recorded releases, newest first, with the active one
+// Releases returns the recorded releases, newest first as this host
+// recorded them, with the active one
 // marked from where `current` points.
 func (e *Engine) Releases() ([]*Record, string, error) {
 	st, err := e.state()
@@ -326,7 +327,7 @@ func (e *Engine) Releases() ([]*Record, string, error) {
 		return nil, "", err
 	}
 	out := slices.Clone(st.releases)
-	slices.SortFunc(out, func(a, b *Record) int { return cmpString(b.ID, a.ID) })
+	slices.SortFunc(out, newestFirst)
 	return out, active, nil
 }
 

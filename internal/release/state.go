@@ -1,6 +1,7 @@
 package release
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,7 +36,11 @@ type Step struct {
 
 // Record is everything a host knows about one release.
 type Record struct {
-	ID          string    `json:"id"`
+	ID string `json:"id"`
+	// Seq orders the releases as this host recorded them: one more than
+	// the last for each new record. Rollback, resume and cleanup go by it,
+	// never by the time in the ID, which the deployer's clock made.
+	Seq         int64     `json:"seq"`
 	Commit      string    `json:"commit"`
 	Spec        string    `json:"spec,omitempty"`
 	Env         string    `json:"env,omitempty"`
@@ -101,8 +106,49 @@ func loadState(path string) (*state, error) {
 		return nil, fmt.Errorf("read state %s: schema %d is newer than this drover understands (%d); upgrade drover", path, f.Schema, stateSchema)
 	}
 	s.releases = f.Releases
+	s.numberLegacy()
 	return s, nil
 }
+
+// numberLegacy gives records written before Seq existed a sequence, in the
+// order of their CreatedAt (this host's clock), before every numbered one.
+func (s *state) numberLegacy() {
+	var legacy []*Record
+	for _, r := range s.releases {
+		if r.Seq == 0 {
+			legacy = append(legacy, r)
+		}
+	}
+	if len(legacy) == 0 {
+		return
+	}
+	slices.SortStableFunc(legacy, func(a, b *Record) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return cmpString(a.ID, b.ID)
+	})
+	for _, r := range s.releases {
+		if r.Seq != 0 {
+			r.Seq += int64(len(legacy))
+		}
+	}
+	for i, r := range legacy {
+		r.Seq = int64(i + 1)
+	}
+}
+
+// add records a new release, numbering it after every other one.
+func (s *state) add(r *Record) {
+	for _, x := range s.releases {
+		r.Seq = max(r.Seq, x.Seq)
+	}
+	r.Seq++
+	s.releases = append(s.releases, r)
+}
+
+// newestFirst orders records as this host recorded them, newest first.
+func newestFirst(a, b *Record) int { return cmp.Compare(b.Seq, a.Seq) }
 
 func (s *state) find(id string) *Record {
 	for _, r := range s.releases {
@@ -115,7 +161,7 @@ func (s *state) find(id string) *Record {
 
 // save writes the state: temp file, fsync, rename, fsync the directory.
 func (s *state) save() error {
-	slices.SortFunc(s.releases, func(a, b *Record) int { return cmpString(a.ID, b.ID) })
+	slices.SortFunc(s.releases, func(a, b *Record) int { return cmp.Compare(a.Seq, b.Seq) })
 	data, err := json.MarshalIndent(stateFile{Schema: stateSchema, Releases: s.releases}, "", "  ")
 	if err != nil {
 		return err
