@@ -118,8 +118,40 @@ func (e *Engine) ensureLayout() error {
 
 func (e *Engine) statePath() string { return filepath.Join(e.Layout.State(), "releases.json") }
 
-// State returns the recorded releases of this host.
-func (e *Engine) state() (*state, error) { return loadState(e.statePath()) }
+// state returns the recorded releases of this host, with a record of
+// status unknown for each directory under releases/ that it lacks (the one
+// current points to recorded active). The next save keeps them.
+func (e *Engine) state() (*state, error) {
+	st, err := loadState(e.statePath())
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(e.Layout.Releases())
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", e.Layout.Releases(), err)
+	}
+	active, err := e.Layout.ActiveID()
+	if err != nil {
+		return nil, err
+	}
+	for _, de := range entries { // ReadDir sorts by name: the IDs' order is the best left
+		if !de.IsDir() || !ValidID(de.Name()) || st.find(de.Name()) != nil {
+			continue
+		}
+		rec := &Record{ID: de.Name(), Status: StatusUnknown}
+		if fi, err := de.Info(); err == nil {
+			rec.CreatedAt = fi.ModTime()
+		}
+		if de.Name() == active {
+			rec.Status = StatusActive
+		}
+		st.add(rec)
+	}
+	return st, nil
+}
 
 // runStep runs fn as step name of rec unless it already succeeded, records
 // the result and saves the state.
@@ -194,6 +226,8 @@ func (e *Engine) prepare(ctx context.Context, opts PrepareOptions) (*Record, err
 	case rec == nil:
 		rec = &Record{ID: opts.ID, Commit: opts.Commit, Spec: opts.Spec, Env: e.Env, By: opts.By, CreatedAt: e.now()}
 		st.add(rec)
+	case rec.Status == StatusUnknown:
+		return nil, fmt.Errorf("prepare %s: releases/%s is on this host but not in its record (status unknown); a release directory is never reused: deploy a new release, or remove it with `drover cleanup ENV --remove %s`", opts.ID, opts.ID, opts.ID)
 	case rec.Commit != opts.Commit:
 		return nil, fmt.Errorf("prepare %s: this host recorded it for commit %s, not %s; a release directory is never reused", opts.ID, rec.Commit, opts.Commit)
 	case rec.Status == StatusPrepared || rec.Status == StatusActive || rec.Status == StatusGood || rec.Status == StatusActivating:

@@ -23,6 +23,10 @@ const (
 	StatusGood       Status = "good"        // was active and healthy; a rollback target
 	StatusFailed     Status = "failed"      // prepare or activation failed
 	StatusRolledBack Status = "rolled_back" // was active, then rolled back from
+	// StatusUnknown is a directory under releases/ that the state file
+	// does not record (it was lost or damaged). drover cannot vouch for it:
+	// it is never activated, and cleanup removes it only when named.
+	StatusUnknown Status = "unknown"
 )
 
 // Step is one recorded step of a release's prepare or activation.
@@ -100,7 +104,9 @@ func loadState(path string) (*state, error) {
 	}
 	var f stateFile
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("read state %s: %w (the file is damaged; move it aside and run `drover releases` to rebuild from releases/)", path, err)
+		return nil, fmt.Errorf("read state %s: %w: the file is damaged, and nothing on this host changes until it is readable. "+
+			"Move it aside (mv %s %s.damaged) and run `drover releases ENV`: every directory under releases/ is listed as unknown, "+
+			"the one current points to as active; no release is deleted, and cleanup keeps unknown ones until you name one with `drover cleanup ENV --remove RELEASE`", path, err, path, path)
 	}
 	if f.Schema > stateSchema {
 		return nil, fmt.Errorf("read state %s: schema %d is newer than this drover understands (%d); upgrade drover", path, f.Schema, stateSchema)
