@@ -20,6 +20,7 @@ func TestLostStateFromTheCLI(t *testing.T) {
 	}
 	dir := t.TempDir()
 	ports := apptest.FreePorts(t, 1)
+	t.Cleanup(func() { apptest.KillLeftovers(t, dir) })
 	t.Cleanup(func() { apptest.StopPIDs(filepath.Join(dir, "srv", "shared", "pids")) })
 	for range 2 {
 		if out, code := run(t, dir, "demo", "--dir", dir, "--port", fmt.Sprint(ports[0])); code != 0 {
