@@ -125,3 +125,25 @@ func TestSharedEntryIsSymlink(t *testing.T) {
 	wantFiles(t, data)
 	wantFiles(t, map[string]string{filepath.Join(a.DeployTo, "current", "public", "uploads", "cat.jpg"): "meow"})
 }
+
+// TestSharedEntryCommittedAsSymlink: the repository ships the shared path
+// itself as a symlink out of the release (.env -> a file elsewhere). The
+// link in the release is replaced by drover's; its target is untouched.
+func TestSharedEntryCommittedAsSymlink(t *testing.T) {
+	outside := filepath.Join(t.TempDir(), "secret.env")
+	precious := map[string]string{outside: "SECRET=outside\n"}
+	writeFiles(t, precious)
+	a := apptest.New(t, apptest.Options{NoService: true})
+	if err := os.Symlink(outside, filepath.Join(a.Repo.Dir, ".env")); err != nil {
+		t.Fatal(err)
+	}
+	a.Repo.Git("add", ".env")
+	c := a.Repo.Commit(".env is a link", nil)
+	e := engine(a)
+	prepare(t, e, id(1, c), c)
+	wantFiles(t, precious)
+	link, err := os.Readlink(filepath.Join(a.DeployTo, "releases", id(1, c), ".env"))
+	if err != nil || link != "../../shared/.env" {
+		t.Errorf("release .env → %q, %v; want drover's link to shared/.env", link, err)
+	}
+}
