@@ -11,7 +11,7 @@ import (
 func newReleasesCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "releases ENV",
-		Short: "List each host's releases: active, prepared, failed, pinned, with commit and age",
+		Short: "List each host's releases, newest first as the host recorded them: active, prepared, failed, pinned, unknown, with commit and age",
 		Example: `  drover releases production
   drover releases production -o json`,
 		Args: exactArgs(1, "an environment"),
