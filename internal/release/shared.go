@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/drover/drover/internal/config"
 )
 
@@ -166,19 +164,4 @@ func escapeHint(dir, rel string, err error) error {
 		}
 	}
 	return err
-}
-
-// syncFS flushes the filesystem holding dir to disk (syncfs(2)), so that
-// a power cut after a release is recorded prepared cannot leave it with
-// zero-length files.
-func syncFS(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("sync %s to disk: %w", dir, err)
-	}
-	return nil
 }

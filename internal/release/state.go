@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Status is where a release stands on one host.
@@ -217,4 +219,19 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// syncFS flushes the filesystem holding dir to disk (syncfs(2)), so that
+// a power cut after a release is recorded prepared cannot leave it with
+// zero-length files.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync %s to disk: %w", dir, err)
+	}
+	return nil
 }
