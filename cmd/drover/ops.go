@@ -11,7 +11,7 @@ import (
 func newReleasesCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "releases ENV",
-		Short: "List each host's releases: active, prepared, failed, pinned, with commit and age",
+		Short: "List each host's releases, newest first as the host recorded them: active, prepared, failed, pinned, unknown, with commit and age",
 		Example: `  drover releases production
   drover releases production -o json`,
 		Args: exactArgs(1, "an environment"),
@@ -28,7 +28,8 @@ func newCleanupCmd(g *globals) *cobra.Command {
 		Use:   "cleanup ENV",
 		Short: "Remove old and failed releases beyond keep_releases, never the active, previous or a pinned one",
 		Example: `  drover cleanup production
-  drover cleanup staging --keep 2`,
+  drover cleanup staging --keep 2
+  drover cleanup production --remove 20261122T101500Z-3f9c2ab   # one release by name, even an unknown one`,
 		Args: exactArgs(1, "an environment"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Common = g.common(cmd, args[0])
@@ -36,6 +37,7 @@ func newCleanupCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&o.Keep, "keep", 0, "good releases to keep (default keep_releases)")
+	cmd.Flags().StringVar(&o.Remove, "remove", "", "remove this one release (by ID) from every host that has it, whatever its status; a host where it is active refuses")
 	return cmd
 }
 

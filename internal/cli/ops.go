@@ -55,6 +55,9 @@ func Releases(ctx context.Context, o *Common) error {
 				if r.Status == release.StatusPreparing || r.Status == release.StatusActivating {
 					notes = append(notes, "interrupted? `drover resume`")
 				}
+				if r.Status == release.StatusUnknown {
+					notes = append(notes, "not in the host's record; cleanup keeps it unless named with --remove")
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Host, r.ID, status, short(r.Commit), r.Spec, age(now.Sub(r.CreatedAt)), strings.Join(notes, "; "))
 			}
 		}
@@ -81,14 +84,20 @@ func age(d time.Duration) string {
 // CleanupOptions are the inputs of `drover cleanup`.
 type CleanupOptions struct {
 	Common
-	Keep int // default keep_releases
+	Keep   int    // default keep_releases
+	Remove string // remove this one release by ID instead (unknown ones included)
 }
 
 // Cleanup removes old and failed releases on every host beyond keep,
 // never the active one, the rollback target or a pinned one.
 func Cleanup(ctx context.Context, o *CleanupOptions) error {
 	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Keep = node.OpCleanup, o.Keep }, nil)
+		if o.Remove != "" {
+			if err := release.CheckID(o.Remove); err != nil {
+				return &UsageError{err}
+			}
+		}
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Keep, r.ID = node.OpCleanup, o.Keep, o.Remove }, nil)
 		return report(o.IO, targets, resps, func(name string, r *node.Response) string {
 			if len(r.Removed) == 0 {
 				return "nothing to remove"

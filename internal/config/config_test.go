@@ -111,6 +111,9 @@ func TestParseErrors(t *testing.T) {
 		}, 18, "needs start"},
 		{"port without ports", func(s string) string { return strings.Replace(s, "ports: [8000, 8001]", "ports: []", 1) }, 14, "uses {{port}} but lists no ports"},
 		{"shared escapes", func(s string) string { return strings.Replace(s, "files: [.env]", "files: [../etc/passwd]", 1) }, 7, "must be a relative path"},
+		{"shared under a shared file", func(s string) string {
+			return strings.Replace(s, "dirs: [log, tmp/pids, public/uploads]", "dirs: [log, tmp/pids, public/uploads, .env/keys]", 1)
+		}, 6, `".env/keys" is inside ".env", listed under shared.files`},
 		{"hook without stage", func(s string) string { return strings.Replace(s, "  after_activate:", "  purge:", 1) }, 11, "has no stage"},
 		{"host without address", func(s string) string {
 			return strings.Replace(s, "{host: 10.0.0.5, roles: [web, db]}", "{roles: [web, db]}", 1)
@@ -179,4 +182,19 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted a file without required keys: %q", data)
 		}
 	})
+}
+
+// TestSharedNestedEntries accepts a shared dir or file inside another
+// shared dir: it is shared through the outer one (the engine creates it
+// under shared/ and links only the outer path).
+func TestSharedNestedEntries(t *testing.T) {
+	src := strings.Replace(valid, "dirs: [log, tmp/pids, public/uploads]\n  files: [.env]",
+		"dirs: [log, tmp/pids, public/uploads, public, storage]\n  files: [.env, storage/oauth-private.key]", 1)
+	f, err := Parse("drover.yml", []byte(src))
+	if err != nil {
+		t.Fatalf("nested shared entries refused: %v", err)
+	}
+	if len(f.Shared.Dirs) != 5 || len(f.Shared.Files) != 2 {
+		t.Errorf("shared = %+v", f.Shared)
+	}
 }

@@ -353,6 +353,22 @@ func (v *validator) validateShared(f *File) {
 	for i, d := range f.Shared.Files {
 		check("files", i, d)
 	}
+	// A path inside a shared dir is shared through it (the engine creates
+	// it under shared/ and links only the dir); one inside a shared file
+	// cannot exist.
+	for _, l := range []struct {
+		kind string
+		list []string
+	}{{"dirs", f.Shared.Dirs}, {"files", f.Shared.Files}} {
+		kind := l.kind
+		for i, p := range l.list {
+			for _, file := range f.Shared.Files {
+				if strings.HasPrefix(path.Clean(p), path.Clean(file)+"/") {
+					v.at(fmt.Sprintf("$.shared.%s[%d]", kind, i), "%q is inside %q, listed under shared.files; a file holds no paths: remove one of them", p, file)
+				}
+			}
+		}
+	}
 }
 
 func (v *validator) validateEnvironments(f *File) map[string]bool {

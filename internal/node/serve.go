@@ -155,6 +155,17 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 		}
 		return &Response{OK: true, Releases: recs, Active: active}
 	case OpCleanup:
+		if req.ID != "" { // one release, by name
+			found, err := eng.Remove(ctx, req.ID)
+			if err != nil {
+				return errResponse(err)
+			}
+			resp := &Response{OK: true}
+			if found {
+				resp.Removed = []string{req.ID}
+			}
+			return resp
+		}
 		keep := req.Keep
 		if keep == 0 {
 			keep = req.App.KeepReleases

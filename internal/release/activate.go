@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -451,11 +452,21 @@ func (e *Engine) RollbackTarget() (string, error) {
 	return e.rollbackTarget(st, active), nil
 }
 
+// rollbackTarget is the newest good release this host recorded before the
+// active one (by its own record, not by the IDs' timestamps).
 func (e *Engine) rollbackTarget(st *state, active string) string {
+	if active == "" {
+		return ""
+	}
+	below := int64(math.MaxInt64)
+	if cur := st.find(active); cur != nil {
+		below = cur.Seq
+	}
 	best := ""
+	var bestSeq int64
 	for _, r := range st.releases {
-		if r.Status == StatusGood && r.ID != active && r.ID < active && r.ID > best {
-			best = r.ID
+		if r.Status == StatusGood && r.ID != active && r.Seq < below && r.Seq > bestSeq {
+			best, bestSeq = r.ID, r.Seq
 		}
 	}
 	if best == "" && active != "" {
@@ -493,13 +504,15 @@ func (e *Engine) cleanup(ctx context.Context, keep int) ([]string, error) {
 	var remove []*Record
 	kept := 0
 	sorted := slices.Clone(st.releases)
-	slices.SortFunc(sorted, func(a, b *Record) int { return cmpString(b.ID, a.ID) })
+	slices.SortFunc(sorted, newestFirst)
 	for _, r := range sorted {
 		switch {
 		case protected[r.ID] || r.Pinned(now):
 			if r.Status != StatusFailed {
 				kept++
 			}
+		case r.Status == StatusUnknown:
+			// Not in the record (lost state): only Remove, by name.
 		case r.Status == StatusFailed || r.Status == StatusRolledBack:
 			remove = append(remove, r)
 		case r.Status == StatusPreparing || r.Status == StatusActivating:
@@ -528,19 +541,53 @@ func (e *Engine) cleanup(ctx context.Context, keep int) ([]string, error) {
 		st.releases = slices.DeleteFunc(st.releases, func(x *Record) bool { return x.ID == r.ID })
 		removed = append(removed, r.ID)
 	}
-	// Leftover directories no record knows (a crash before the first
-	// record) are removed too, unless current points there.
+	// A checkout's leftover temp dir goes when its release is recorded
+	// (drover made it); a directory no record knows is unknown (state())
+	// and stays until named.
 	if entries, err := os.ReadDir(e.Layout.Releases()); err == nil {
 		for _, de := range entries {
-			name := de.Name()
-			if st.find(name) == nil && name != active && (ValidID(name) || len(name) > 4 && name[len(name)-4:] == ".tmp") {
-				if err := os.RemoveAll(e.Layout.Release(name)); err == nil {
-					removed = append(removed, name)
+			id, ok := strings.CutSuffix(de.Name(), ".tmp")
+			if r := st.find(id); ok && r != nil && r.Status != StatusUnknown {
+				if err := os.RemoveAll(e.Layout.Release(de.Name())); err == nil {
+					removed = append(removed, de.Name())
 				}
 			}
 		}
 	}
 	return removed, st.save()
+}
+
+// Remove deletes release id from this host, directory and record, whatever
+// its status (an unknown one too) — except the active one. It is cleanup
+// by name, for what cleanup alone keeps. It reports whether the host had
+// the release.
+func (e *Engine) Remove(ctx context.Context, id string) (found bool, err error) {
+	if err := CheckID(id); err != nil {
+		return false, err
+	}
+	err = e.exclusive(ctx, func() error {
+		st, err := e.state()
+		if err != nil {
+			return err
+		}
+		active, err := e.Layout.ActiveID()
+		if err != nil {
+			return err
+		}
+		if id == active {
+			return fmt.Errorf("remove %s: it is the active release (current points to it); activate or roll back to another first", id)
+		}
+		if st.find(id) == nil {
+			return nil
+		}
+		found = true
+		if err := os.RemoveAll(e.Layout.Release(id)); err != nil {
+			return fmt.Errorf("remove %s: %w", id, err)
+		}
+		st.releases = slices.DeleteFunc(st.releases, func(x *Record) bool { return x.ID == id })
+		return st.save()
+	})
+	return found, err
 }
 
 // Exec runs command with sh -c in the active release with the DROVER_*

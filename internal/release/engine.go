@@ -39,6 +39,10 @@ type Engine struct {
 	// CrashAt names a point ("before:STEP" or "after:STEP") where the engine
 	// kills itself with SIGKILL. Crash tests set it through DROVER_CRASH_AT.
 	CrashAt string
+
+	// syncFS makes the files under a release dir durable; nil means
+	// syncfs(2) on its filesystem. Tests wrap it to check the order.
+	syncFS func(dir string) error
 }
 
 // New returns an engine for app on this host, rooted at app.DeployTo.
@@ -69,6 +73,15 @@ func (e *Engine) now() time.Time {
 		return e.Now()
 	}
 	return time.Now()
+}
+
+// sync makes every file of release dir durable before it is recorded
+// prepared.
+func (e *Engine) sync(dir string) error {
+	if e.syncFS != nil {
+		return e.syncFS(dir)
+	}
+	return syncFS(dir)
 }
 
 func (e *Engine) log() *slog.Logger {
@@ -105,8 +118,40 @@ func (e *Engine) ensureLayout() error {
 
 func (e *Engine) statePath() string { return filepath.Join(e.Layout.State(), "releases.json") }
 
-// State returns the recorded releases of this host.
-func (e *Engine) state() (*state, error) { return loadState(e.statePath()) }
+// state returns the recorded releases of this host, with a record of
+// status unknown for each directory under releases/ that it lacks (the one
+// current points to recorded active). The next save keeps them.
+func (e *Engine) state() (*state, error) {
+	st, err := loadState(e.statePath())
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(e.Layout.Releases())
+	if errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", e.Layout.Releases(), err)
+	}
+	active, err := e.Layout.ActiveID()
+	if err != nil {
+		return nil, err
+	}
+	for _, de := range entries { // ReadDir sorts by name: the IDs' order is the best left
+		if !de.IsDir() || !ValidID(de.Name()) || st.find(de.Name()) != nil {
+			continue
+		}
+		rec := &Record{ID: de.Name(), Status: StatusUnknown}
+		if fi, err := de.Info(); err == nil {
+			rec.CreatedAt = fi.ModTime()
+		}
+		if de.Name() == active {
+			rec.Status = StatusActive
+		}
+		st.add(rec)
+	}
+	return st, nil
+}
 
 // runStep runs fn as step name of rec unless it already succeeded, records
 // the result and saves the state.
@@ -180,7 +225,9 @@ func (e *Engine) prepare(ctx context.Context, opts PrepareOptions) (*Record, err
 	switch {
 	case rec == nil:
 		rec = &Record{ID: opts.ID, Commit: opts.Commit, Spec: opts.Spec, Env: e.Env, By: opts.By, CreatedAt: e.now()}
-		st.releases = append(st.releases, rec)
+		st.add(rec)
+	case rec.Status == StatusUnknown:
+		return nil, fmt.Errorf("prepare %s: releases/%s is on this host but not in its record (status unknown); a release directory is never reused: deploy a new release, or remove it with `drover cleanup ENV --remove %s`", opts.ID, opts.ID, opts.ID)
 	case rec.Commit != opts.Commit:
 		return nil, fmt.Errorf("prepare %s: this host recorded it for commit %s, not %s; a release directory is never reused", opts.ID, rec.Commit, opts.Commit)
 	case rec.Status == StatusPrepared || rec.Status == StatusActive || rec.Status == StatusGood || rec.Status == StatusActivating || rec.Status == StatusRolledBack:
@@ -213,6 +260,9 @@ func (e *Engine) prepare(ctx context.Context, opts PrepareOptions) (*Record, err
 	}
 	if err := e.runHooks(ctx, st, rec, config.StagePrepare, func(h *config.Hook) bool { return e.hookApplies(h, opts.RunOnce) }); err != nil {
 		return rec, e.fail(st, rec, err)
+	}
+	if err := e.sync(dir); err != nil {
+		return rec, e.fail(st, rec, &StepError{Release: rec.ID, Step: "sync", Err: err})
 	}
 	rec.Status, rec.PreparedAt = StatusPrepared, e.now()
 	return rec, st.save()
@@ -257,65 +307,6 @@ func (e *Engine) checkout(ctx context.Context, m *source.Mirror, commit, dir str
 	return syncDir(filepath.Dir(dir))
 }
 
-// linkShared creates each shared path under shared/ when it is missing and
-// links it into the release. What exists under shared/ is never moved,
-// emptied or replaced.
-func (e *Engine) linkShared(dir string) error {
-	shared := e.Layout.Shared()
-	link := func(rel string, isDir bool) error {
-		src := filepath.Join(shared, rel)
-		fi, err := os.Lstat(src)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-			if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
-				return err
-			}
-			if isDir {
-				if err := os.Mkdir(src, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-					return err
-				}
-			} else {
-				f, err := os.OpenFile(src, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
-				if err != nil && !errors.Is(err, os.ErrExist) {
-					return err
-				}
-				if f != nil {
-					f.Close()
-				}
-			}
-		case err != nil:
-			return err
-		case isDir && !fi.IsDir():
-			return fmt.Errorf("shared/%s exists and is not a directory; it is left as it is: move it or list it under shared.files", rel)
-		case !isDir && fi.IsDir():
-			return fmt.Errorf("shared/%s exists and is a directory; it is left as it is: move it or list it under shared.dirs", rel)
-		}
-		dst := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		if err := os.RemoveAll(dst); err != nil {
-			return err
-		}
-		target, err := filepath.Rel(filepath.Dir(dst), src)
-		if err != nil {
-			target = src
-		}
-		return os.Symlink(target, dst)
-	}
-	for _, d := range e.App.Shared.Dirs {
-		if err := link(filepath.Clean(d), true); err != nil {
-			return fmt.Errorf("link shared dir %s: %w", d, err)
-		}
-	}
-	for _, f := range e.App.Shared.Files {
-		if err := link(filepath.Clean(f), false); err != nil {
-			return fmt.Errorf("link shared file %s: %w", f, err)
-		}
-	}
-	return nil
-}
-
 // hookApplies reports whether hook h runs on this host: its role matches,
 // and a run_once hook only where the rollout chose this host for it.
 func (e *Engine) hookApplies(h *config.Hook, runOnce []string) bool {
@@ -357,7 +348,8 @@ func (e *Engine) hookEnv(rec *Record, dir string) []string {
 	}
 }
 
-// Releases returns the recorded releases, newest first, with the active one
+// Releases returns the recorded releases, newest first as this host
+// recorded them, with the active one
 // marked from where `current` points.
 func (e *Engine) Releases() ([]*Record, string, error) {
 	st, err := e.state()
@@ -369,7 +361,7 @@ func (e *Engine) Releases() ([]*Record, string, error) {
 		return nil, "", err
 	}
 	out := slices.Clone(st.releases)
-	slices.SortFunc(out, func(a, b *Record) int { return cmpString(b.ID, a.ID) })
+	slices.SortFunc(out, newestFirst)
 	return out, active, nil
 }
 

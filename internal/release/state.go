@@ -1,6 +1,7 @@
 package release
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Status is where a release stands on one host.
@@ -22,6 +25,10 @@ const (
 	StatusGood       Status = "good"        // was active and healthy; a rollback target
 	StatusFailed     Status = "failed"      // prepare or activation failed
 	StatusRolledBack Status = "rolled_back" // was active, then rolled back from
+	// StatusUnknown is a directory under releases/ that the state file
+	// does not record (it was lost or damaged). drover cannot vouch for it:
+	// it is never activated, and cleanup removes it only when named.
+	StatusUnknown Status = "unknown"
 )
 
 // Step is one recorded step of a release's prepare or activation.
@@ -35,7 +42,11 @@ type Step struct {
 
 // Record is everything a host knows about one release.
 type Record struct {
-	ID          string    `json:"id"`
+	ID string `json:"id"`
+	// Seq orders the releases as this host recorded them: one more than
+	// the last for each new record. Rollback, resume and cleanup go by it,
+	// never by the time in the ID, which the deployer's clock made.
+	Seq         int64     `json:"seq"`
 	Commit      string    `json:"commit"`
 	Spec        string    `json:"spec,omitempty"`
 	Env         string    `json:"env,omitempty"`
@@ -95,14 +106,57 @@ func loadState(path string) (*state, error) {
 	}
 	var f stateFile
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("read state %s: %w (the file is damaged; move it aside and run `drover releases` to rebuild from releases/)", path, err)
+		return nil, fmt.Errorf("read state %s: %w: the file is damaged, and nothing on this host changes until it is readable. "+
+			"Move it aside (mv %s %s.damaged) and run `drover releases ENV`: every directory under releases/ is listed as unknown, "+
+			"the one current points to as active; no release is deleted, and cleanup keeps unknown ones until you name one with `drover cleanup ENV --remove RELEASE`", path, err, path, path)
 	}
 	if f.Schema > stateSchema {
 		return nil, fmt.Errorf("read state %s: schema %d is newer than this drover understands (%d); upgrade drover", path, f.Schema, stateSchema)
 	}
 	s.releases = f.Releases
+	s.numberLegacy()
 	return s, nil
 }
+
+// numberLegacy gives records written before Seq existed a sequence, in the
+// order of their CreatedAt (this host's clock), before every numbered one.
+func (s *state) numberLegacy() {
+	var legacy []*Record
+	for _, r := range s.releases {
+		if r.Seq == 0 {
+			legacy = append(legacy, r)
+		}
+	}
+	if len(legacy) == 0 {
+		return
+	}
+	slices.SortStableFunc(legacy, func(a, b *Record) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return cmpString(a.ID, b.ID)
+	})
+	for _, r := range s.releases {
+		if r.Seq != 0 {
+			r.Seq += int64(len(legacy))
+		}
+	}
+	for i, r := range legacy {
+		r.Seq = int64(i + 1)
+	}
+}
+
+// add records a new release, numbering it after every other one.
+func (s *state) add(r *Record) {
+	for _, x := range s.releases {
+		r.Seq = max(r.Seq, x.Seq)
+	}
+	r.Seq++
+	s.releases = append(s.releases, r)
+}
+
+// newestFirst orders records as this host recorded them, newest first.
+func newestFirst(a, b *Record) int { return cmp.Compare(b.Seq, a.Seq) }
 
 func (s *state) find(id string) *Record {
 	for _, r := range s.releases {
@@ -115,7 +169,7 @@ func (s *state) find(id string) *Record {
 
 // save writes the state: temp file, fsync, rename, fsync the directory.
 func (s *state) save() error {
-	slices.SortFunc(s.releases, func(a, b *Record) int { return cmpString(a.ID, b.ID) })
+	slices.SortFunc(s.releases, func(a, b *Record) int { return cmp.Compare(a.Seq, b.Seq) })
 	data, err := json.MarshalIndent(stateFile{Schema: stateSchema, Releases: s.releases}, "", "  ")
 	if err != nil {
 		return err
@@ -165,4 +219,19 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// syncFS flushes the filesystem holding dir to disk (syncfs(2)), so that
+// a power cut after a release is recorded prepared cannot leave it with
+// zero-length files.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync %s to disk: %w", dir, err)
+	}
+	return nil
 }

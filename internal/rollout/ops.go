@@ -127,15 +127,7 @@ func Resumable(hosts []*HostReleases) (id, commit, spec string, err error) {
 	if len(problems) > 0 {
 		return "", "", "", fmt.Errorf("cannot resume, not every host answered:\n  %s", strings.Join(problems, "\n  "))
 	}
-	newest := ""
-	var rec *release.Record
-	for _, h := range hosts {
-		for _, r := range h.Releases {
-			if r.ID > newest {
-				newest, rec = r.ID, r
-			}
-		}
-	}
+	newest, rec := newestRecorded(hosts)
 	if rec == nil {
 		return "", "", "", fmt.Errorf("nothing to resume: no host has a release")
 	}
@@ -167,6 +159,61 @@ func Resumable(hosts []*HostReleases) (id, commit, spec string, err error) {
 		}
 	}
 	return newest, rec.Commit, rec.Spec, nil
+}
+
+// newestRecorded returns the release the hosts recorded last, by each
+// host's own sequence, never by the time in the ID (the deployer's clock):
+// of each host's newest record, the one no host recorded before another
+// of them. Records without a sequence (older hosts) fall back to the ID.
+func newestRecorded(hosts []*HostReleases) (string, *release.Record) {
+	newer := func(a, b *release.Record) bool { // a recorded after b on one host
+		if a.Seq != 0 || b.Seq != 0 {
+			return a.Seq > b.Seq
+		}
+		return a.ID > b.ID
+	}
+	var cands []*release.Record
+	for _, h := range hosts {
+		var top *release.Record
+		for _, r := range h.Releases {
+			if top == nil || newer(r, top) {
+				top = r
+			}
+		}
+		if top != nil && !slices.ContainsFunc(cands, func(c *release.Record) bool { return c.ID == top.ID }) {
+			cands = append(cands, top)
+		}
+	}
+	var best *release.Record
+	for _, c := range cands {
+		superseded := false
+		for _, h := range hosts {
+			mine := slices.IndexFunc(h.Releases, func(r *release.Record) bool { return r.ID == c.ID })
+			if mine < 0 {
+				continue
+			}
+			for _, d := range cands {
+				i := slices.IndexFunc(h.Releases, func(r *release.Record) bool { return r.ID == d.ID })
+				if d.ID != c.ID && i >= 0 && newer(h.Releases[i], h.Releases[mine]) {
+					superseded = true
+				}
+			}
+		}
+		if !superseded && (best == nil || c.ID > best.ID) {
+			best = c
+		}
+	}
+	if best == nil { // the hosts' orders contradict each other: go by ID
+		for _, c := range cands {
+			if best == nil || c.ID > best.ID {
+				best = c
+			}
+		}
+	}
+	if best == nil {
+		return "", nil
+	}
+	return best.ID, best
 }
 
 func hasStep(r *release.Record, name string) bool {

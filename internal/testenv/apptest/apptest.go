@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -93,9 +94,17 @@ type Options struct {
 }
 
 // New makes a repository with the example app and a drover.yml, commits it
-// on main and returns it with the parsed config.
+// on main and returns it with the parsed config. At the test's end it stops
+// the app's services and fails the test for any other process left running
+// under its directories (see KillLeftovers).
 func New(t testing.TB, o Options) *App {
 	t.Helper()
+	// Every process left under the test's directories at its end (a
+	// service, a hook's shell loop, one started by a killed drover) fails
+	// the test and is killed. Registered first, so it runs after the
+	// test's own cleanups, and before its directories are removed.
+	testRoot := filepath.Dir(t.TempDir())
+	t.Cleanup(func() { KillLeftovers(t, testRoot, o.DeployTo) })
 	bin := HelloBinary(t)
 	if o.Ports == 0 {
 		o.Ports = 1
@@ -164,7 +173,9 @@ func (a *App) StopServices(t testing.TB) {
 	StopPIDs(filepath.Join(a.DeployTo, "shared", "pids"))
 }
 
-// StopPIDs SIGKILLs the process of every PID file in dir.
+// StopPIDs SIGKILLs the process of every PID file in dir, and its process
+// group: drover starts each service as `sh -c COMMAND` in its own session,
+// and the PID file names the shell.
 func StopPIDs(dir string) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
@@ -174,9 +185,8 @@ func StopPIDs(dir string) {
 		}
 		var pid int
 		if _, err := fmt.Sscan(strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0]), &pid); err == nil && pid > 1 {
-			if p, err := os.FindProcess(pid); err == nil {
-				_ = p.Kill()
-			}
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 }
