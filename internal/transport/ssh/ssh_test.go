@@ -697,3 +697,111 @@ func TestParallelHosts(t *testing.T) {
 		}
 	}
 }
+
+// TestEnsureBinaryTrustsNothingOnTheHost: a copy already on the host is
+// reused only when its content hashes to the local binary's, the binary
+// path and its directories are no symlinks, and the directory is the
+// user's alone. Namespaced hosts, so the symlinks stay in their private
+// ~/.drover.
+func TestEnsureBinaryTrustsNothingOnTheHost(t *testing.T) {
+	hermetic(t)
+	f := sshfleet.Start(t, 1, sshfleet.Options{RequireNamespaces: true})
+	h := f.Hosts[0]
+	cl := dial(t, config(f, 0))
+	ctx := ctxFor(t, 60*time.Second)
+	local := writeFile(t, 1<<20)
+	data, _ := os.ReadFile(local)
+
+	remote, err := cl.EnsureBinary(ctx, local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onDisk := h.Path(remote)
+	dir := filepath.Dir(onDisk)
+	mode := func() os.FileMode {
+		fi, err := os.Lstat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode()
+	}
+	if m := mode(); !m.IsDir() || m.Perm() != 0o700 {
+		t.Errorf("%s mode %v, want a 0700 directory", dir, m)
+	}
+
+	t.Run("same-size tampered copy is replaced", func(t *testing.T) {
+		evil := bytes.Repeat([]byte{'#'}, len(data))
+		if err := os.WriteFile(onDisk, evil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		again, err := cl.EnsureBinary(ctx, local)
+		if err != nil || again != remote {
+			t.Fatalf("EnsureBinary = %q, %v", again, err)
+		}
+		if got, _ := os.ReadFile(onDisk); !bytes.Equal(got, data) {
+			t.Fatal("a tampered copy of the same size was reused")
+		}
+	})
+
+	t.Run("an open directory of the user's is made private", func(t *testing.T) {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.EnsureBinary(ctx, local); err != nil {
+			t.Fatal(err)
+		}
+		if m := mode(); m.Perm() != 0o700 {
+			t.Errorf("%s mode %v, want 0700", dir, m.Perm())
+		}
+	})
+
+	t.Run("a directory writable by others is refused", func(t *testing.T) {
+		if err := os.Chmod(dir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chmod(dir, 0o700) })
+		_, err := cl.EnsureBinary(ctx, local)
+		if err == nil || !strings.Contains(err.Error(), "writable by others") || !strings.Contains(err.Error(), ".drover/bin") {
+			t.Fatalf("EnsureBinary = %v; want a refusal naming the directory", err)
+		}
+	})
+
+	t.Run("a symlinked binary is refused", func(t *testing.T) {
+		elsewhere := filepath.Join(filepath.Dir(dir), "elsewhere")
+		if err := os.WriteFile(elsewhere, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(onDisk); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(filepath.Dir(remote), "..", "elsewhere"), onDisk); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(onDisk); os.Remove(elsewhere) })
+		_, err := cl.EnsureBinary(ctx, local)
+		if err == nil || !strings.Contains(err.Error(), "symlink") || !strings.Contains(err.Error(), remote) {
+			t.Fatalf("EnsureBinary = %v; want a refusal naming the symlink", err)
+		}
+	})
+
+	t.Run("a symlinked directory is refused", func(t *testing.T) {
+		other := filepath.Join(filepath.Dir(dir), "otherbin")
+		if err := os.Rename(dir, other); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("otherbin", dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(other, filepath.Base(onDisk))); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(other, filepath.Base(onDisk)), data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cl.EnsureBinary(ctx, local)
+		if err == nil || !strings.Contains(err.Error(), "symlink") || !strings.Contains(err.Error(), ".drover/bin") {
+			t.Fatalf("EnsureBinary = %v; want a refusal naming the symlinked directory", err)
+		}
+		t.Log(err)
+	})
+}
