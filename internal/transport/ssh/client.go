@@ -115,7 +115,7 @@ func displayName(c Config) string {
 // through via.
 func dialHop(ctx context.Context, h hop, via *gossh.Client, log *slog.Logger) (*gossh.Client, error) {
 	addr := h.addr()
-	hk, err := newHostKeyChecker(h.knownHosts, h.acceptNew, log)
+	hk, err := newHostKeyChecker(h.trust, log)
 	if err != nil {
 		return nil, err
 	}
