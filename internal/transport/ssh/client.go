@@ -111,8 +111,8 @@ func displayName(c Config) string {
 	return c.Host
 }
 
-// dialHop opens one authenticated SSH connection to h, directly or
-// through via.
+// dialHop opens one authenticated SSH connection to h: directly, through
+// via, or over the stdio of h's ProxyCommand.
 func dialHop(ctx context.Context, h hop, via *gossh.Client, log *slog.Logger) (*gossh.Client, error) {
 	addr := h.addr()
 	hk, err := newHostKeyChecker(h.trust, log)
@@ -128,9 +128,14 @@ func dialHop(ctx context.Context, h hop, via *gossh.Client, log *slog.Logger) (*
 	dctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
 	var conn net.Conn
-	if via != nil {
+	var proxy *proxyConn
+	switch {
+	case h.proxyCommand != "":
+		proxy, err = dialProxyCommand(h)
+		conn = proxy
+	case via != nil:
 		conn, err = via.DialContext(dctx, "tcp", addr)
-	} else {
+	default:
 		var d net.Dialer
 		conn, err = d.DialContext(dctx, "tcp", addr)
 	}
@@ -162,6 +167,8 @@ func dialHop(ctx context.Context, h hop, via *gossh.Client, log *slog.Logger) (*
 			return nil, fmt.Errorf("ssh handshake with %s: timed out after %s (is an SSH server listening there?)", addr, h.timeout)
 		case strings.Contains(err.Error(), "unable to authenticate"):
 			return nil, &AuthError{User: h.user, Host: addr, Methods: ks.tried, Err: err}
+		case proxy != nil && proxy.failure() != "":
+			return nil, fmt.Errorf("ssh handshake with %s: %w; %s", addr, err, proxy.failure())
 		default:
 			return nil, fmt.Errorf("ssh handshake with %s: %w", addr, err)
 		}

@@ -26,7 +26,7 @@ type Config struct {
 	IdentityFile string        // optional; tried first, then ssh config's IdentityFile, then ssh-agent (SSH_AUTH_SOCK)
 	KnownHosts   string        // the user known_hosts file; default: ssh config's UserKnownHostsFile (every file it lists), else ~/.ssh/known_hosts and ~/.ssh/known_hosts2. The GlobalKnownHostsFile (default /etc/ssh/ssh_known_hosts{,2}) is read too
 	AcceptNew    bool          // add unknown host keys to the first user known_hosts file; a key pinned differently in any file is always refused
-	SSHConfig    string        // default ~/.ssh/config (missing is fine); HostName, User, Port, IdentityFile, UserKnownHostsFile, GlobalKnownHostsFile, HostKeyAlias, StrictHostKeyChecking and a one-hop ProxyJump are honoured (see resolve); ProxyCommand and KnownHostsCommand are refused; the jump host is checked against the same known_hosts and also offered IdentityFile
+	SSHConfig    string        // default ~/.ssh/config (missing is fine); HostName, User, Port, IdentityFile, UserKnownHostsFile, GlobalKnownHostsFile, HostKeyAlias, StrictHostKeyChecking, ProxyCommand and a one-hop ProxyJump are honoured (see resolve); KnownHostsCommand is refused; the jump host is checked against the same known_hosts and also offered IdentityFile
 	DialTimeout  time.Duration // TCP connect plus SSH handshake, per hop; default 15s
 	Logger       *slog.Logger  // default: discard
 }
@@ -43,8 +43,11 @@ type hop struct {
 	explicitID string   // Config.IdentityFile
 	configIDs  []string // ssh config IdentityFile, expanded
 	proxyJump  string   // "" or "[user@]host[:port]" (one hop)
-	trust      trust
-	timeout    time.Duration
+	// proxyCommand is the ssh config's ProxyCommand with its tokens
+	// expanded: run with sh -c, its stdio is the connection.
+	proxyCommand string
+	trust        trust
+	timeout      time.Duration
 }
 
 // trust is how a hop's host key is checked, as ssh(1) would for the same
@@ -180,21 +183,27 @@ func resolve(c Config, sc *sshConfigFile) (hop, error) {
 	if h.trust, err = resolveTrust(c, sc, alias, home, expand); err != nil {
 		return hop{}, err
 	}
-	for _, key := range []string{"ProxyCommand", "KnownHostsCommand"} {
-		v, err := sc.get(alias, key)
-		if err != nil {
-			return hop{}, err
-		}
-		if v != "" && !strings.EqualFold(v, "none") {
-			return hop{}, fmt.Errorf("ssh config %s: host %s: %s %q is not supported by drover, which will not run a program to reach or trust a host; "+
-				"use ProxyJump for a jump host, or put \"%s none\" in a Host block for %s above the one that sets it (the first value wins)", sc.path, alias, key, v, key, alias)
-		}
+	if v, err := sc.get(alias, "KnownHostsCommand"); err != nil {
+		return hop{}, err
+	} else if v != "" && !strings.EqualFold(v, "none") {
+		return hop{}, fmt.Errorf("ssh config %s: host %s: KnownHostsCommand %q is not supported by drover, which trusts only known_hosts files; "+
+			"put the host's key in one (ssh-keyscan), or put \"KnownHostsCommand none\" in a Host block for %s above the one that sets it (the first value wins)", sc.path, alias, v, alias)
+	}
+	pc, err := sc.get(alias, "ProxyCommand")
+	if err != nil {
+		return hop{}, err
+	}
+	if pc != "" && !strings.EqualFold(pc, "none") {
+		h.proxyCommand = proxyCommand(pc, alias, h)
 	}
 	pj, err := sc.get(alias, "ProxyJump")
 	if err != nil {
 		return hop{}, err
 	}
 	if pj != "" && !strings.EqualFold(pj, "none") {
+		if h.proxyCommand != "" {
+			return hop{}, fmt.Errorf("ssh config %s: host %s: both ProxyJump %q and ProxyCommand %q apply; keep one", sc.path, alias, pj, pc)
+		}
 		if strings.Contains(pj, ",") {
 			return hop{}, fmt.Errorf("ssh config %s: host %s: ProxyJump %q has several hops; drover supports one", sc.path, alias, pj)
 		}

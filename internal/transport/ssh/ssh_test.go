@@ -961,13 +961,44 @@ func TestKnownHostsAsOpenSSH(t *testing.T) {
 		refused(t, c, "UserKnownHostsFile", "/dev/null", cfg)
 	})
 
-	t.Run("ProxyCommand is refused by name", func(t *testing.T) {
+	t.Run("ProxyCommand is the connection", func(t *testing.T) {
 		marker := filepath.Join(t.TempDir(), "ran")
-		c, cfg := trustSetup(t, f, fmt.Sprintf("  ProxyCommand touch %s\n", marker))
+		c, _ := trustSetup(t, f, fmt.Sprintf("  ProxyCommand echo %%n %%r $$ >%s; SSH_TEST_RELAY=%%h:%%p exec %s\n", marker, os.Args[0]))
 		c.KnownHosts = f.KnownHosts
-		refused(t, c, "ProxyCommand", cfg, "web")
-		if _, err := os.Stat(marker); err == nil {
-			t.Error("ProxyCommand ran")
+		cl, err := ssh.Dial(ctx, c)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
 		}
+		defer cl.Close()
+		if got := output(t, cl, "echo through"); got != "through" {
+			t.Errorf("output %q", got)
+		}
+		b, _ := os.ReadFile(marker)
+		fields := strings.Fields(string(b))
+		if len(fields) != 3 || fields[0] != "web" || fields[1] != f.User {
+			t.Fatalf("ProxyCommand did not run with %%n %%r expanded: %q", b)
+		}
+		// Closing the client ends the command.
+		cl.Close()
+		eventually(t, 10*time.Second, "the ProxyCommand to exit after Close", func() bool {
+			_, err := os.Stat("/proc/" + fields[2])
+			return err != nil
+		})
+	})
+
+	t.Run("a failing ProxyCommand says so", func(t *testing.T) {
+		c, _ := trustSetup(t, f, "  ProxyCommand echo no route to %h >&2; exit 7\n")
+		c.KnownHosts = f.KnownHosts
+		refused(t, c, "ProxyCommand", "no route to "+h.Addr, "exit status 7")
+	})
+
+	t.Run("ProxyJump and ProxyCommand together are refused", func(t *testing.T) {
+		c, cfg := trustSetup(t, f, "  ProxyCommand true\n  ProxyJump other\n")
+		refused(t, c, "ProxyJump", "ProxyCommand", cfg)
+	})
+
+	t.Run("KnownHostsCommand is refused by name", func(t *testing.T) {
+		c, cfg := trustSetup(t, f, "  KnownHostsCommand /bin/echo\n")
+		refused(t, c, "KnownHostsCommand", cfg, "web")
 	})
 }
