@@ -218,7 +218,9 @@ func (c *Client) keepAlive() {
 // Cancelling ctx stops the command and everything it started, then
 // returns ctx's error: the command runs with DROVER_RUN_ID set to a random
 // token, and a second session sends SIGTERM (SIGKILL after killGrace) to
-// every process on the host carrying it. An SSH "signal" request alone
+// every process on the host carrying it (services drover starts do not
+// carry it: internal/service drops every inherited DROVER_* variable, so a
+// cancel never stops an app). An SSH "signal" request alone
 // is not enough: OpenSSH ignores it for root logins, and closing the
 // channel leaves the command running.
 func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
