@@ -198,3 +198,13 @@ func TestSharedNestedEntries(t *testing.T) {
 		t.Errorf("shared = %+v", f.Shared)
 	}
 }
+
+// TestRepoOptionRefused: a repo git would read as an option is refused at
+// load, on its line.
+func TestRepoOptionRefused(t *testing.T) {
+	in := strings.Replace(valid, "repo: ", `repo: "--upload-pack=touch /tmp/x" #`, 1)
+	_, err := Parse("drover.yml", []byte(in))
+	if err == nil || !strings.Contains(err.Error(), "drover.yml:2") || !strings.Contains(err.Error(), "may not start with '-'") {
+		t.Fatalf("Parse = %v; want drover.yml:2 refusing the leading '-'", err)
+	}
+}

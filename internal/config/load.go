@@ -312,6 +312,8 @@ func (v *validator) validate(f *File) {
 	}
 	if f.Repo == "" {
 		v.at("$", "missing required key repo (the git URL hosts fetch from)")
+	} else if strings.HasPrefix(f.Repo, "-") {
+		v.at("$.repo", "%q may not start with '-': git would read it as an option; give a URL or a path", f.Repo)
 	}
 	switch {
 	case f.DeployTo == "":

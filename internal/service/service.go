@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,7 +81,7 @@ type Runner func(ctx context.Context, name string, args ...string) ([]byte, erro
 // SharedDir set is ready to use.
 type Manager struct {
 	SharedDir string       // <deploy_to>/shared: PID files in pids/, logs in log/
-	Env       []string     // extra env for the processes (DROVER_* vars), appended to os.Environ()
+	Env       []string     // extra env for the processes (DROVER_* vars), appended to os.Environ() minus drover's control and SSH session variables
 	Logger    *slog.Logger // nil discards
 	Run       Runner       // runs systemctl; nil runs the real program
 }
@@ -158,12 +159,36 @@ func (m *Manager) LogFile(name string, port int) string {
 	return filepath.Join(m.logsDir(), base(name, port)+".log")
 }
 
+// env is the environment of a service's processes and health commands:
+// drover's own, without what belongs to the drover run that starts them
+// (see appEnv), then m.Env, then PORT.
 func (m *Manager) env(port int) []string {
-	env := append(os.Environ(), m.Env...)
+	env := append(appEnv(os.Environ()), m.Env...)
 	if port != 0 {
 		env = append(env, "PORT="+strconv.Itoa(port))
 	}
 	return env
+}
+
+// sessionVars are variables of the SSH session (or deployer) that started
+// drover on the host; a service that outlives that session must not see
+// them.
+var sessionVars = []string{"SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "SSH_AUTH_SOCK", "SSH_ORIGINAL_COMMAND"}
+
+// appEnv drops from environ every DROVER_* variable and every SSH session
+// variable. DROVER_* in drover's own environment are its controls: the
+// DROVER_RUN_ID a cancelled push kills by, agent tokens, crash points; an
+// app inherits none of them, only the DROVER_* Manager.Env documents.
+func appEnv(environ []string) []string {
+	out := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "DROVER_") || slices.Contains(sessionVars, name) {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
 }
 
 // Start starts one process of s on port from releaseDir, in a new session

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,7 +49,7 @@ func TestMain(m *testing.M) {
 // session.
 func helperStart() int {
 	port, _ := strconv.Atoi(os.Getenv("HELPER_PORT"))
-	m := &Manager{SharedDir: os.Getenv("HELPER_SHARED")}
+	m := &Manager{SharedDir: os.Getenv("HELPER_SHARED"), Env: []string{"DROVER_RELEASE=r1"}}
 	s := Spec{Name: "web", Start: "exec " + os.Getenv("HELPER_APP")}
 	if err := m.Start(context.Background(), s, os.Getenv("HELPER_RELEASE"), port); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -663,5 +664,56 @@ func TestSystemdReal(t *testing.T) {
 	}
 	if st := f.m.Status(s); st[0].Running {
 		t.Errorf("Status of a missing unit: %+v", st[0])
+	}
+}
+
+// TestCancelledSessionSparesService: a service started by a drover that
+// runs in a cancelled SSH session outlives the cancel. Push mode stops a
+// cancelled command by killing every process whose environment carries
+// the session's DROVER_RUN_ID (ssh.Client.Run); the service must not
+// carry it, nor any other control or session variable of drover's.
+func TestCancelledSessionSparesService(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	port := freePort(t)
+	const token = "0123456789abcdef01234567"
+	helper := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	helper.Env = append(os.Environ(), "SERVICE_TEST_HELPER=start", "HELPER_SHARED="+f.shared,
+		"HELPER_RELEASE="+f.release, "HELPER_APP="+appBin, "HELPER_PORT="+strconv.Itoa(port),
+		"DROVER_RUN_ID="+token, "DROVER_TOKEN=secret", "DROVER_CRASH_AT=never",
+		"SSH_CONNECTION=10.0.0.1 50000 10.0.0.2 22", "SSH_CLIENT=10.0.0.1 50000 22", "SSH_AUTH_SOCK=/tmp/agent.sock")
+	if out, err := helper.CombinedOutput(); err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	s := webSpec(port)
+	if err := f.m.Check(ctx, s, port); err != nil {
+		t.Fatalf("service did not start: %v", err)
+	}
+	rec := mustRecord(t, f.m.PIDFile("web", port))
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", rec.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := strings.Split(string(environ), "\x00")
+	for _, v := range vars {
+		name, _, _ := strings.Cut(v, "=")
+		switch name {
+		case "DROVER_RUN_ID", "DROVER_TOKEN", "DROVER_CRASH_AT", "SSH_CONNECTION", "SSH_CLIENT", "SSH_AUTH_SOCK":
+			t.Errorf("service inherited %s", v)
+		}
+	}
+	if !slices.Contains(vars, "DROVER_RELEASE=r1") || !slices.Contains(vars, "PORT="+strconv.Itoa(port)) {
+		t.Errorf("service lacks the variables drover gives it: %q", vars)
+	}
+	// What ssh.Client does to a cancelled session's processes.
+	kill := exec.CommandContext(ctx, "/bin/sh", "-c", `for f in $(grep -lzx 'DROVER_RUN_ID=`+token+`' /proc/[0-9]*/environ 2>/dev/null); do p=${f#/proc/}; kill -KILL "${p%/environ}" 2>/dev/null; done; true`)
+	if out, err := kill.CombinedOutput(); err != nil {
+		t.Fatalf("kill by run id: %v\n%s", err, out)
+	}
+	if gone(rec.PID) {
+		t.Fatalf("cancelling the session killed the service (pid %d)", rec.PID)
+	}
+	if err := f.m.Check(ctx, s, port); err != nil {
+		t.Fatalf("service does not serve after the cancel: %v", err)
 	}
 }

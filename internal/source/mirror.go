@@ -32,10 +32,39 @@ const (
 	ExportCheckout = "checkout" // git checkout-index from a throwaway index
 )
 
+// AllowedProtocols are the git transports drover fetches over, in
+// GIT_ALLOW_PROTOCOL's syntax. Anything else (ext::, fd::, remote helpers)
+// is refused by git itself, whatever the user's git config allows: a repo
+// URL in drover.yml must never run a program on the machine that fetches.
+const AllowedProtocols = "file:git:http:https:ssh"
+
+// gitEnv is the environment of every git drover runs: no prompts, stable
+// messages, and only AllowedProtocols.
+func gitEnv(extra ...string) []string {
+	return append(os.Environ(), append([]string{"GIT_TERMINAL_PROMPT=0", "LC_ALL=C", "GIT_ALLOW_PROTOCOL=" + AllowedProtocols}, extra...)...)
+}
+
+// CheckRepo refuses a repo value git would read as an option
+// ("--upload-pack=CMD" runs CMD).
+func CheckRepo(url string) error {
+	if strings.HasPrefix(url, "-") {
+		return fmt.Errorf("repo %q may not start with '-': git would read it as an option; give a URL (https://..., git@host:path.git) or a path", url)
+	}
+	return nil
+}
+
+// checkRev refuses a revision git would read as an option.
+func checkRev(rev string) error {
+	if rev == "" || strings.HasPrefix(rev, "-") {
+		return fmt.Errorf("bad revision %q", rev)
+	}
+	return nil
+}
+
 // git runs git with args in the mirror and returns its trimmed stdout.
 func (m *Mirror) git(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "git", append([]string{"--git-dir", m.Dir}, args...)...)
-	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "LC_ALL=C")
+	cmd := exec.CommandContext(ctx, "git", append([]string{"--git-dir=" + m.Dir}, args...)...)
+	cmd.Env = gitEnv()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -51,6 +80,9 @@ func (m *Mirror) git(ctx context.Context, args ...string) (string, error) {
 // Fetch creates the mirror if it is missing and fetches every branch and
 // tag from URL. Later fetches are incremental.
 func (m *Mirror) Fetch(ctx context.Context) error {
+	if err := CheckRepo(m.URL); err != nil {
+		return fmt.Errorf("fetch: %w", err)
+	}
 	if _, err := os.Stat(filepath.Join(m.Dir, "HEAD")); err != nil {
 		if err := os.MkdirAll(m.Dir, 0o755); err != nil {
 			return fmt.Errorf("create mirror: %w", err)
@@ -59,7 +91,7 @@ func (m *Mirror) Fetch(ctx context.Context) error {
 			return err
 		}
 	}
-	if _, err := m.git(ctx, "fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", m.URL,
+	if _, err := m.git(ctx, "fetch", "--quiet", "--prune", "--force", "--no-write-fetch-head", "--", m.URL,
 		"+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"); err != nil {
 		m.removePartialPacks()
 		return fmt.Errorf("fetch %s: %w", m.URL, err)
@@ -91,7 +123,10 @@ func (m *Mirror) Resolve(ctx context.Context, s Spec) (string, error) {
 	default:
 		return "", fmt.Errorf("%w: unknown kind %q", ErrBadSpec, s.Kind)
 	}
-	sha, err := m.git(ctx, "rev-parse", "--verify", "--quiet", rev+"^{commit}")
+	if err := checkRev(rev); err != nil {
+		return "", fmt.Errorf("%s: %w", s, err)
+	}
+	sha, err := m.git(ctx, "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
 	if err != nil || sha == "" {
 		return "", fmt.Errorf("%s: %w of %s", s, ErrNotFound, m.URL)
 	}
@@ -100,6 +135,9 @@ func (m *Mirror) Resolve(ctx context.Context, s Spec) (string, error) {
 
 // Has reports whether the mirror holds commit sha.
 func (m *Mirror) Has(ctx context.Context, sha string) bool {
+	if checkRev(sha) != nil {
+		return false
+	}
 	_, err := m.git(ctx, "cat-file", "-e", sha+"^{commit}")
 	return err == nil
 }
@@ -122,7 +160,11 @@ func (m *Mirror) Ensure(ctx context.Context, sha string) error {
 // ReadFile returns the content of path at commit sha, or an error wrapping
 // ErrNotFound when the commit has no such file.
 func (m *Mirror) ReadFile(ctx context.Context, sha, path string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "git", "--git-dir", m.Dir, "cat-file", "blob", sha+":"+path)
+	if err := checkRev(sha); err != nil {
+		return nil, fmt.Errorf("%s at %s: %w", path, sha, err)
+	}
+	cmd := exec.CommandContext(ctx, "git", "--git-dir="+m.Dir, "cat-file", "blob", sha+":"+path)
+	cmd.Env = gitEnv()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -134,6 +176,9 @@ func (m *Mirror) ReadFile(ctx context.Context, sha, path string) ([]byte, error)
 // Export writes the tree of commit sha into dir, which must not exist yet
 // or be empty.
 func (m *Mirror) Export(ctx context.Context, sha, dir, method string) error {
+	if err := checkRev(sha); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
@@ -159,8 +204,8 @@ func (m *Mirror) exportCheckout(ctx context.Context, sha, dir string) error {
 		return err
 	}
 	run := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, "git", append([]string{"--git-dir", m.Dir, "--work-tree", abs}, args...)...)
-		cmd.Env = append(os.Environ(), "GIT_INDEX_FILE="+index.Name(), "LC_ALL=C")
+		cmd := exec.CommandContext(ctx, "git", append([]string{"--git-dir=" + m.Dir, "--work-tree=" + abs}, args...)...)
+		cmd.Env = gitEnv("GIT_INDEX_FILE=" + index.Name())
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		if err := cmd.Run(); err != nil {
@@ -168,14 +213,15 @@ func (m *Mirror) exportCheckout(ctx context.Context, sha, dir string) error {
 		}
 		return nil
 	}
-	if err := run("read-tree", sha); err != nil {
+	if err := run("read-tree", "--end-of-options", sha); err != nil {
 		return err
 	}
 	return run("checkout-index", "--all", "--force")
 }
 
 func (m *Mirror) exportArchive(ctx context.Context, sha, dir string) error {
-	cmd := exec.CommandContext(ctx, "git", "--git-dir", m.Dir, "archive", "--format=tar", sha)
+	cmd := exec.CommandContext(ctx, "git", "--git-dir="+m.Dir, "archive", "--format=tar", "--end-of-options", sha)
+	cmd.Env = gitEnv()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()

@@ -144,3 +144,42 @@ func TestUntarRefusesEscape(t *testing.T) {
 		t.Fatalf("Untar = %v", err)
 	}
 }
+
+// TestFetchNeverRunsCommandsFromRepo: a repo value is data, never an
+// option or a transport that runs a program on the deployer's machine.
+func TestFetchNeverRunsCommandsFromRepo(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	for name, url := range map[string]string{
+		"upload-pack option":        "--upload-pack=touch " + filepath.Join(dir, "upload-pack") + ";",
+		"ext transport":             "ext::sh -c touch% " + filepath.Join(dir, "ext"),
+		"ext with a leading option": "-c protocol.ext.allow=always ext::sh -c touch% " + filepath.Join(dir, "ext2"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			m := &Mirror{Dir: filepath.Join(t.TempDir(), "repo"), URL: url}
+			err := m.Fetch(ctx)
+			if err == nil {
+				t.Fatalf("Fetch(%q) succeeded", url)
+			}
+			t.Log(err)
+		})
+	}
+	// An ext:: URL allowed by the user's own git config is still refused.
+	t.Setenv("GIT_CONFIG_COUNT", "1")
+	t.Setenv("GIT_CONFIG_KEY_0", "protocol.ext.allow")
+	t.Setenv("GIT_CONFIG_VALUE_0", "always")
+	m := &Mirror{Dir: filepath.Join(t.TempDir(), "repo"), URL: "ext::sh -c touch% " + filepath.Join(dir, "ext3")}
+	if err := m.Fetch(ctx); err == nil {
+		t.Fatal("Fetch of an ext:: URL succeeded")
+	}
+	for _, f := range []string{"upload-pack", "ext", "ext2", "ext3"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			t.Errorf("git ran a command from the repo URL: %s exists", f)
+		}
+	}
+	// A repo starting with '-' is refused by name before git runs.
+	m = &Mirror{Dir: filepath.Join(t.TempDir(), "repo"), URL: "--upload-pack=true"}
+	if err := m.Fetch(ctx); err == nil || !strings.Contains(err.Error(), "may not start with '-'") {
+		t.Errorf("Fetch error = %v; want it to refuse the leading '-'", err)
+	}
+}

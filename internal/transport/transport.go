@@ -23,7 +23,7 @@ import (
 type Options struct {
 	Binary       string   // the drover binary to run on hosts; default os.Executable()
 	Env          []string // extra environment for local node processes
-	KnownHosts   string   // default ~/.ssh/known_hosts
+	KnownHosts   string   // user known_hosts file; default as ssh(1): the ssh config's UserKnownHostsFile, else ~/.ssh/known_hosts{,2} (global files are read too)
 	SSHConfig    string   // default ~/.ssh/config
 	IdentityFile string   // used when a host names none
 	AcceptNew    bool     // add unknown host keys to known_hosts

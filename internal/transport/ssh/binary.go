@@ -59,13 +59,47 @@ func (c *Client) EnsureBinary(ctx context.Context, localPath string) (remotePath
 	return c.Install(ctx, b)
 }
 
+// UnsafeBinaryDirError is a host whose drover binary directory, or the
+// binary in it, drover will not trust: a symlink, not the login user's,
+// or writable by others.
+type UnsafeBinaryDirError struct {
+	Host   string
+	Reason string // as the host reported it, naming the path
+}
+
+func (e *UnsafeBinaryDirError) Error() string {
+	return fmt.Sprintf("%s: copy drover: %s; drover keeps its binary in ~/%s, a private directory of the login user (mode 0700, no symlinks). "+
+		"Fix or remove it on the host (rm -rf ~/%s) and deploy again", e.Host, e.Reason, BinaryDir, BinaryDir)
+}
+
+// binaryDirCheck is shell that makes ~/.drover and ~/.drover/bin exist as
+// directories of the login user with mode 0700, or prints "unsafe REASON"
+// and exits. A directory of the user's with a wider mode (from older
+// drovers) is narrowed; one that is a symlink, someone else's or writable
+// by group or others is refused, since whoever can write there chooses
+// what drover runs.
+const binaryDirCheck = `unsafe() { echo "unsafe $*"; exit 0; }
+me=$(id -u)
+for p in "$HOME/.drover" "$HOME/%[1]s"; do
+  if [ -L "$p" ]; then unsafe "$p is a symlink"; fi
+  if [ ! -e "$p" ]; then mkdir -m 0700 "$p" 2>/dev/null || true; fi
+  if [ ! -d "$p" ]; then unsafe "$p is not a directory"; fi
+  owner=$(stat -c %%u "$p")
+  if [ "$owner" != "$me" ]; then unsafe "$p is owned by uid $owner, not the login user (uid $me)"; fi
+  perm=$(stat -c %%A "$p")
+  case "$perm" in ?????w????|????????w?) unsafe "$p is writable by others (mode $perm)";; esac
+  chmod 0700 "$p"
+done
+`
+
 // Install makes sure the host has a copy of b at
 // ~/.drover/bin/drover-<first 16 hex digits of its SHA-256> and returns
-// that path. A copy is only ever put in place by a rename after its
-// checksum was verified on the host, so one already there with the right
-// size is kept without hashing it again; otherwise the file is streamed
-// over a session's stdin to a temp name, checked, made executable and
-// renamed into place, so hosts sharing a home directory can race safely.
+// that path. A copy already there is reused only when its SHA-256 matches
+// b's, checked in the same session; otherwise the file is streamed over a
+// session's stdin to a temp name, checked, made executable and renamed
+// into place, so hosts sharing a home directory can race safely. The
+// directory must be the login user's alone (see binaryDirCheck) and the
+// binary path no symlink: an *UnsafeBinaryDirError says why not.
 func (c *Client) Install(ctx context.Context, b Binary) (remotePath string, err error) {
 	f, err := os.Open(b.Path)
 	if err != nil {
@@ -75,13 +109,14 @@ func (c *Client) Install(ctx context.Context, b Binary) (remotePath string, err 
 	sum, size := b.Sum, b.Size
 	name := "drover-" + sum[:16]
 
-	// One round trip when the binary is already there: the platform, then
-	// whether the copy is present.
+	// One round trip when the binary is already there: the platform, the
+	// directory's safety, then whether a verified copy is present.
 	check := fmt.Sprintf(`set -e
 uname -sm
-f="$HOME/%s/%s"
-if [ -f "$f" ] && [ -x "$f" ] && [ "$(wc -c < "$f")" -eq %d ]; then echo "present $f"; else echo "missing $f"; fi`,
-		BinaryDir, name, size)
+`+binaryDirCheck+`f="$HOME/%[1]s/%[2]s"
+if [ -L "$f" ]; then unsafe "$f is a symlink"; fi
+if [ -f "$f" ] && [ -x "$f" ] && [ "$(wc -c < "$f")" -eq %[3]d ] && [ "$(sha256sum < "$f" | cut -d' ' -f1)" = %[4]s ]; then echo "present $f"; else echo "missing $f"; fi`,
+		BinaryDir, name, size, sum)
 	var out, errOut bytes.Buffer
 	if err := c.Run(ctx, check, nil, &out, &errOut); err != nil {
 		return "", fmt.Errorf("copy drover: check for %s: %w%s", name, err, stderrSuffix(&errOut))
@@ -91,6 +126,9 @@ if [ -f "$f" ] && [ -x "$f" ] && [ "$(wc -c < "$f")" -eq %d ]; then echo "presen
 		return "", &PlatformError{Host: c.name, Got: strings.TrimSpace(platform), Want: b.Platform}
 	}
 	state, path, _ := strings.Cut(strings.TrimSpace(answer), " ")
+	if state == "unsafe" && path != "" {
+		return "", &UnsafeBinaryDirError{Host: c.name, Reason: path}
+	}
 	if path == "" || (state != "present" && state != "missing") {
 		return "", fmt.Errorf("%s: copy drover: unexpected answer from the host: %q", c.name, out.String())
 	}
@@ -104,7 +142,7 @@ if [ -f "$f" ] && [ -x "$f" ] && [ "$(wc -c < "$f")" -eq %d ]; then echo "presen
 	}
 	upload := fmt.Sprintf(`set -e
 d="$HOME/%[1]s"
-mkdir -p "$d"
+if [ -L "$d" ] || [ ! -d "$d" ]; then echo "$d changed since it was checked" >&2; exit 3; fi
 t=$(mktemp "$d/.%[2]s.XXXXXX")
 trap 'rm -f "$t"' EXIT
 cat > "$t"

@@ -111,11 +111,11 @@ func displayName(c Config) string {
 	return c.Host
 }
 
-// dialHop opens one authenticated SSH connection to h, directly or
-// through via.
+// dialHop opens one authenticated SSH connection to h: directly, through
+// via, or over the stdio of h's ProxyCommand.
 func dialHop(ctx context.Context, h hop, via *gossh.Client, log *slog.Logger) (*gossh.Client, error) {
 	addr := h.addr()
-	hk, err := newHostKeyChecker(h.knownHosts, h.acceptNew, log)
+	hk, err := newHostKeyChecker(h.trust, log)
 	if err != nil {
 		return nil, err
 	}
@@ -128,9 +128,14 @@ func dialHop(ctx context.Context, h hop, via *gossh.Client, log *slog.Logger) (*
 	dctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
 	var conn net.Conn
-	if via != nil {
+	var proxy *proxyConn
+	switch {
+	case h.proxyCommand != "":
+		proxy, err = dialProxyCommand(h)
+		conn = proxy
+	case via != nil:
 		conn, err = via.DialContext(dctx, "tcp", addr)
-	} else {
+	default:
 		var d net.Dialer
 		conn, err = d.DialContext(dctx, "tcp", addr)
 	}
@@ -162,6 +167,8 @@ func dialHop(ctx context.Context, h hop, via *gossh.Client, log *slog.Logger) (*
 			return nil, fmt.Errorf("ssh handshake with %s: timed out after %s (is an SSH server listening there?)", addr, h.timeout)
 		case strings.Contains(err.Error(), "unable to authenticate"):
 			return nil, &AuthError{User: h.user, Host: addr, Methods: ks.tried, Err: err}
+		case proxy != nil && proxy.failure() != "":
+			return nil, fmt.Errorf("ssh handshake with %s: %w; %s", addr, err, proxy.failure())
 		default:
 			return nil, fmt.Errorf("ssh handshake with %s: %w", addr, err)
 		}
@@ -211,7 +218,9 @@ func (c *Client) keepAlive() {
 // Cancelling ctx stops the command and everything it started, then
 // returns ctx's error: the command runs with DROVER_RUN_ID set to a random
 // token, and a second session sends SIGTERM (SIGKILL after killGrace) to
-// every process on the host carrying it. An SSH "signal" request alone
+// every process on the host carrying it (services drover starts do not
+// carry it: internal/service drops every inherited DROVER_* variable, so a
+// cancel never stops an app). An SSH "signal" request alone
 // is not enough: OpenSSH ignores it for root logins, and closing the
 // channel leaves the command running.
 func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {

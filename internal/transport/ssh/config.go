@@ -24,9 +24,9 @@ type Config struct {
 	Port         int           // 0 = from ssh config or 22
 	User         string        // "" = from ssh config or the current user
 	IdentityFile string        // optional; tried first, then ssh config's IdentityFile, then ssh-agent (SSH_AUTH_SOCK)
-	KnownHosts   string        // default: ssh config's UserKnownHostsFile, else ~/.ssh/known_hosts
-	AcceptNew    bool          // add unknown host keys to KnownHosts; a changed key is always refused
-	SSHConfig    string        // default ~/.ssh/config (missing is fine); HostName, User, Port, IdentityFile, UserKnownHostsFile and a one-hop ProxyJump are honoured; the jump host is checked against the same known_hosts and also offered IdentityFile
+	KnownHosts   string        // the user known_hosts file; default: ssh config's UserKnownHostsFile (every file it lists), else ~/.ssh/known_hosts and ~/.ssh/known_hosts2. The GlobalKnownHostsFile (default /etc/ssh/ssh_known_hosts{,2}) is read too
+	AcceptNew    bool          // add unknown host keys to the first user known_hosts file; a key pinned differently in any file is always refused
+	SSHConfig    string        // default ~/.ssh/config (missing is fine); HostName, User, Port, IdentityFile, UserKnownHostsFile, GlobalKnownHostsFile, HostKeyAlias, StrictHostKeyChecking, ProxyCommand and a one-hop ProxyJump are honoured (see resolve); KnownHostsCommand is refused; the jump host is checked against the same known_hosts and also offered IdentityFile
 	DialTimeout  time.Duration // TCP connect plus SSH handshake, per hop; default 15s
 	Logger       *slog.Logger  // default: discard
 }
@@ -43,9 +43,26 @@ type hop struct {
 	explicitID string   // Config.IdentityFile
 	configIDs  []string // ssh config IdentityFile, expanded
 	proxyJump  string   // "" or "[user@]host[:port]" (one hop)
-	knownHosts string
-	acceptNew  bool
-	timeout    time.Duration
+	// proxyCommand is the ssh config's ProxyCommand with its tokens
+	// expanded: run with sh -c, its stdio is the connection.
+	proxyCommand string
+	trust        trust
+	timeout      time.Duration
+}
+
+// trust is how a hop's host key is checked, as ssh(1) would for the same
+// config.
+type trust struct {
+	userFiles   []string // UserKnownHostsFile(s); the first gets accepted keys
+	globalFiles []string // GlobalKnownHostsFile(s), read only
+	alias       string   // HostKeyAlias: the name looked up instead of host:port
+	acceptNew   bool     // record unknown keys in userFiles[0], unless refuseNew
+	// refuseNew, when set, is why an unknown key may not be accepted even
+	// when acceptNew asks for it (StrictHostKeyChecking yes, /dev/null).
+	refuseNew string
+	// note is appended to every refusal: a config option drover does not
+	// honour the way ssh(1) would.
+	note string
 }
 
 func (h hop) addr() string { return net.JoinHostPort(h.host, strconv.Itoa(h.port)) }
@@ -110,7 +127,7 @@ func resolve(c Config, sc *sshConfigFile) (hop, error) {
 	}
 	h := hop{
 		name: c.Name, host: alias, port: c.Port, user: c.User, explicitID: c.IdentityFile,
-		knownHosts: c.KnownHosts, acceptNew: c.AcceptNew, timeout: c.DialTimeout,
+		timeout: c.DialTimeout,
 	}
 	if h.name == "" {
 		h.name = alias
@@ -163,29 +180,100 @@ func resolve(c Config, sc *sshConfigFile) (hop, error) {
 	if h.explicitID != "" {
 		h.explicitID = expand(h.explicitID)
 	}
-	if h.knownHosts == "" {
-		v, err := sc.get(alias, "UserKnownHostsFile")
-		if err != nil {
-			return hop{}, err
-		}
-		if f := strings.Fields(v); len(f) > 0 && f[0] != "none" {
-			h.knownHosts = expand(f[0])
-		}
+	if h.trust, err = resolveTrust(c, sc, alias, home, expand); err != nil {
+		return hop{}, err
 	}
-	if h.knownHosts == "" {
-		h.knownHosts = filepath.Join(home, ".ssh", "known_hosts")
+	if v, err := sc.get(alias, "KnownHostsCommand"); err != nil {
+		return hop{}, err
+	} else if v != "" && !strings.EqualFold(v, "none") {
+		return hop{}, fmt.Errorf("ssh config %s: host %s: KnownHostsCommand %q is not supported by drover, which trusts only known_hosts files; "+
+			"put the host's key in one (ssh-keyscan), or put \"KnownHostsCommand none\" in a Host block for %s above the one that sets it (the first value wins)", sc.path, alias, v, alias)
+	}
+	pc, err := sc.get(alias, "ProxyCommand")
+	if err != nil {
+		return hop{}, err
+	}
+	if pc != "" && !strings.EqualFold(pc, "none") {
+		h.proxyCommand = proxyCommand(pc, alias, h)
 	}
 	pj, err := sc.get(alias, "ProxyJump")
 	if err != nil {
 		return hop{}, err
 	}
 	if pj != "" && !strings.EqualFold(pj, "none") {
+		if h.proxyCommand != "" {
+			return hop{}, fmt.Errorf("ssh config %s: host %s: both ProxyJump %q and ProxyCommand %q apply; keep one", sc.path, alias, pj, pc)
+		}
 		if strings.Contains(pj, ",") {
 			return hop{}, fmt.Errorf("ssh config %s: host %s: ProxyJump %q has several hops; drover supports one", sc.path, alias, pj)
 		}
 		h.proxyJump = pj
 	}
 	return h, nil
+}
+
+// resolveTrust reads the known_hosts files and trust options for alias
+// the way ssh(1) does. c.KnownHosts replaces the user files; the global
+// files are always read. StrictHostKeyChecking yes (or ask) forbids
+// accepting new keys, accept-new allows it, and no/off is not honoured:
+// drover then behaves as without it and says so in any refusal.
+func resolveTrust(c Config, sc *sshConfigFile, alias, home string, expand func(string) string) (trust, error) {
+	tr := trust{acceptNew: c.AcceptNew}
+	files := func(key string, def []string) ([]string, error) {
+		v, err := sc.get(alias, key)
+		if err != nil {
+			return nil, err
+		}
+		if v == "" {
+			return def, nil
+		}
+		var out []string
+		for _, f := range strings.Fields(v) {
+			if !strings.EqualFold(f, "none") {
+				out = append(out, expand(f))
+			}
+		}
+		return out, nil
+	}
+	var err error
+	if c.KnownHosts != "" {
+		tr.userFiles = []string{expand(c.KnownHosts)}
+	} else if tr.userFiles, err = files("UserKnownHostsFile", []string{
+		filepath.Join(home, ".ssh", "known_hosts"), filepath.Join(home, ".ssh", "known_hosts2"),
+	}); err != nil {
+		return trust{}, err
+	}
+	if tr.globalFiles, err = files("GlobalKnownHostsFile", []string{"/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"}); err != nil {
+		return trust{}, err
+	}
+	if tr.alias, err = sc.get(alias, "HostKeyAlias"); err != nil {
+		return trust{}, err
+	}
+	switch {
+	case len(tr.userFiles) == 0:
+		tr.refuseNew = fmt.Sprintf("UserKnownHostsFile is none (ssh config %s, host %s), so there is no file to record the key in", sc.path, alias)
+	case tr.userFiles[0] == os.DevNull:
+		tr.refuseNew = fmt.Sprintf("UserKnownHostsFile is %s (ssh config %s, host %s), so the key could not be pinned and any key would be trusted on every connection", os.DevNull, sc.path, alias)
+	}
+	strict, err := sc.get(alias, "StrictHostKeyChecking")
+	if err != nil {
+		return trust{}, err
+	}
+	switch strings.ToLower(strict) {
+	case "":
+	case "yes", "ask":
+		if tr.refuseNew == "" {
+			tr.refuseNew = fmt.Sprintf("StrictHostKeyChecking %s (ssh config %s, host %s) forbids trusting a key on first use", strict, sc.path, alias)
+		}
+	case "accept-new":
+		tr.acceptNew = true
+	case "no", "off":
+		tr.note = fmt.Sprintf("StrictHostKeyChecking %s (ssh config %s, host %s) is not honoured: drover always checks host keys; "+
+			"--insecure-accept-new trusts an unknown key on first use, a changed key is always refused", strict, sc.path, alias)
+	default:
+		return trust{}, fmt.Errorf("ssh config %s: host %s: bad StrictHostKeyChecking %q: use yes, accept-new or no", sc.path, alias, strict)
+	}
+	return tr, nil
 }
 
 // jumpConfig turns a ProxyJump value "[user@]host[:port]" (host may be an

@@ -31,54 +31,108 @@ const (
 // Problem; Error explains what to do.
 type HostKeyError struct {
 	Host        string         // the address as checked: host:port
+	Alias       string         // HostKeyAlias from the ssh config: the name known_hosts files hold for Host, or ""
 	Problem     HostKeyProblem // why the key was refused
 	KeyType     string         // type of the key the host offered, e.g. ssh-ed25519
 	Fingerprint string         // SHA256 fingerprint of that key, "SHA256:..."
-	KnownHosts  string         // the known_hosts file consulted
+	KnownHosts  string         // the user known_hosts file a trusted key belongs in ("" when none)
+	Files       []string       // every known_hosts file consulted, user files first
 	Known       []string       // for HostKeyChanged/Revoked: "file:line" of the entries that disagree
+	Note        string         // a config option that explains or forbids more, e.g. StrictHostKeyChecking
+	refuseNew   bool           // Note says why the key may not be accepted on first use
 }
 
 // Error explains the refusal and how to fix it.
 func (e *HostKeyError) Error() string {
 	host, port, _ := net.SplitHostPort(e.Host)
+	name := knownhosts.Normalize(e.Host)
+	who := e.Host
+	if e.Alias != "" {
+		name = e.Alias
+		who = fmt.Sprintf("%s (HostKeyAlias %s)", e.Host, e.Alias)
+	}
+	var msg string
 	switch e.Problem {
 	case HostKeyChanged:
-		return fmt.Sprintf("host key for %s HAS CHANGED: it now offers %s %s, which does not match %s. "+
+		var fixes []string
+		seen := map[string]bool{}
+		for _, k := range e.Known {
+			file := k[:strings.LastIndexByte(k, ':')]
+			if !seen[file] {
+				seen[file] = true
+				fixes = append(fixes, fmt.Sprintf("ssh-keygen -R '%s' -f %s", name, file))
+			}
+		}
+		msg = fmt.Sprintf("host key for %s HAS CHANGED: it now offers %s %s, which does not match %s. "+
 			"Someone may be intercepting the connection (man-in-the-middle), or the host was reinstalled. "+
-			"drover will not connect. If you know why it changed, remove the old entry at %s (ssh-keygen -R '%s' -f %s) and connect again",
-			e.Host, e.KeyType, e.Fingerprint, strings.Join(e.Known, ", "), strings.Join(e.Known, ", "), knownhosts.Normalize(e.Host), e.KnownHosts)
+			"drover will not connect. If you know why it changed, remove the old entry at %s (%s) and connect again",
+			who, e.KeyType, e.Fingerprint, strings.Join(e.Known, ", "), strings.Join(e.Known, ", "), strings.Join(fixes, "; "))
 	case HostKeyRevoked:
-		return fmt.Sprintf("host key for %s (%s %s) is marked @revoked at %s; drover will not connect",
-			e.Host, e.KeyType, e.Fingerprint, strings.Join(e.Known, ", "))
+		msg = fmt.Sprintf("host key for %s (%s %s) is marked @revoked at %s; drover will not connect",
+			who, e.KeyType, e.Fingerprint, strings.Join(e.Known, ", "))
 	default:
-		return fmt.Sprintf("host key for %s is unknown: it offers %s %s, which is not in %s. "+
-			"Check the fingerprint with the host's owner, then run: ssh-keyscan -p %s %s >> %s, "+
-			"or pass --insecure-accept-new to trust it on first use",
-			e.Host, e.KeyType, e.Fingerprint, e.KnownHosts, port, host, e.KnownHosts)
+		files := strings.Join(e.Files, ", ")
+		if files == "" {
+			files = "any known_hosts file"
+		}
+		msg = fmt.Sprintf("host key for %s is unknown: it offers %s %s, which is not in %s. Check the fingerprint with the host's owner",
+			who, e.KeyType, e.Fingerprint, files)
+		if e.KnownHosts != "" && e.KnownHosts != os.DevNull {
+			scan := fmt.Sprintf("ssh-keyscan -p %s %s", port, host)
+			if e.Alias != "" {
+				scan += fmt.Sprintf(" | sed 's/^[^ ]*/%s/'", e.Alias)
+			}
+			msg += fmt.Sprintf(", then run: %s >> %s", scan, e.KnownHosts)
+		}
+		if e.refuseNew {
+			return msg + ". drover will not trust it on first use: " + e.Note
+		}
+		msg += ", or pass --insecure-accept-new to trust it on first use"
 	}
+	if e.Note != "" {
+		msg += ". " + e.Note
+	}
+	return msg
 }
 
-// hostKeyChecker checks host keys against one known_hosts file and, when
-// asked to, records keys of hosts it has never seen.
+// hostKeyChecker checks host keys against the known_hosts files of one
+// hop and, when allowed to, records keys of hosts none of them knows.
 type hostKeyChecker struct {
-	file      string
-	acceptNew bool
-	log       *slog.Logger
-	db        gossh.HostKeyCallback // nil when the file does not exist
-	refused   *HostKeyError         // the last refusal, for Dial's error
+	trust   trust
+	files   []string // every file consulted, user files first
+	log     *slog.Logger
+	db      gossh.HostKeyCallback // nil when no file exists
+	refused *HostKeyError         // the last refusal, for Dial's error
 }
 
-func newHostKeyChecker(file string, acceptNew bool, log *slog.Logger) (*hostKeyChecker, error) {
-	k := &hostKeyChecker{file: file, acceptNew: acceptNew, log: log}
-	db, err := knownhosts.New(file)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("read known_hosts: %w", err)
-	default:
-		k.db = db
+func newHostKeyChecker(tr trust, log *slog.Logger) (*hostKeyChecker, error) {
+	k := &hostKeyChecker{trust: tr, log: log}
+	k.files = append(append(k.files, tr.userFiles...), tr.globalFiles...)
+	var existing []string
+	for _, f := range k.files {
+		if _, err := os.Stat(f); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		existing = append(existing, f)
 	}
+	if len(existing) == 0 {
+		return k, nil
+	}
+	db, err := knownhosts.New(existing...)
+	if err != nil {
+		return nil, fmt.Errorf("read known_hosts: %w", err)
+	}
+	k.db = db
 	return k, nil
+}
+
+// name is what addr is looked up as in known_hosts: the HostKeyAlias
+// when the config gives one (without a port, as ssh(1) does), else addr.
+func (k *hostKeyChecker) name(addr string) string {
+	if k.trust.alias != "" {
+		return net.JoinHostPort(k.trust.alias, "22")
+	}
+	return addr
 }
 
 // algorithms returns the host key algorithms to ask for so the host offers
@@ -98,7 +152,7 @@ func (k *hostKeyChecker) algorithms(addr string) []string {
 		return nil
 	}
 	var ke *knownhosts.KeyError
-	if err := k.db(addr, &net.TCPAddr{IP: net.IPv4zero}, probe.PublicKey()); !errors.As(err, &ke) {
+	if err := k.db(k.name(addr), &net.TCPAddr{IP: net.IPv4zero}, probe.PublicKey()); !errors.As(err, &ke) {
 		return nil
 	}
 	var algos []string
@@ -118,14 +172,21 @@ func (k *hostKeyChecker) algorithms(addr string) []string {
 	return algos
 }
 
-// check is the gossh.HostKeyCallback.
+// check is the gossh.HostKeyCallback. A key matching an entry in any file
+// is trusted; one for a host that any file pins with other keys is
+// refused; only a host no file knows may be recorded, in the first user
+// file, and only when acceptNew and nothing in the config forbids it.
 func (k *hostKeyChecker) check(addr string, remote net.Addr, key gossh.PublicKey) error {
 	he := &HostKeyError{
-		Host: addr, KeyType: key.Type(), Fingerprint: gossh.FingerprintSHA256(key), KnownHosts: k.file,
+		Host: addr, Alias: k.trust.alias, KeyType: key.Type(), Fingerprint: gossh.FingerprintSHA256(key),
+		Files: k.files, Note: k.trust.note,
+	}
+	if len(k.trust.userFiles) > 0 {
+		he.KnownHosts = k.trust.userFiles[0]
 	}
 	var err error = &knownhosts.KeyError{}
 	if k.db != nil {
-		err = k.db(addr, remote, key)
+		err = k.db(k.name(addr), remote, key)
 	}
 	var ke *knownhosts.KeyError
 	var re *knownhosts.RevokedError
@@ -142,15 +203,18 @@ func (k *hostKeyChecker) check(addr string, remote net.Addr, key gossh.PublicKey
 		}
 	case errors.As(err, &ke):
 		he.Problem = HostKeyUnknown
-		if k.acceptNew {
-			if err := appendKnownHost(k.file, addr, key); err != nil {
-				return fmt.Errorf("add host key of %s to %s: %w", addr, k.file, err)
+		switch {
+		case k.trust.acceptNew && k.trust.refuseNew != "":
+			he.Note, he.refuseNew = k.trust.refuseNew, true
+		case k.trust.acceptNew:
+			if err := appendKnownHost(he.KnownHosts, k.name(addr), key); err != nil {
+				return fmt.Errorf("add host key of %s to %s: %w", addr, he.KnownHosts, err)
 			}
-			k.log.Warn("trusting new host key", "host", addr, "key", key.Type(), "fingerprint", he.Fingerprint, "known_hosts", k.file)
+			k.log.Warn("trusting new host key", "host", addr, "alias", k.trust.alias, "key", key.Type(), "fingerprint", he.Fingerprint, "known_hosts", he.KnownHosts)
 			return nil
 		}
 	default:
-		return fmt.Errorf("check host key of %s against %s: %w", addr, k.file, err)
+		return fmt.Errorf("check host key of %s against %s: %w", addr, strings.Join(k.files, ", "), err)
 	}
 	k.refused = he
 	return he

@@ -697,3 +697,308 @@ func TestParallelHosts(t *testing.T) {
 		}
 	}
 }
+
+// TestEnsureBinaryTrustsNothingOnTheHost: a copy already on the host is
+// reused only when its content hashes to the local binary's, the binary
+// path and its directories are no symlinks, and the directory is the
+// user's alone. Namespaced hosts, so the symlinks stay in their private
+// ~/.drover.
+func TestEnsureBinaryTrustsNothingOnTheHost(t *testing.T) {
+	hermetic(t)
+	f := sshfleet.Start(t, 1, sshfleet.Options{RequireNamespaces: true})
+	h := f.Hosts[0]
+	cl := dial(t, config(f, 0))
+	ctx := ctxFor(t, 60*time.Second)
+	local := writeFile(t, 1<<20)
+	data, _ := os.ReadFile(local)
+
+	remote, err := cl.EnsureBinary(ctx, local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onDisk := h.Path(remote)
+	dir := filepath.Dir(onDisk)
+	mode := func() os.FileMode {
+		fi, err := os.Lstat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode()
+	}
+	if m := mode(); !m.IsDir() || m.Perm() != 0o700 {
+		t.Errorf("%s mode %v, want a 0700 directory", dir, m)
+	}
+
+	t.Run("same-size tampered copy is replaced", func(t *testing.T) {
+		evil := bytes.Repeat([]byte{'#'}, len(data))
+		if err := os.WriteFile(onDisk, evil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		again, err := cl.EnsureBinary(ctx, local)
+		if err != nil || again != remote {
+			t.Fatalf("EnsureBinary = %q, %v", again, err)
+		}
+		if got, _ := os.ReadFile(onDisk); !bytes.Equal(got, data) {
+			t.Fatal("a tampered copy of the same size was reused")
+		}
+	})
+
+	t.Run("an open directory of the user's is made private", func(t *testing.T) {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.EnsureBinary(ctx, local); err != nil {
+			t.Fatal(err)
+		}
+		if m := mode(); m.Perm() != 0o700 {
+			t.Errorf("%s mode %v, want 0700", dir, m.Perm())
+		}
+	})
+
+	t.Run("a directory writable by others is refused", func(t *testing.T) {
+		if err := os.Chmod(dir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chmod(dir, 0o700) })
+		_, err := cl.EnsureBinary(ctx, local)
+		if err == nil || !strings.Contains(err.Error(), "writable by others") || !strings.Contains(err.Error(), ".drover/bin") {
+			t.Fatalf("EnsureBinary = %v; want a refusal naming the directory", err)
+		}
+	})
+
+	t.Run("a symlinked binary is refused", func(t *testing.T) {
+		elsewhere := filepath.Join(filepath.Dir(dir), "elsewhere")
+		if err := os.WriteFile(elsewhere, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(onDisk); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(filepath.Dir(remote), "..", "elsewhere"), onDisk); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(onDisk); os.Remove(elsewhere) })
+		_, err := cl.EnsureBinary(ctx, local)
+		if err == nil || !strings.Contains(err.Error(), "symlink") || !strings.Contains(err.Error(), remote) {
+			t.Fatalf("EnsureBinary = %v; want a refusal naming the symlink", err)
+		}
+	})
+
+	t.Run("a symlinked directory is refused", func(t *testing.T) {
+		other := filepath.Join(filepath.Dir(dir), "otherbin")
+		if err := os.Rename(dir, other); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("otherbin", dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(other, filepath.Base(onDisk))); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(other, filepath.Base(onDisk)), data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cl.EnsureBinary(ctx, local)
+		if err == nil || !strings.Contains(err.Error(), "symlink") || !strings.Contains(err.Error(), ".drover/bin") {
+			t.Fatalf("EnsureBinary = %v; want a refusal naming the symlinked directory", err)
+		}
+		t.Log(err)
+	})
+}
+
+// trustSetup writes an ssh config for host0 of f as alias "web" with the
+// given extra options, and returns a Config that reaches it through that
+// alias with nothing else set, so every trust decision comes from the
+// config and the known_hosts files it names.
+func trustSetup(t *testing.T, f *sshfleet.Fleet, options string) (ssh.Config, string) {
+	t.Helper()
+	h := f.Hosts[0]
+	cfg := filepath.Join(t.TempDir(), "config")
+	text := fmt.Sprintf("Host web\n  HostName %s\n  Port %d\n  User %s\n  IdentityFile %s\n%s", h.Addr, h.Port, f.User, f.KeyFile, options)
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return ssh.Config{Host: "web", SSHConfig: cfg, DialTimeout: 10 * time.Second}, cfg
+}
+
+func writeKnownHosts(t *testing.T, path string, lines ...string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func otherKey(t *testing.T) gossh.PublicKey {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	s, _ := gossh.NewSignerFromKey(priv)
+	return s.PublicKey()
+}
+
+// TestKnownHostsAsOpenSSH: drover trusts exactly the keys ssh(1) would,
+// from every UserKnownHostsFile and GlobalKnownHostsFile, and honours or
+// refuses by name the options that change trust or reachability.
+func TestKnownHostsAsOpenSSH(t *testing.T) {
+	f := start(t, 1)
+	h := f.Hosts[0]
+	ctx := ctxFor(t, 120*time.Second)
+	good := knownhosts.Line([]string{knownhosts.Normalize(h.Address())}, h.HostKey) + "\n"
+	bad := knownhosts.Line([]string{knownhosts.Normalize(h.Address())}, otherKey(t)) + "\n"
+	home, _ := os.UserHomeDir() // hermetic: a temp dir
+	dialOK := func(t *testing.T, c ssh.Config) {
+		t.Helper()
+		cl, err := ssh.Dial(ctx, c)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		cl.Close()
+	}
+	refused := func(t *testing.T, c ssh.Config, wants ...string) error {
+		t.Helper()
+		_, err := ssh.Dial(ctx, c)
+		if err == nil {
+			t.Fatal("dial succeeded")
+		}
+		t.Log(err)
+		for _, w := range wants {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error should contain %q:\n%v", w, err)
+			}
+		}
+		return err
+	}
+
+	t.Run("every UserKnownHostsFile is read", func(t *testing.T) {
+		dir := t.TempDir()
+		first, second := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+		writeKnownHosts(t, first)
+		writeKnownHosts(t, second, good)
+		c, _ := trustSetup(t, f, fmt.Sprintf("  UserKnownHostsFile %s %s\n", first, second))
+		dialOK(t, c)
+	})
+
+	t.Run("default ~/.ssh/known_hosts2 is read", func(t *testing.T) {
+		p := filepath.Join(home, ".ssh", "known_hosts2")
+		writeKnownHosts(t, p, good)
+		t.Cleanup(func() { os.Remove(p) })
+		c, _ := trustSetup(t, f, "")
+		dialOK(t, c)
+	})
+
+	t.Run("a key in the GlobalKnownHostsFile is trusted", func(t *testing.T) {
+		global := filepath.Join(t.TempDir(), "ssh_known_hosts")
+		writeKnownHosts(t, global, good)
+		c, _ := trustSetup(t, f, fmt.Sprintf("  UserKnownHostsFile %s\n  GlobalKnownHostsFile %s\n", filepath.Join(t.TempDir(), "none"), global))
+		dialOK(t, c)
+	})
+
+	t.Run("a host pinned in the global file is never accepted anew", func(t *testing.T) {
+		global := filepath.Join(t.TempDir(), "ssh_known_hosts")
+		writeKnownHosts(t, global, bad)
+		user := filepath.Join(t.TempDir(), "known_hosts")
+		c, _ := trustSetup(t, f, fmt.Sprintf("  UserKnownHostsFile %s\n  GlobalKnownHostsFile %s\n", user, global))
+		c.AcceptNew = true
+		err := refused(t, c, global+":1", "HAS CHANGED")
+		var he *ssh.HostKeyError
+		if !errors.As(err, &he) || he.Problem != ssh.HostKeyChanged {
+			t.Errorf("err = %v, want *HostKeyError changed", err)
+		}
+		if _, err := os.Stat(user); err == nil {
+			t.Error("the key was appended to the user's known_hosts")
+		}
+	})
+
+	t.Run("HostKeyAlias names the host in known_hosts", func(t *testing.T) {
+		kh := filepath.Join(t.TempDir(), "known_hosts")
+		writeKnownHosts(t, kh, knownhosts.Line([]string{"web-alias"}, h.HostKey)+"\n")
+		c, _ := trustSetup(t, f, fmt.Sprintf("  HostKeyAlias web-alias\n  UserKnownHostsFile %s\n", kh))
+		dialOK(t, c)
+		// A key pinned under the address is not the alias's.
+		writeKnownHosts(t, kh, good)
+		refused(t, c, "web-alias")
+		// Accepted anew, it is recorded under the alias.
+		writeKnownHosts(t, kh)
+		c.AcceptNew = true
+		dialOK(t, c)
+		if data, _ := os.ReadFile(kh); !strings.HasPrefix(string(data), "web-alias ") {
+			t.Errorf("known_hosts = %q, want a line for web-alias", data)
+		}
+	})
+
+	t.Run("StrictHostKeyChecking yes forbids accepting", func(t *testing.T) {
+		kh := filepath.Join(t.TempDir(), "known_hosts")
+		c, cfg := trustSetup(t, f, fmt.Sprintf("  StrictHostKeyChecking yes\n  UserKnownHostsFile %s\n", kh))
+		c.AcceptNew = true
+		refused(t, c, "StrictHostKeyChecking yes", cfg, "web")
+		if _, err := os.Stat(kh); err == nil {
+			t.Error("known_hosts written despite StrictHostKeyChecking yes")
+		}
+	})
+
+	t.Run("StrictHostKeyChecking accept-new is honoured", func(t *testing.T) {
+		kh := filepath.Join(t.TempDir(), "known_hosts")
+		c, _ := trustSetup(t, f, fmt.Sprintf("  StrictHostKeyChecking accept-new\n  UserKnownHostsFile %s\n", kh))
+		dialOK(t, c)
+		if data, _ := os.ReadFile(kh); string(data) != good {
+			t.Errorf("known_hosts = %q, want %q", data, good)
+		}
+	})
+
+	t.Run("StrictHostKeyChecking no is not honoured, and says so", func(t *testing.T) {
+		kh := filepath.Join(t.TempDir(), "known_hosts")
+		c, cfg := trustSetup(t, f, fmt.Sprintf("  StrictHostKeyChecking no\n  UserKnownHostsFile %s\n", kh))
+		refused(t, c, "StrictHostKeyChecking no", cfg, "--insecure-accept-new")
+		writeKnownHosts(t, kh, bad)
+		c.AcceptNew = true
+		refused(t, c, "HAS CHANGED", "StrictHostKeyChecking no")
+	})
+
+	t.Run("UserKnownHostsFile /dev/null cannot pin a new key", func(t *testing.T) {
+		c, cfg := trustSetup(t, f, "  UserKnownHostsFile /dev/null\n")
+		c.AcceptNew = true
+		refused(t, c, "UserKnownHostsFile", "/dev/null", cfg)
+	})
+
+	t.Run("ProxyCommand is the connection", func(t *testing.T) {
+		marker := filepath.Join(t.TempDir(), "ran")
+		c, _ := trustSetup(t, f, fmt.Sprintf("  ProxyCommand echo %%n %%r $$ >%s; SSH_TEST_RELAY=%%h:%%p exec %s\n", marker, os.Args[0]))
+		c.KnownHosts = f.KnownHosts
+		cl, err := ssh.Dial(ctx, c)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		defer cl.Close()
+		if got := output(t, cl, "echo through"); got != "through" {
+			t.Errorf("output %q", got)
+		}
+		b, _ := os.ReadFile(marker)
+		fields := strings.Fields(string(b))
+		if len(fields) != 3 || fields[0] != "web" || fields[1] != f.User {
+			t.Fatalf("ProxyCommand did not run with %%n %%r expanded: %q", b)
+		}
+		// Closing the client ends the command.
+		cl.Close()
+		eventually(t, 10*time.Second, "the ProxyCommand to exit after Close", func() bool {
+			_, err := os.Stat("/proc/" + fields[2])
+			return err != nil
+		})
+	})
+
+	t.Run("a failing ProxyCommand says so", func(t *testing.T) {
+		c, _ := trustSetup(t, f, "  ProxyCommand echo no route to %h >&2; exit 7\n")
+		c.KnownHosts = f.KnownHosts
+		refused(t, c, "ProxyCommand", "no route to "+h.Addr, "exit status 7")
+	})
+
+	t.Run("ProxyJump and ProxyCommand together are refused", func(t *testing.T) {
+		c, cfg := trustSetup(t, f, "  ProxyCommand true\n  ProxyJump other\n")
+		refused(t, c, "ProxyJump", "ProxyCommand", cfg)
+	})
+
+	t.Run("KnownHostsCommand is refused by name", func(t *testing.T) {
+		c, cfg := trustSetup(t, f, "  KnownHostsCommand /bin/echo\n")
+		refused(t, c, "KnownHostsCommand", cfg, "web")
+	})
+}
