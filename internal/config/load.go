@@ -73,8 +73,17 @@ func Parse(name string, data []byte) (*File, error) {
 	if len(astFile.Docs) > 1 {
 		return nil, &Error{File: name, Line: 1, Msg: "file holds more than one YAML document; keep one"}
 	}
+	body, err := expand(astFile.Docs[0].Body)
+	if err != nil {
+		return nil, yamlError(name, err)
+	}
+	doc := *astFile.Docs[0]
+	doc.Body = body
+	plain := *astFile
+	plain.Docs = []*ast.DocumentNode{&doc}
+	astFile = &plain
 	var f File
-	if err := yaml.NodeToValue(astFile.Docs[0].Body, &f, yaml.DisallowUnknownField()); err != nil {
+	if err := yaml.NodeToValue(body, &f, yaml.DisallowUnknownField()); err != nil {
 		e := yamlError(name, err)
 		if ce, ok := e.(*Error); ok {
 			locate(astFile, err, ce)
@@ -217,10 +226,10 @@ func (v *validator) keyOrder(p string) []string {
 	switch m := n.(type) {
 	case *ast.MappingNode:
 		for _, kv := range m.Values {
-			keys = append(keys, kv.Key.String())
+			keys = append(keys, keyString(kv.Key))
 		}
 	case *ast.MappingValueNode:
-		keys = append(keys, m.Key.String())
+		keys = append(keys, keyString(m.Key))
 	}
 	return keys
 }
@@ -244,7 +253,14 @@ func (v *validator) defaults(f *File) {
 		}
 	}
 	for _, k := range v.keyOrder("$.hooks") {
-		if _, ok := f.Hooks[k]; ok {
+		if _, ok := f.Hooks[k]; ok && !slices.Contains(f.HookOrder, k) {
+			f.HookOrder = append(f.HookOrder, k)
+		}
+	}
+	// A hook the file order missed still runs and is validated: every
+	// hook the file declares runs or is an error, never dropped.
+	for _, k := range sortedKeys(f.Hooks) {
+		if !slices.Contains(f.HookOrder, k) {
 			f.HookOrder = append(f.HookOrder, k)
 		}
 	}
