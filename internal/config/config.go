@@ -93,9 +93,11 @@ type Health struct {
 // Environment is a named target of the app: hosts with roles, a branch and
 // a strategy.
 type Environment struct {
-	Name         string        `yaml:"-" json:"name"`
-	Branch       string        `yaml:"branch" json:"branch"`
-	Strategy     Strategy      `yaml:"strategy" json:"strategy"`
+	Name     string   `yaml:"-" json:"name"`
+	Branch   string   `yaml:"branch" json:"branch"`
+	Strategy Strategy `yaml:"strategy" json:"strategy"`
+	// LoadBalancer is decoded so that Parse can refuse it by line: drover
+	// does not drain hosts from a balancer yet.
 	LoadBalancer *LoadBalancer `yaml:"load_balancer" json:"load_balancer,omitempty"`
 	Hosts        []*Host       `yaml:"hosts" json:"hosts"`
 }
@@ -108,14 +110,19 @@ const (
 )
 
 // Strategy says how a rollout activates the hosts of an environment.
+// Batch applies to rolling (the file's or --strategy rolling's); Parallel
+// bounds how many hosts prepare at once.
 type Strategy struct {
-	Type           string `yaml:"type" json:"type"`
-	Batch          int    `yaml:"batch" json:"batch,omitempty"`
-	MaxUnavailable int    `yaml:"max_unavailable" json:"max_unavailable,omitempty"`
-	Parallel       int    `yaml:"parallel" json:"parallel,omitempty"`
+	Type  string `yaml:"type" json:"type"`
+	Batch int    `yaml:"batch" json:"batch,omitempty"`
+	// MaxUnavailable is decoded so that Parse can refuse it by line: no
+	// strategy honours it yet.
+	MaxUnavailable int `yaml:"max_unavailable" json:"max_unavailable,omitempty"`
+	Parallel       int `yaml:"parallel" json:"parallel,omitempty"`
 }
 
-// LoadBalancer names the balancer that fronts an environment.
+// LoadBalancer names the balancer that fronts an environment. Not
+// supported yet: a drover.yml that names one is refused.
 type LoadBalancer struct {
 	Type    string `yaml:"type" json:"type"`
 	Socket  string `yaml:"socket" json:"socket,omitempty"`

@@ -183,3 +183,32 @@ func TestMergeAndAliasErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusesKeysWithoutEffect: load_balancer and strategy.max_unavailable
+// are parsed but drive nothing yet, so a file that names them is refused
+// rather than deployed as if hosts were drained.
+func TestRefusesKeysWithoutEffect(t *testing.T) {
+	tests := []struct {
+		name, env string
+		line      int
+		key, msg  string
+	}{
+		{"load_balancer", "  production:\n    strategy: {type: rolling, batch: 1}\n    load_balancer: {type: haproxy, socket: /run/haproxy/admin.sock, backend: shop}\n    hosts: [{host: web1}, {host: web2}]\n",
+			9, "environments.production.load_balancer", "not supported yet: drover would not drain"},
+		{"empty load_balancer", "  production:\n    load_balancer: {}\n    hosts: [{host: web1}]\n",
+			8, "environments.production.load_balancer", "not supported yet"},
+		{"max_unavailable", "  production:\n    strategy:\n      type: rolling\n      max_unavailable: 1\n    hosts: [{host: web1}, {host: web2}]\n",
+			10, "environments.production.strategy.max_unavailable", "not supported yet"},
+		{"max_unavailable zero", "  production:\n    strategy: {type: rolling, max_unavailable: 0}\n    hosts: [{host: web1}]\n",
+			8, "environments.production.strategy.max_unavailable", "not supported yet"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("drover.yml", []byte(head+"hooks:\n  prepare: [a]\nenvironments:\n"+tc.env))
+			e := configError(t, err)
+			if e.Line != tc.line || e.Key != tc.key || !strings.Contains(e.Msg, tc.msg) {
+				t.Errorf("error %q (line %d, key %s), want line %d, key %s, saying %q", err, e.Line, e.Key, tc.line, tc.key, tc.msg)
+			}
+		})
+	}
+}

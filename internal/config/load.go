@@ -395,9 +395,10 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		default:
 			v.at(p+".strategy.type", "unknown strategy %q; use two-phase, serial or rolling", e.Strategy.Type)
 		}
-		if e.Strategy.Batch < 0 || e.Strategy.MaxUnavailable < 0 || e.Strategy.Parallel < 0 {
-			v.at(p+".strategy", "batch, max_unavailable and parallel must not be negative")
+		if e.Strategy.Batch < 0 || e.Strategy.Parallel < 0 {
+			v.at(p+".strategy", "batch and parallel must not be negative")
 		}
+		v.unsupported(p)
 		if len(e.Hosts) == 0 {
 			v.at(p, "missing required key hosts (at least one host)")
 		}
@@ -436,6 +437,28 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		}
 	}
 	return roles
+}
+
+// unsupported refuses the keys of environment p that drover decodes but
+// does not act on yet: accepting them would promise what a deploy does not
+// do.
+func (v *validator) unsupported(p string) {
+	if v.present(p + ".load_balancer") {
+		v.at(p+".load_balancer", "not supported yet: drover would not drain hosts from this load balancer, so it would restart them while they take requests; remove load_balancer and take hosts out of the balancer yourself around the deploy")
+	}
+	if v.present(p + ".strategy.max_unavailable") {
+		v.at(p+".strategy.max_unavailable", "not supported yet: drover would not hold hosts back to keep others serving; remove it and use batch to say how many hosts activate at once")
+	}
+}
+
+// present reports whether the file has a key at the YAML path p.
+func (v *validator) present(p string) bool {
+	yp, err := yaml.PathString(p)
+	if err != nil {
+		return false
+	}
+	n, err := yp.FilterFile(v.ast)
+	return err == nil && n != nil
 }
 
 func (v *validator) validateHooks(f *File, roles map[string]bool) {
