@@ -196,8 +196,8 @@ func truncate(s string, n int) string {
 	return string([]rune(s)[:n-1]) + "…"
 }
 
-// Summary prints the final table and, for each failed host, its step and
-// the last lines of its output.
+// Summary prints the final table, for each failed host its step and the
+// last lines of its output, and the run_once hooks --skip left out.
 func Summary(w io.Writer, rep *rollout.Report) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tRESULT\tPHASE\tRELEASE\tPREPARE\tACTIVATE")
@@ -223,6 +223,16 @@ func Summary(w io.Writer, rep *rollout.Report) {
 		for _, l := range h.Tail {
 			fmt.Fprintf(w, "  %s | %s\n", host, Clean(l))
 		}
+	}
+	if len(rep.SkippedHooks) > 0 {
+		fmt.Fprintln(w)
+	}
+	for _, h := range rep.SkippedHooks {
+		role := ""
+		if h.Role != "" {
+			role = ", role " + h.Role
+		}
+		fmt.Fprintf(w, "skipped run_once hook %s (%s%s): --skip %s\n", h.Hook, h.Stage, role, h.Hook)
 	}
 	if rep.Err != "" {
 		fmt.Fprintf(w, "\n%s\n", Clean(rep.Err))

@@ -147,3 +147,16 @@ func FuzzClean(f *testing.F) {
 		}
 	})
 }
+
+// TestSummaryNamesSkippedHooks: a run_once hook left out with --skip is in
+// the summary, so nobody believes the migration ran.
+func TestSummaryNamesSkippedHooks(t *testing.T) {
+	var out bytes.Buffer
+	progress.Summary(&out, &rollout.Report{
+		Hosts:        []*rollout.HostResult{{Host: "web2", State: rollout.StateOK, Phase: "activate"}},
+		SkippedHooks: []rollout.SkippedHook{{Hook: "migrate", Stage: "before_activate", Role: "db"}},
+	})
+	if !strings.Contains(out.String(), "skipped run_once hook migrate (before_activate, role db): --skip migrate") {
+		t.Errorf("summary does not name the skipped hook:\n%s", out.String())
+	}
+}
