@@ -165,6 +165,17 @@ type Duration time.Duration
 // D returns d as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// AtCommit returns the app as a deploy of one commit runs it. code is the
+// drover.yml in that commit: hooks, services, shared paths and
+// keep_releases travel with the code they deploy. f, the deployer's file,
+// says where the app goes: app, repo, deploy_to and environments.
+func (f *File) AtCommit(code *File) *File {
+	out := *f
+	out.Hooks, out.HookOrder, out.Services = code.Hooks, code.HookOrder, code.Services
+	out.Shared, out.KeepReleases = code.Shared, code.KeepReleases
+	return &out
+}
+
 // HooksFor returns the hooks of a stage in the order the file declares them.
 func (f *File) HooksFor(stage string) []*Hook {
 	var out []*Hook
