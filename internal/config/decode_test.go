@@ -186,7 +186,8 @@ func TestMergeAndAliasErrors(t *testing.T) {
 
 // TestRefusesKeysWithoutEffect: load_balancer and strategy.max_unavailable
 // are parsed but drive nothing yet, so a file that names them is refused
-// rather than deployed as if hosts were drained.
+// rather than deployed as if hosts were drained; stop_grace of a systemd
+// unit would be ignored (systemctl stop decides) and is refused too.
 func TestRefusesKeysWithoutEffect(t *testing.T) {
 	tests := []struct {
 		name, env string
@@ -201,6 +202,8 @@ func TestRefusesKeysWithoutEffect(t *testing.T) {
 			10, "environments.production.strategy.max_unavailable", "not supported yet"},
 		{"max_unavailable zero", "  production:\n    strategy: {type: rolling, max_unavailable: 0}\n    hosts: [{host: web1}]\n",
 			8, "environments.production.strategy.max_unavailable", "not supported yet"},
+		{"stop_grace of a systemd unit", "  production:\n    hosts: [{host: web1}]\nservices:\n  worker: {systemd: shop-worker.service, stop_grace: 30s}\n",
+			10, "services.worker.stop_grace", "systemd stops the unit"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -517,6 +517,9 @@ func (v *validator) validateServices(f *File) {
 		if s.Systemd != "" && len(s.Ports) > 0 {
 			v.at(p+".ports", "ports apply only to services drover starts (start:), not to systemd units")
 		}
+		if s.Systemd != "" && v.present(p+".stop_grace") {
+			v.at(p+".stop_grace", "stop_grace applies only to services drover starts (start:); systemd stops the unit by its own TimeoutStopSec, set it in the unit")
+		}
 		seen := map[int]bool{}
 		for i, port := range s.Ports {
 			if port < 1 || port > 65535 {
