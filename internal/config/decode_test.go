@@ -202,6 +202,8 @@ func TestRefusesKeysWithoutEffect(t *testing.T) {
 			10, "environments.production.strategy.max_unavailable", "not supported yet"},
 		{"max_unavailable zero", "  production:\n    strategy: {type: rolling, max_unavailable: 0}\n    hosts: [{host: web1}]\n",
 			8, "environments.production.strategy.max_unavailable", "not supported yet"},
+		{"max_unavailable in an environment named with a dot", "  prod.eu:\n    strategy: {type: rolling, max_unavailable: 0}\n    hosts: [{host: web1}]\n",
+			8, "environments.'prod.eu'.strategy.max_unavailable", "not supported yet"},
 		{"stop_grace of a systemd unit", "  production:\n    hosts: [{host: web1}]\nservices:\n  worker: {systemd: shop-worker.service, stop_grace: 30s}\n",
 			10, "services.worker.stop_grace", "systemd stops the unit"},
 	}

@@ -379,7 +379,7 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 	}
 	for _, name := range f.EnvironmentNames() {
 		e := f.Environments[name]
-		p := "$.environments." + name
+		p := "$.environments." + pathKey(name)
 		if e == nil {
 			v.at(p, "environment is empty; give it hosts")
 			continue
@@ -398,7 +398,7 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		if e.Strategy.Batch < 0 || e.Strategy.Parallel < 0 {
 			v.at(p+".strategy", "batch and parallel must not be negative")
 		}
-		v.unsupported(p)
+		v.unsupported(p, e)
 		if len(e.Hosts) == 0 {
 			v.at(p, "missing required key hosts (at least one host)")
 		}
@@ -442,13 +442,22 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 // unsupported refuses the keys of environment p that drover decodes but
 // does not act on yet: accepting them would promise what a deploy does not
 // do.
-func (v *validator) unsupported(p string) {
-	if v.present(p + ".load_balancer") {
+func (v *validator) unsupported(p string, e *Environment) {
+	if e.LoadBalancer != nil || v.present(p+".load_balancer") {
 		v.at(p+".load_balancer", "not supported yet: drover would not drain hosts from this load balancer, so it would restart them while they take requests; remove load_balancer and take hosts out of the balancer yourself around the deploy")
 	}
-	if v.present(p + ".strategy.max_unavailable") {
+	if e.Strategy.MaxUnavailable != 0 || v.present(p+".strategy.max_unavailable") {
 		v.at(p+".strategy.max_unavailable", "not supported yet: drover would not hold hosts back to keep others serving; remove it and use batch to say how many hosts activate at once")
 	}
+}
+
+// pathKey is name as one step of a YAML path: quoted when it holds a dot,
+// so that environment prod.eu is one key, not two.
+func pathKey(name string) string {
+	if strings.Contains(name, ".") && !strings.Contains(name, "'") {
+		return "'" + name + "'"
+	}
+	return name
 }
 
 // present reports whether the file has a key at the YAML path p.
@@ -498,7 +507,7 @@ func (v *validator) validateHooks(f *File, roles map[string]bool) {
 func (v *validator) validateServices(f *File) {
 	for _, name := range f.ServiceNames() {
 		s := f.Services[name]
-		p := "$.services." + name
+		p := "$.services." + pathKey(name)
 		if s == nil {
 			v.at(p, "service is empty; give it start or systemd")
 			continue
