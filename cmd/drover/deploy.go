@@ -15,7 +15,8 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 		Short: "Push a release to every host of ENV over SSH: prepare everywhere, then activate",
 		Example: `  drover deploy staging                      # the tip of branch staging
   drover deploy production --version tag:v1.2
-  drover deploy production --version commit:3f9c2ab --strategy serial --parallel 10`,
+  drover deploy production --version commit:3f9c2ab --strategy serial --parallel 10
+  drover deploy production --role web --skip migrate   # web hosts only, without the db migration`,
 		Args: exactArgs(1, "an environment"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Common = g.common(cmd, args[0])
@@ -41,7 +42,14 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	f.IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
 	f.StringVar(&o.Export, "export", "", "how to write a commit into a release: archive or checkout")
 	f.DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "the deploy lock expires this long after its holder stops renewing it")
+	skipFlag(cmd, o)
 	return cmd
+}
+
+// skipFlag adds --skip HOOK: without it, a run_once hook that no selected
+// host may run (--host, --role) refuses the deploy.
+func skipFlag(cmd *cobra.Command, o *cli.DeployOptions) {
+	cmd.Flags().StringArrayVar(&o.Skip, "skip", nil, "do not run this run_once hook (repeatable); needed when no selected host has its role")
 }
 
 func newActivateCmd(g *globals) *cobra.Command {
@@ -60,6 +68,7 @@ func newActivateCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
 	cmd.Flags().DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "deploy lock lease")
+	skipFlag(cmd, o)
 	return cmd
 }
 
@@ -81,6 +90,7 @@ host runs, and finishes it: hosts and steps already done are skipped.`,
 	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
 	cmd.Flags().IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
 	cmd.Flags().DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "deploy lock lease")
+	skipFlag(cmd, o)
 	return cmd
 }
 

@@ -171,6 +171,32 @@ func resolve(ctx context.Context, app *config.File, specText string) (source.Spe
 	return spec, commit, nil
 }
 
+// atCommit makes e deploy commit as that commit describes itself: hooks,
+// services, shared paths and keep_releases come from the drover.yml in the
+// commit, hosts and where the app lives from the deployer's file. A commit
+// whose drover.yml is missing or invalid is an error that names it.
+func (e *env) atCommit(ctx context.Context, commit string) error {
+	if commit == "" {
+		return errors.New("the hosts record no commit for this release, so drover cannot read its drover.yml; nothing was changed")
+	}
+	m := &source.Mirror{Dir: mirrorDir(e.app.Repo), URL: e.app.Repo}
+	if err := m.Ensure(ctx, commit); err != nil {
+		return fmt.Errorf("read drover.yml of commit %s: %w", short(commit), err)
+	}
+	name := config.DefaultFile + "@" + short(commit)
+	data, err := m.ReadFile(ctx, commit, config.DefaultFile)
+	if err != nil {
+		return &config.Error{File: name, Msg: fmt.Sprintf("commit %s has no drover.yml at the root of %s, so drover does not know its hooks; nothing was deployed. Deploy a commit that has one", commit, e.app.Repo)}
+	}
+	code, err := config.Parse(name, data)
+	if err != nil {
+		return fmt.Errorf("the drover.yml of commit %s is invalid; nothing was deployed. Fix it in a new commit and deploy that:\n%w", commit, err)
+	}
+	e.app = e.app.AtCommit(code)
+	e.plan.App = e.app
+	return nil
+}
+
 func mirrorDir(url string) string {
 	dir := os.Getenv("XDG_CACHE_HOME")
 	if dir == "" {

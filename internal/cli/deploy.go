@@ -23,6 +23,7 @@ type DeployOptions struct {
 	Release  string        // activate: the prepared release
 	Export   string        // how to materialise a commit (archive, checkout)
 	Lease    time.Duration // deploy lock lease
+	Skip     []string      // run_once hooks not to run (--skip)
 }
 
 // Deploy pushes a release to every host of an environment: resolve the spec
@@ -63,7 +64,7 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	if o.Parallel > 0 {
 		e.plan.Parallel = o.Parallel
 	}
-	e.plan.KeepFor, e.plan.Export, e.plan.Lease = o.KeepFor, o.Export, o.Lease
+	e.plan.KeepFor, e.plan.Export, e.plan.Lease, e.plan.Skip = o.KeepFor, o.Export, o.Lease, o.Skip
 	e.plan.Command = "drover " + verb + " " + e.env.Name
 	if o.Version != "" {
 		e.plan.Command += " --version " + o.Version
@@ -80,6 +81,9 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		}
 		e.plan.Spec, e.plan.Commit, e.plan.ID = spec.String(), commit, newID(commit)
 		e.plan.PrepareOnly = verb == "prepare"
+		if err := e.atCommit(ctx, commit); err != nil {
+			return nil, err
+		}
 	case "activate":
 		if err := release.CheckID(o.Release); err != nil {
 			return nil, &UsageError{err}
@@ -110,13 +114,23 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		if len(missing) > 0 {
 			return nil, fmt.Errorf("release %s is not prepared on %s; run `drover prepare %s` first", o.Release, strings.Join(missing, ", "), e.env.Name)
 		}
+		if err := e.atCommit(ctx, e.plan.Commit); err != nil {
+			return nil, err
+		}
 	case "resume":
 		id, commit, spec, err := rollout.Resumable(rollout.Releases(ctx, e.plan, set.Targets))
 		if err != nil {
 			return nil, err
 		}
 		e.plan.ID, e.plan.Commit, e.plan.Spec = id, commit, spec
+		if err := e.atCommit(ctx, commit); err != nil {
+			return nil, err
+		}
 		fmt.Fprintf(o.IO.Err, "resuming %s (%s)\n", id, commit[:min(12, len(commit))])
+	}
+	// A run_once hook with no host to run on would be left out silently.
+	if err := rollout.CheckRunOnce(e.plan, e.env.Hosts); err != nil {
+		return nil, &UsageError{err}
 	}
 	if o.IO.Output != "json" {
 		fmt.Fprintf(o.IO.Out, "%s %s %s to %s: release %s (commit %s), %d hosts, strategy %s\n",
@@ -137,6 +151,18 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 }
 
 func short(sha string) string { return sha[:min(len(sha), 12)] }
+
+// releaseCommit returns the commit the hosts record for release id.
+func releaseCommit(hosts []*rollout.HostReleases, id string) string {
+	for _, h := range hosts {
+		for _, r := range h.Releases {
+			if r.ID == id && r.Commit != "" {
+				return r.Commit
+			}
+		}
+	}
+	return ""
+}
 
 // RollbackOptions are the inputs of `drover rollback`.
 type RollbackOptions struct {
@@ -162,8 +188,13 @@ func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) 
 		return nil, err
 	}
 	defer set.Close()
-	to, err := rollout.RollbackTarget(rollout.Releases(ctx, e.plan, set.Targets), o.To)
+	hosts := rollout.Releases(ctx, e.plan, set.Targets)
+	to, err := rollout.RollbackTarget(hosts, o.To)
 	if err != nil {
+		return nil, err
+	}
+	// The release goes back with its own hooks and services.
+	if err := e.atCommit(ctx, releaseCommit(hosts, to)); err != nil {
 		return nil, err
 	}
 	e.plan.ID, e.plan.Lease, e.plan.Command = to, o.Lease, "rollback "+e.env.Name

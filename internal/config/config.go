@@ -108,9 +108,11 @@ type Health struct {
 // Environment is a named target of the app: hosts with roles, a branch and
 // a strategy.
 type Environment struct {
-	Name         string        `yaml:"-" json:"name"`
-	Branch       string        `yaml:"branch" json:"branch"`
-	Strategy     Strategy      `yaml:"strategy" json:"strategy"`
+	Name     string   `yaml:"-" json:"name"`
+	Branch   string   `yaml:"branch" json:"branch"`
+	Strategy Strategy `yaml:"strategy" json:"strategy"`
+	// LoadBalancer is decoded so that Parse can refuse it by line: drover
+	// does not drain hosts from a balancer yet.
 	LoadBalancer *LoadBalancer `yaml:"load_balancer" json:"load_balancer,omitempty"`
 	Hosts        []*Host       `yaml:"hosts" json:"hosts"`
 }
@@ -123,14 +125,19 @@ const (
 )
 
 // Strategy says how a rollout activates the hosts of an environment.
+// Batch applies to rolling (the file's or --strategy rolling's); Parallel
+// bounds how many hosts prepare at once.
 type Strategy struct {
-	Type           string `yaml:"type" json:"type"`
-	Batch          int    `yaml:"batch" json:"batch,omitempty"`
-	MaxUnavailable int    `yaml:"max_unavailable" json:"max_unavailable,omitempty"`
-	Parallel       int    `yaml:"parallel" json:"parallel,omitempty"`
+	Type  string `yaml:"type" json:"type"`
+	Batch int    `yaml:"batch" json:"batch,omitempty"`
+	// MaxUnavailable is decoded so that Parse can refuse it by line: no
+	// strategy honours it yet.
+	MaxUnavailable int `yaml:"max_unavailable" json:"max_unavailable,omitempty"`
+	Parallel       int `yaml:"parallel" json:"parallel,omitempty"`
 }
 
-// LoadBalancer names the balancer that fronts an environment.
+// LoadBalancer names the balancer that fronts an environment. Not
+// supported yet: a drover.yml that names one is refused.
 type LoadBalancer struct {
 	Type    string `yaml:"type" json:"type"`
 	Socket  string `yaml:"socket" json:"socket,omitempty"`
@@ -172,6 +179,17 @@ type Duration time.Duration
 
 // D returns d as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// AtCommit returns the app as a deploy of one commit runs it. code is the
+// drover.yml in that commit: hooks, services, shared paths and
+// keep_releases travel with the code they deploy. f, the deployer's file,
+// says where the app goes: app, repo, deploy_to and environments.
+func (f *File) AtCommit(code *File) *File {
+	out := *f
+	out.Hooks, out.HookOrder, out.Services = code.Hooks, code.HookOrder, code.Services
+	out.Shared, out.KeepReleases = code.Shared, code.KeepReleases
+	return &out
+}
 
 // HooksFor returns the hooks of a stage in the order the file declares them.
 func (f *File) HooksFor(stage string) []*Hook {

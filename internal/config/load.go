@@ -73,8 +73,17 @@ func Parse(name string, data []byte) (*File, error) {
 	if len(astFile.Docs) > 1 {
 		return nil, &Error{File: name, Line: 1, Msg: "file holds more than one YAML document; keep one"}
 	}
+	body, err := expand(astFile.Docs[0].Body)
+	if err != nil {
+		return nil, yamlError(name, err)
+	}
+	doc := *astFile.Docs[0]
+	doc.Body = body
+	plain := *astFile
+	plain.Docs = []*ast.DocumentNode{&doc}
+	astFile = &plain
 	var f File
-	if err := yaml.NodeToValue(astFile.Docs[0].Body, &f, yaml.DisallowUnknownField()); err != nil {
+	if err := yaml.NodeToValue(body, &f, yaml.DisallowUnknownField()); err != nil {
 		e := yamlError(name, err)
 		if ce, ok := e.(*Error); ok {
 			locate(astFile, err, ce)
@@ -217,10 +226,10 @@ func (v *validator) keyOrder(p string) []string {
 	switch m := n.(type) {
 	case *ast.MappingNode:
 		for _, kv := range m.Values {
-			keys = append(keys, kv.Key.String())
+			keys = append(keys, keyString(kv.Key))
 		}
 	case *ast.MappingValueNode:
-		keys = append(keys, m.Key.String())
+		keys = append(keys, keyString(m.Key))
 	}
 	return keys
 }
@@ -244,7 +253,14 @@ func (v *validator) defaults(f *File) {
 		}
 	}
 	for _, k := range v.keyOrder("$.hooks") {
-		if _, ok := f.Hooks[k]; ok {
+		if _, ok := f.Hooks[k]; ok && !slices.Contains(f.HookOrder, k) {
+			f.HookOrder = append(f.HookOrder, k)
+		}
+	}
+	// A hook the file order missed still runs and is validated: every
+	// hook the file declares runs or is an error, never dropped.
+	for _, k := range sortedKeys(f.Hooks) {
+		if !slices.Contains(f.HookOrder, k) {
 			f.HookOrder = append(f.HookOrder, k)
 		}
 	}
@@ -381,7 +397,7 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 	}
 	for _, name := range f.EnvironmentNames() {
 		e := f.Environments[name]
-		p := "$.environments." + name
+		p := "$.environments." + pathKey(name)
 		if e == nil {
 			v.at(p, "environment is empty; give it hosts")
 			continue
@@ -397,9 +413,10 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		default:
 			v.at(p+".strategy.type", "unknown strategy %q; use two-phase, serial or rolling", e.Strategy.Type)
 		}
-		if e.Strategy.Batch < 0 || e.Strategy.MaxUnavailable < 0 || e.Strategy.Parallel < 0 {
-			v.at(p+".strategy", "batch, max_unavailable and parallel must not be negative")
+		if e.Strategy.Batch < 0 || e.Strategy.Parallel < 0 {
+			v.at(p+".strategy", "batch and parallel must not be negative")
 		}
+		v.unsupported(p, e)
 		if len(e.Hosts) == 0 {
 			v.at(p, "missing required key hosts (at least one host)")
 		}
@@ -438,6 +455,37 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		}
 	}
 	return roles
+}
+
+// unsupported refuses the keys of environment p that drover decodes but
+// does not act on yet: accepting them would promise what a deploy does not
+// do.
+func (v *validator) unsupported(p string, e *Environment) {
+	if e.LoadBalancer != nil || v.present(p+".load_balancer") {
+		v.at(p+".load_balancer", "not supported yet: drover would not drain hosts from this load balancer, so it would restart them while they take requests; remove load_balancer and take hosts out of the balancer yourself around the deploy")
+	}
+	if e.Strategy.MaxUnavailable != 0 || v.present(p+".strategy.max_unavailable") {
+		v.at(p+".strategy.max_unavailable", "not supported yet: drover would not hold hosts back to keep others serving; remove it and use batch to say how many hosts activate at once")
+	}
+}
+
+// pathKey is name as one step of a YAML path: quoted when it holds a dot,
+// so that environment prod.eu is one key, not two.
+func pathKey(name string) string {
+	if strings.Contains(name, ".") && !strings.Contains(name, "'") {
+		return "'" + name + "'"
+	}
+	return name
+}
+
+// present reports whether the file has a key at the YAML path p.
+func (v *validator) present(p string) bool {
+	yp, err := yaml.PathString(p)
+	if err != nil {
+		return false
+	}
+	n, err := yp.FilterFile(v.ast)
+	return err == nil && n != nil
 }
 
 func (v *validator) validateHooks(f *File, roles map[string]bool) {
@@ -480,7 +528,7 @@ func (v *validator) validateHooks(f *File, roles map[string]bool) {
 func (v *validator) validateServices(f *File) {
 	for _, name := range f.ServiceNames() {
 		s := f.Services[name]
-		p := "$.services." + name
+		p := "$.services." + pathKey(name)
 		if s == nil {
 			v.at(p, "service is empty; give it start or systemd")
 			continue
@@ -498,6 +546,9 @@ func (v *validator) validateServices(f *File) {
 		}
 		if s.Systemd != "" && len(s.Ports) > 0 {
 			v.at(p+".ports", "ports apply only to services drover starts (start:), not to systemd units")
+		}
+		if s.Systemd != "" && v.present(p+".stop_grace") {
+			v.at(p+".stop_grace", "stop_grace applies only to services drover starts (start:); systemd stops the unit by its own TimeoutStopSec, set it in the unit")
 		}
 		seen := map[int]bool{}
 		for i, port := range s.Ports {

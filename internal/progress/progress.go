@@ -14,6 +14,7 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
@@ -107,6 +108,9 @@ func (r *Renderer) Phase(name string) {
 func (r *Renderer) Event(host string, ev release.Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// What a host sends reaches a person's terminal and the log, which
+	// people cat: no escape sequence of its own may pass.
+	host, step, line, errText := Clean(host), Clean(ev.Step), Clean(ev.Line), Clean(ev.Error)
 	hl := r.state[host]
 	if hl == nil {
 		hl = &hostLine{}
@@ -115,26 +119,26 @@ func (r *Renderer) Event(host string, ev release.Event) {
 	}
 	switch ev.Kind {
 	case release.EventStepStart:
-		hl.step, hl.started, hl.result, hl.last = ev.Step, time.Now(), "", ""
-		r.logf("[%s] %s: start", host, ev.Step)
+		hl.step, hl.started, hl.result, hl.last = step, time.Now(), "", ""
+		r.logf("[%s] %s: start", host, step)
 		if !r.tty {
-			fmt.Fprintf(r.out, "[%s] %s ...\n", host, ev.Step)
+			fmt.Fprintf(r.out, "[%s] %s ...\n", host, step)
 		}
 	case release.EventStepEnd:
 		res := "ok"
-		if ev.Error != "" {
-			res = "FAILED: " + ev.Error
+		if errText != "" {
+			res = "FAILED: " + errText
 		}
 		hl.result, hl.elapsed = res, ev.Elapsed
-		r.logf("[%s] %s: %s (%s)", host, ev.Step, res, ev.Elapsed.Round(time.Millisecond))
+		r.logf("[%s] %s: %s (%s)", host, step, res, ev.Elapsed.Round(time.Millisecond))
 		if !r.tty {
-			fmt.Fprintf(r.out, "[%s] %s %s (%s)\n", host, ev.Step, res, ev.Elapsed.Round(time.Millisecond))
+			fmt.Fprintf(r.out, "[%s] %s %s (%s)\n", host, step, res, ev.Elapsed.Round(time.Millisecond))
 		}
 	default:
-		hl.last = ev.Line
-		r.logf("[%s] %s | %s", host, ev.Step, ev.Line)
+		hl.last = line
+		r.logf("[%s] %s | %s", host, step, line)
 		if !r.tty {
-			fmt.Fprintf(r.out, "[%s] | %s\n", host, ev.Line)
+			fmt.Fprintf(r.out, "[%s] | %s\n", host, line)
 		}
 	}
 }
@@ -143,14 +147,15 @@ func (r *Renderer) Event(host string, ev release.Event) {
 func (r *Renderer) Done(host string, res *rollout.HostResult) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.logf("[%s] %s: %s %s", host, res.Phase, res.State, res.Error)
+	host, errText := Clean(host), Clean(res.Error)
+	r.logf("[%s] %s: %s %s", host, res.Phase, res.State, errText)
 	if hl := r.state[host]; hl != nil {
 		hl.result = res.Phase + " " + res.State
 	}
 	if !r.tty {
 		line := fmt.Sprintf("[%s] %s %s", host, res.Phase, res.State)
-		if res.Error != "" {
-			line += ": " + res.Error
+		if errText != "" {
+			line += ": " + errText
 		}
 		fmt.Fprintln(r.out, line)
 	}
@@ -183,15 +188,16 @@ func (r *Renderer) redraw() {
 	r.drawn = len(r.hosts)
 }
 
+// truncate shortens s to n runes, never cutting one in half.
 func truncate(s string, n int) string {
-	if len(s) <= n {
+	if utf8.RuneCountInString(s) <= n {
 		return s
 	}
-	return s[:n-1] + "…"
+	return string([]rune(s)[:n-1]) + "…"
 }
 
-// Summary prints the final table and, for each failed host, its step and
-// the last lines of its output.
+// Summary prints the final table, for each failed host its step and the
+// last lines of its output, and the run_once hooks --skip left out.
 func Summary(w io.Writer, rep *rollout.Report) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tRESULT\tPHASE\tRELEASE\tPREPARE\tACTIVATE")
@@ -201,7 +207,7 @@ func Summary(w io.Writer, rep *rollout.Report) {
 		if rel == "" {
 			rel = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Host, h.State, h.Phase, rel, dur(h.Prepare), dur(h.Activate))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", Clean(h.Host), h.State, h.Phase, Clean(rel), dur(h.Prepare), dur(h.Activate))
 	}
 	tw.Flush()
 	for _, h := range hosts {
@@ -212,13 +218,24 @@ func Summary(w io.Writer, rep *rollout.Report) {
 		if step == "" {
 			step = h.Phase
 		}
-		fmt.Fprintf(w, "\n%s failed in %s: %s\n", h.Host, step, h.Error)
+		host := Clean(h.Host)
+		fmt.Fprintf(w, "\n%s failed in %s: %s\n", host, Clean(step), Clean(h.Error))
 		for _, l := range h.Tail {
-			fmt.Fprintf(w, "  %s | %s\n", h.Host, l)
+			fmt.Fprintf(w, "  %s | %s\n", host, Clean(l))
 		}
 	}
+	if len(rep.SkippedHooks) > 0 {
+		fmt.Fprintln(w)
+	}
+	for _, h := range rep.SkippedHooks {
+		role := ""
+		if h.Role != "" {
+			role = ", role " + h.Role
+		}
+		fmt.Fprintf(w, "skipped run_once hook %s (%s%s): --skip %s\n", h.Hook, h.Stage, role, h.Hook)
+	}
 	if rep.Err != "" {
-		fmt.Fprintf(w, "\n%s\n", rep.Err)
+		fmt.Fprintf(w, "\n%s\n", Clean(rep.Err))
 	}
 }
 
@@ -230,7 +247,8 @@ func dur(d time.Duration) string {
 }
 
 // LogFile opens a new log file for a rollout under the user's state
-// directory ($XDG_STATE_HOME/drover/logs or ~/.local/state/drover/logs).
+// directory ($XDG_STATE_HOME/drover/logs or ~/.local/state/drover/logs),
+// readable by its owner only (0600, in a 0700 directory).
 func LogFile(app, env, id string) (*os.File, error) {
 	dir := os.Getenv("XDG_STATE_HOME")
 	if dir == "" {
@@ -241,9 +259,23 @@ func LogFile(app, env, id string) (*os.File, error) {
 		dir = filepath.Join(home, ".local", "state")
 	}
 	dir = filepath.Join(dir, "drover", "logs")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Hook output can hold what only the deployer may read (a secret
+	// printed by mistake, a connection string): the logs are private,
+	// also when an older drover made them readable.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
 	name := strings.Join([]string{app, env, id}, "-") + ".log"
-	return os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

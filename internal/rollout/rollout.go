@@ -78,6 +78,8 @@ type Report struct {
 	Window   time.Duration `json:"activation_window"` // from the first switch to the last host active
 	Err      string        `json:"error,omitempty"`
 	Activate bool          `json:"activated"`
+	// SkippedHooks are the run_once hooks --skip left out.
+	SkippedHooks []SkippedHook `json:"skipped_hooks,omitempty"`
 }
 
 // OK reports whether every host succeeded.
@@ -110,6 +112,8 @@ type Plan struct {
 	Lease    time.Duration // deploy lock lease
 	// PrepareOnly stops after prepare (drover prepare); ActivateOnly skips it (drover activate).
 	PrepareOnly, ActivateOnly bool
+	// Skip names run_once hooks not to run (drover deploy --skip HOOK).
+	Skip []string
 }
 
 // Deployer names who deploys: user@machine.
@@ -197,8 +201,12 @@ func (r *run) call(ctx context.Context, t Target, phase string, req *node.Reques
 // when the rollout could not start (bad plan, lock held); host failures are
 // in the report.
 func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*Report, error) {
+	if err := CheckRunOnce(plan, hostsOf(targets)); err != nil {
+		return &Report{App: plan.App.App, Env: plan.Env.Name, Release: plan.ID, Commit: plan.Commit, Err: err.Error()}, err
+	}
 	r, rep := newRun(plan, targets, obs)
 	defer r.finish(rep)
+	rep.SkippedHooks = plan.skippedHooks()
 	ctx, unlock, err := r.lock(ctx, rep)
 	if err != nil {
 		return rep, err
@@ -324,11 +332,12 @@ func (r *run) each(ctx context.Context, limit int, fn func(context.Context, Targ
 }
 
 // runOnceHosts picks, for each run_once hook of stage, the first host (in
-// drover.yml order) with the hook's role.
+// drover.yml order) with the hook's role. Hooks the plan skips run nowhere;
+// CheckRunOnce made sure every other hook has a host.
 func (r *run) runOnceHosts(stage string) map[Target][]string {
 	out := map[Target][]string{}
 	for _, h := range r.plan.App.HooksFor(stage) {
-		if !h.RunOnce {
+		if !h.RunOnce || slices.Contains(r.plan.Skip, h.Name) {
 			continue
 		}
 		for _, t := range r.targets {
