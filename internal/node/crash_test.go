@@ -73,7 +73,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds drover and starts real services")
 	}
-	bin := apptest.DroverBinary(t)
+	bin := debugBinary(t)
 	points := []struct{ op, at string }{
 		{node.OpPrepare, "before:fetch"}, {node.OpPrepare, "after:fetch"},
 		{node.OpPrepare, "before:checkout"}, {node.OpPrepare, "after:checkout"},

@@ -62,7 +62,8 @@ type Request struct {
 	Port    int           `json:"port,omitempty"`
 	Holder  *lock.Holder  `json:"holder,omitempty"`
 	Export  string        `json:"export,omitempty"`
-	CrashAt string        `json:"crash_at,omitempty"`
+	// CrashAt is a test hook: only a -tags droverdebug build accepts it.
+	CrashAt string `json:"crash_at,omitempty"`
 }
 
 // Response is the result of a Request.

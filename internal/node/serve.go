@@ -20,7 +20,7 @@ import (
 type Server struct {
 	Version string       // drover's version, reported by ping
 	Logger  *slog.Logger // where the engine logs
-	CrashAt string       // crash point for tests (DROVER_CRASH_AT)
+	CrashAt string       // crash point for tests (DROVER_CRASH_AT); only a -tags droverdebug build honours it
 }
 
 // Serve reads one request from in, runs it and writes events and the result
@@ -89,9 +89,13 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 	eng.Emit = w.event
 	eng.Logger = s.Logger
 	eng.Export = req.Export
-	eng.CrashAt = s.CrashAt
-	if req.CrashAt != "" {
+	switch {
+	case !crashPoints && req.CrashAt != "":
+		return &Response{Error: "bad request: crash_at is a test hook that only a test build of drover (-tags droverdebug) accepts"}
+	case crashPoints && req.CrashAt != "":
 		eng.CrashAt = req.CrashAt
+	case crashPoints:
+		eng.CrashAt = s.CrashAt
 	}
 	lk := &lock.File{Path: filepath.Join(eng.Layout.State(), "lock")}
 	if req.Token != 0 {
