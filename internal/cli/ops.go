@@ -134,7 +134,27 @@ func report(io IO, targets []rollout.Target, resps []*node.Response, ok func(str
 // ExecOptions are the inputs of `drover exec`.
 type ExecOptions struct {
 	Common
-	Command string
+	// Args are the words after --. One word is a shell command line, as
+	// with `ssh HOST 'CMD'`; several are an argv that reaches the host
+	// intact, each word one argument, nothing expanded.
+	Args []string
+}
+
+// command is what the host's shell runs for args.
+func (o *ExecOptions) command() string {
+	if len(o.Args) == 1 {
+		return o.Args[0]
+	}
+	quoted := make([]string, len(o.Args))
+	for i, a := range o.Args {
+		quoted[i] = shellQuote(a)
+	}
+	return strings.Join(quoted, " ")
+}
+
+// shellQuote makes s one word for sh, taken literally.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // Exec runs a command in the current release on every selected host,
@@ -143,7 +163,7 @@ func Exec(ctx context.Context, o *ExecOptions) error {
 	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
 		single := len(targets) == 1
 		var mu = make(chan struct{}, 1)
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Command = node.OpExec, o.Command },
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Command = node.OpExec, o.command() },
 			func(host string, ev release.Event) {
 				if ev.Kind != release.EventOutput {
 					return
