@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
@@ -88,7 +91,7 @@ type CleanupOptions struct {
 // never the active one, the rollback target or a pinned one.
 func Cleanup(ctx context.Context, o *CleanupOptions) error {
 	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Keep = node.OpCleanup, o.Keep }, nil)
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Keep, r.Holder = node.OpCleanup, o.Keep, holder(e, "cleanup") }, nil)
 		return report(o.IO, targets, resps, func(name string, r *node.Response) string {
 			if len(r.Removed) == 0 {
 				return "nothing to remove"
@@ -96,6 +99,13 @@ func Cleanup(ctx context.Context, o *CleanupOptions) error {
 			return "removed " + strings.Join(r.Removed, ", ")
 		})
 	})
+}
+
+// holder is who a command that changes hosts is, for the deploy lock each
+// host takes for the length of the command: a deploy that comes meanwhile
+// is told who holds it and what for.
+func holder(e *env, verb string) *lock.Holder {
+	return &lock.Holder{Owner: e.plan.By, PID: os.Getpid(), Command: "drover " + verb + " " + e.env.Name}
 }
 
 // report prints one line per host and fails when any host failed.
@@ -163,7 +173,7 @@ func Exec(ctx context.Context, o *ExecOptions) error {
 	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
 		single := len(targets) == 1
 		var mu = make(chan struct{}, 1)
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Command = node.OpExec, o.command() },
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Command, r.Holder = node.OpExec, o.command(), holder(e, "exec") },
 			func(host string, ev release.Event) {
 				if ev.Kind != release.EventOutput {
 					return
@@ -206,6 +216,7 @@ func Service(ctx context.Context, o *ServiceOptions) error {
 	defer set.Close()
 	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) {
 		r.Op, r.Action, r.Service, r.Port = node.OpService, o.Action, o.Service, o.Port
+		r.Holder = holder(e, "service "+o.Action)
 	}, nil)
 	if o.IO.Output == "json" {
 		return report(o.IO, set.Targets, resps, nil)
@@ -300,7 +311,21 @@ func Tasks(o *Common) error {
 }
 
 // NodeServe runs one node request from stdin (`drover node serve`).
+//
+// Its stdout is the deployer's SSH channel (or pipe): when the deployer is
+// killed or its connection drops, writing there fails. That must not kill
+// the step in progress (a half-run migration is the worst outcome), so a
+// broken pipe is an error the server handles, not a fatal SIGPIPE, and the
+// SIGHUP a vanishing session may bring is ignored. SIGINT and SIGTERM, which
+// only a deliberate cancel sends, still stop the work.
 func NodeServe(ctx context.Context, version string) error {
+	// Notify, not Ignore: an ignored signal stays ignored in the hooks and
+	// services this process starts; a caught one is reset on exec.
+	swallow := make(chan os.Signal, 1)
+	signal.Notify(swallow, syscall.SIGPIPE, syscall.SIGHUP)
+	defer signal.Stop(swallow)
+	ctx, stop := signal.NotifyContext(context.WithoutCancel(ctx), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	s := &node.Server{Version: version, CrashAt: os.Getenv("DROVER_CRASH_AT")}
 	return s.Serve(ctx, os.Stdin, os.Stdout)
 }

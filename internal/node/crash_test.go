@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/testenv/apptest"
@@ -86,8 +87,17 @@ func TestCrashAtEveryStep(t *testing.T) {
 		t.Run(p.at, func(t *testing.T) {
 			a := apptest.New(t, apptest.Options{})
 			conn := &local.Conn{Binary: bin}
+			// The deploy lock, held as a rollout holds it, outlives the
+			// engine's crash; every request carries its fencing token.
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			held, err := node.Hold(ctx, conn, &node.Request{App: a.Config, Env: "test", Host: "local", Holder: &lock.Holder{Owner: "crash@test"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = held.Release() })
 			req := func(op, id, commit string) *node.Request {
-				return &node.Request{Op: op, App: a.Config, Env: "test", Host: "local", Roles: []string{"web", "db"}, ID: id, Commit: commit}
+				return &node.Request{Op: op, App: a.Config, Env: "test", Host: "local", Roles: []string{"web", "db"}, ID: id, Commit: commit, Token: held.Holder.Token}
 			}
 			uploads := filepath.Join(a.DeployTo, "shared", "public", "uploads")
 			os.MkdirAll(uploads, 0o755)

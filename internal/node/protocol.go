@@ -28,7 +28,7 @@ const (
 	OpCleanup        = "cleanup"
 	OpExec           = "exec"
 	OpService        = "service"
-	OpLock           = "lock" // hold the lock until stdin closes
+	OpLock           = "lock" // hold the lock while heartbeat lines arrive on stdin, until it closes
 	OpLockManual     = "lock-manual"
 	OpUnlock         = "unlock"
 	OpLockStatus     = "lock-status"
@@ -83,6 +83,10 @@ type Response struct {
 	Held      bool              `json:"held,omitempty"` // the lock was held by someone else
 	Version   string            `json:"version,omitempty"`
 }
+
+// heartbeatLine is what a deployer holding an OpLock session sends on its
+// stdin every third of the lease; any line counts.
+const heartbeatLine = "{\"heartbeat\":true}\n"
 
 // message is one line on the wire: an event or the result.
 type message struct {
