@@ -236,7 +236,9 @@ func TestRunOnceHookRunsOnce(t *testing.T) {
 // ends, and the next deploy goes through. `drover lock`/`unlock` hold and
 // free it by hand.
 func TestDeployLock(t *testing.T) {
-	wait := `touch @SHARED@/waiting-$DROVER_HOST; i=0; while [ ! -f @SHARED@/go ]; do i=$((i+1)); if [ $i -gt 600 ]; then echo "no go after 60s" >&2; exit 9; fi; sleep 0.1; done`
+	// The hook prints while it waits: a line written after its deployer
+	// died must not kill it (SIGPIPE through drover node serve).
+	wait := `touch @SHARED@/waiting-$DROVER_HOST; i=0; while [ ! -f @SHARED@/go ]; do i=$((i+1)); if [ $i -gt 600 ]; then echo "no go after 60s" >&2; exit 9; fi; echo "waiting $i"; sleep 0.1; done; touch @SHARED@/finished-$DROVER_HOST`
 	p := newPush(t, appOptions{Prepare: []string{wait}})
 	goFile := filepath.Join(p.shared, "go")
 	writeFile(t, goFile, "")
@@ -314,6 +316,9 @@ func TestDeployLock(t *testing.T) {
 	for i, n := range p.names {
 		if got := p.current(i); got != first.Release {
 			t.Errorf("%s: current %s after A was killed in prepare, want %s", n, got, first.Release)
+		}
+		if _, err := os.Stat(filepath.Join(p.shared, "finished-"+n)); err != nil {
+			t.Errorf("%s: A's hook did not finish after A died: %v", n, err)
 		}
 	}
 	c, r := p.deployJSON("--lock-lease", "10m")
