@@ -24,7 +24,7 @@ test: deps build
 	$(MAKE) test-integration
 
 test-unit:
-	$(GO) test -count=1 -short ./...
+	$(GO) test -race -count=1 -short ./...
 
 # Multi-host tests: real sshd per host in network namespaces.
 test-integration: build

@@ -85,7 +85,10 @@ func TestCrashAtEveryStep(t *testing.T) {
 	}
 	for _, p := range points {
 		t.Run(p.at, func(t *testing.T) {
+			var root string
+			noLeftovers(t, &root)
 			a := apptest.New(t, apptest.Options{})
+			root = a.DeployTo
 			conn := &local.Conn{Binary: bin}
 			// The deploy lock, held as a rollout holds it, outlives the
 			// engine's crash; every request carries its fencing token.

@@ -4,8 +4,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -76,4 +78,52 @@ func TestProductionBinaryRefusesCrashAt(t *testing.T) {
 
 	// The environment variable does nothing either: prepare runs to the end.
 	mustOK(t, &local.Conn{Binary: bin, Env: []string{"DROVER_CRASH_AT=after:checkout"}}, req())
+}
+
+// leftovers returns the processes whose working directory is under root
+// (the app processes a test's deploys started).
+func leftovers(root string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if err != nil {
+			continue
+		}
+		cwd = strings.TrimSuffix(cwd, " (deleted)")
+		if cwd == root || strings.HasPrefix(cwd, root+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// noLeftovers makes the test fail if, once its own cleanups ran, a process
+// still works under the deploy root *root (and kills it, so the suite
+// leaves nothing running either way). Register it before apptest.New.
+func noLeftovers(t *testing.T, root *string) {
+	t.Cleanup(func() {
+		if *root == "" {
+			return
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			pids := leftovers(*root)
+			if len(pids) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("processes left running under %s: %v", *root, pids)
+				for _, pid := range pids {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
 }
