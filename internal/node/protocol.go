@@ -44,7 +44,9 @@ type Request struct {
 	Host     string       `json:"host"`
 	Roles    []string     `json:"roles,omitempty"`
 
-	// Fencing token of the deploy lock the caller holds; 0 = none checked.
+	// Token is the fencing token of the deploy lock the caller holds. A
+	// request that changes the host and carries none takes the lock itself
+	// for its own length (as Holder), and is refused when someone holds it.
 	Token int64 `json:"token,omitempty"`
 
 	ID      string        `json:"id,omitempty"`
