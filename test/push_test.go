@@ -244,7 +244,9 @@ func TestRunOnceHookRunsOnce(t *testing.T) {
 // ends, and the next deploy goes through. `drover lock`/`unlock` hold and
 // free it by hand.
 func TestDeployLock(t *testing.T) {
-	wait := `touch @SHARED@/waiting-$DROVER_HOST; i=0; while [ ! -f @SHARED@/go ]; do i=$((i+1)); if [ $i -gt 600 ]; then echo "no go after 60s" >&2; exit 9; fi; sleep 0.1; done`
+	// The hook prints while it waits: a line written after its deployer
+	// died must not kill it (SIGPIPE through drover node serve).
+	wait := `touch @SHARED@/waiting-$DROVER_HOST; i=0; while [ ! -f @SHARED@/go ]; do i=$((i+1)); if [ $i -gt 600 ]; then echo "no go after 60s" >&2; exit 9; fi; echo "waiting $i"; sleep 0.1; done; touch @SHARED@/finished-$DROVER_HOST`
 	p := newPush(t, appOptions{Prepare: []string{wait}})
 	goFile := filepath.Join(p.shared, "go")
 	writeFile(t, goFile, "")
@@ -296,14 +298,22 @@ func TestDeployLock(t *testing.T) {
 		t.Errorf("second deploy does not name the holder (pid %d):\n%s", a.Process.Pid, r)
 	}
 
-	// kill -9 A: every host frees its lock without waiting for the lease.
+	// kill -9 A: each host finishes the step A left running (its hook
+	// survives the dead connection), records it, and only then frees its
+	// lock, without waiting for the lease.
 	killProcess(t, a)
 	select {
 	case <-aDone:
 	case <-time.After(30 * time.Second):
 		t.Fatal("deployer A did not exit after SIGKILL")
 	}
-	waitFor(t, 20*time.Second, "the lock to be released on every host after A died", func() bool {
+	for i, n := range p.names {
+		if _, pid, held := p.lockHolder(i); !held || pid != a.Process.Pid {
+			t.Errorf("%s: lock freed (holder pid %d, held %v) while A's hook still runs", n, pid, held)
+		}
+	}
+	writeFile(t, goFile, "") // lets A's hooks finish
+	waitFor(t, 20*time.Second, "the lock to be released on every host after A's step finished", func() bool {
 		for i := range p.names {
 			if _, _, held := p.lockHolder(i); held {
 				return false
@@ -315,8 +325,10 @@ func TestDeployLock(t *testing.T) {
 		if got := p.current(i); got != first.Release {
 			t.Errorf("%s: current %s after A was killed in prepare, want %s", n, got, first.Release)
 		}
+		if _, err := os.Stat(filepath.Join(p.shared, "finished-"+n)); err != nil {
+			t.Errorf("%s: A's hook did not finish after A died: %v", n, err)
+		}
 	}
-	writeFile(t, goFile, "") // lets A's orphaned hooks, if any, finish
 	c, r := p.deployJSON("--lock-lease", "10m")
 	if r.code != 0 {
 		t.Fatalf("deploy after A died: %s\n%s", r, aOut.String())
@@ -403,14 +415,15 @@ func TestExecAndServiceStatus(t *testing.T) {
 	if r.code != 0 {
 		t.Fatal(r)
 	}
-	r = p.mustDrover("exec", env, "--", "echo", "$DROVER_HOST", "$(cat VERSION)", "$(pwd)")
+	// One word after -- is a command line for the host's shell.
+	r = p.mustDrover("exec", env, "--", "echo $DROVER_HOST $(cat VERSION) $(pwd)")
 	for _, n := range p.names {
 		want := fmt.Sprintf("[%s] %s v2 %s/releases/%s\n", n, n, deployTo, rep.Release)
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("exec: no line %q:\n%s", want, r)
 		}
 	}
-	r = p.mustDrover("exec", env, "--role", "db", "--", "echo", "$DROVER_HOST")
+	r = p.mustDrover("exec", env, "--role", "db", "--", "echo $DROVER_HOST")
 	if strings.TrimSpace(r.stdout) != "h1" {
 		t.Errorf("exec --role db on one host: got %q, want h1 alone", r.stdout)
 	}

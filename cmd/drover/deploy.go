@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"time"
+
 	"github.com/spf13/cobra"
 
 	"github.com/drover/drover/internal/cli"
@@ -41,7 +44,7 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	f.StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
 	f.IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
 	f.StringVar(&o.Export, "export", "", "how to write a commit into a release: archive or checkout")
-	f.DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "the deploy lock expires this long after its holder stops renewing it")
+	leaseFlag(cmd, &o.Lease)
 	skipFlag(cmd, o)
 	return cmd
 }
@@ -67,7 +70,7 @@ func newActivateCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
-	cmd.Flags().DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "deploy lock lease")
+	leaseFlag(cmd, &o.Lease)
 	skipFlag(cmd, o)
 	return cmd
 }
@@ -89,7 +92,7 @@ host runs, and finishes it: hosts and steps already done are skipped.`,
 	}
 	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
 	cmd.Flags().IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
-	cmd.Flags().DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "deploy lock lease")
+	leaseFlag(cmd, &o.Lease)
 	skipFlag(cmd, o)
 	return cmd
 }
@@ -109,6 +112,13 @@ func newRollbackCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&o.To, "to", "", "the release to go back to (default: the previous good one, the same on every host)")
-	cmd.Flags().DurationVar(&o.Lease, "lock-lease", lock.DefaultLease, "deploy lock lease")
+	leaseFlag(cmd, &o.Lease)
 	return cmd
+}
+
+// leaseFlag adds --lock-lease, the same on every command that takes the
+// deploy lock.
+func leaseFlag(cmd *cobra.Command, d *time.Duration) {
+	cmd.Flags().DurationVar(d, "lock-lease", lock.DefaultLease,
+		fmt.Sprintf("the deploy lock lapses this long after the deployer's last heartbeat (%s to %s)", lock.MinLease, lock.MaxLease))
 }

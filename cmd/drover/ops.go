@@ -1,8 +1,6 @@
 package main
 
 import (
-	"strings"
-
 	"github.com/spf13/cobra"
 
 	"github.com/drover/drover/internal/cli"
@@ -46,8 +44,12 @@ func newExecCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "exec ENV -- COMMAND...",
 		Short: "Run a command in the current release on the hosts of ENV, with DROVER_* set",
+		Long: `exec runs a command in the current release directory of every selected host.
+Several words after -- are one argument each, exactly as typed; a single word
+is a shell command line (pipes, &&, $VARS work), as with ssh HOST 'CMD'.`,
 		Example: `  drover exec staging -- ./manage.py showmigrations
-  drover exec production --role db -- ./manage.py migrate --plan`,
+  drover exec production --role db -- ./manage.py migrate --plan
+  drover exec staging -- 'tail -n 50 log/app.log | grep ERROR'`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 2 {
 				return &usageFlagError{err: errExecArgs}
@@ -56,7 +58,7 @@ func newExecCmd(g *globals) *cobra.Command {
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Common = g.common(cmd, args[0])
-			o.Command = strings.Join(args[1:], " ")
+			o.Args = args[1:]
 			return cli.Exec(cmd.Context(), o)
 		},
 	}

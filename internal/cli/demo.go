@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/drover/drover/examples"
+	"github.com/drover/drover/internal/lock"
 )
 
 // DemoOptions are the inputs of `drover demo`.
@@ -44,7 +45,7 @@ func Demo(ctx context.Context, o *DemoOptions) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	fmt.Fprintf(o.IO.Out, "example app in %s (a git repository), deploying to %s\n", src, srv)
-	d := &DeployOptions{Common: o.Common}
+	d := &DeployOptions{Common: o.Common, Lease: lock.DefaultLease}
 	d.File, d.Env, d.IO = filepath.Join(src, "drover.yml"), "demo", o.IO
 	if _, err := Deploy(ctx, d); err != nil {
 		return err

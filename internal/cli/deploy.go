@@ -49,6 +49,9 @@ func Resume(ctx context.Context, o *DeployOptions) (*rollout.Report, error) {
 }
 
 func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report, error) {
+	if err := checkLease(o.Lease); err != nil {
+		return nil, err
+	}
 	e, err := loadEnv(&o.Common)
 	if err != nil {
 		return nil, err
@@ -150,6 +153,14 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	return rep, err
 }
 
+// checkLease refuses a --lock-lease the deploy lock cannot work with.
+func checkLease(d time.Duration) error {
+	if err := lock.CheckLease(d); err != nil {
+		return &UsageError{fmt.Errorf("--lock-lease: %w", err)}
+	}
+	return nil
+}
+
 func short(sha string) string { return sha[:min(len(sha), 12)] }
 
 // releaseCommit returns the commit the hosts record for release id.
@@ -174,6 +185,9 @@ type RollbackOptions struct {
 // Rollback switches every host back to a release recorded as good on all
 // of them, refusing and naming the hosts when one lacks it.
 func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) {
+	if err := checkLease(o.Lease); err != nil {
+		return nil, err
+	}
 	e, err := loadEnv(&o.Common)
 	if err != nil {
 		return nil, err

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
@@ -97,7 +100,7 @@ func Cleanup(ctx context.Context, o *CleanupOptions) error {
 				return &UsageError{err}
 			}
 		}
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Keep, r.ID = node.OpCleanup, o.Keep, o.Remove }, nil)
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Keep, r.ID, r.Holder = node.OpCleanup, o.Keep, o.Remove, holder(e, "cleanup") }, nil)
 		return report(o.IO, targets, resps, func(name string, r *node.Response) string {
 			if len(r.Removed) == 0 {
 				return "nothing to remove"
@@ -105,6 +108,13 @@ func Cleanup(ctx context.Context, o *CleanupOptions) error {
 			return "removed " + strings.Join(r.Removed, ", ")
 		})
 	})
+}
+
+// holder is who a command that changes hosts is, for the deploy lock each
+// host takes for the length of the command: a deploy that comes meanwhile
+// is told who holds it and what for.
+func holder(e *env, verb string) *lock.Holder {
+	return &lock.Holder{Owner: e.plan.By, PID: os.Getpid(), Command: "drover " + verb + " " + e.env.Name}
 }
 
 // report prints one line per host and fails when any host failed.
@@ -143,7 +153,27 @@ func report(io IO, targets []rollout.Target, resps []*node.Response, ok func(str
 // ExecOptions are the inputs of `drover exec`.
 type ExecOptions struct {
 	Common
-	Command string
+	// Args are the words after --. One word is a shell command line, as
+	// with `ssh HOST 'CMD'`; several are an argv that reaches the host
+	// intact, each word one argument, nothing expanded.
+	Args []string
+}
+
+// command is what the host's shell runs for args.
+func (o *ExecOptions) command() string {
+	if len(o.Args) == 1 {
+		return o.Args[0]
+	}
+	quoted := make([]string, len(o.Args))
+	for i, a := range o.Args {
+		quoted[i] = shellQuote(a)
+	}
+	return strings.Join(quoted, " ")
+}
+
+// shellQuote makes s one word for sh, taken literally.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // Exec runs a command in the current release on every selected host,
@@ -152,7 +182,7 @@ func Exec(ctx context.Context, o *ExecOptions) error {
 	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
 		single := len(targets) == 1
 		var mu = make(chan struct{}, 1)
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Command = node.OpExec, o.Command },
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Command, r.Holder = node.OpExec, o.command(), holder(e, "exec") },
 			func(host string, ev release.Event) {
 				if ev.Kind != release.EventOutput {
 					return
@@ -195,6 +225,7 @@ func Service(ctx context.Context, o *ServiceOptions) error {
 	defer set.Close()
 	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) {
 		r.Op, r.Action, r.Service, r.Port = node.OpService, o.Action, o.Service, o.Port
+		r.Holder = holder(e, "service "+o.Action)
 	}, nil)
 	if o.IO.Output == "json" {
 		return report(o.IO, set.Targets, resps, nil)
@@ -289,7 +320,21 @@ func Tasks(o *Common) error {
 }
 
 // NodeServe runs one node request from stdin (`drover node serve`).
+//
+// Its stdout is the deployer's SSH channel (or pipe): when the deployer is
+// killed or its connection drops, writing there fails. That must not kill
+// the step in progress (a half-run migration is the worst outcome), so a
+// broken pipe is an error the server handles, not a fatal SIGPIPE, and the
+// SIGHUP a vanishing session may bring is ignored. SIGINT and SIGTERM, which
+// only a deliberate cancel sends, still stop the work.
 func NodeServe(ctx context.Context, version string) error {
+	// Notify, not Ignore: an ignored signal stays ignored in the hooks and
+	// services this process starts; a caught one is reset on exec.
+	swallow := make(chan os.Signal, 1)
+	signal.Notify(swallow, syscall.SIGPIPE, syscall.SIGHUP)
+	defer signal.Stop(swallow)
+	ctx, stop := signal.NotifyContext(context.WithoutCancel(ctx), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	s := &node.Server{Version: version, CrashAt: os.Getenv("DROVER_CRASH_AT")}
 	return s.Serve(ctx, os.Stdin, os.Stdout)
 }

@@ -13,12 +13,41 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
 
 // DefaultLease is how long a lock outlives its last heartbeat.
 const DefaultLease = 60 * time.Second
+
+// MinLease and MaxLease bound the lease a deployer may ask for: shorter
+// than a few heartbeats over a slow link and the lock lapses under a live
+// deployer; longer and a dead one blocks everyone for that long.
+const (
+	MinLease = 5 * time.Second
+	MaxLease = time.Hour
+)
+
+// CheckLease says what is wrong with lease d as a deployer's choice.
+func CheckLease(d time.Duration) error {
+	if d < MinLease || d > MaxLease {
+		return fmt.Errorf("lease %s is out of bounds: give between %s and %s (default %s)", d, round(MinLease), round(MaxLease), round(DefaultLease))
+	}
+	return nil
+}
+
+// round prints d without zero units: 1h, 1m, 5s.
+func round(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
 
 // Holder says who holds a lock.
 type Holder struct {
@@ -59,6 +88,10 @@ func (e *HeldError) Error() string {
 	return fmt.Sprintf("deploy lock held by %s; last heartbeat %s ago, it expires %s after that (or run `drover unlock` if you are sure it is gone)",
 		what, e.Now.Sub(h.Heartbeat).Round(time.Second), h.Lease)
 }
+
+// ErrLapsed is returned by Hold when the holder stopped proving it is
+// alive (no heartbeat for longer than its lease): the lock was released.
+var ErrLapsed = errors.New("deploy lock lapsed: no heartbeat from the deployer for longer than its lease (suspended, or cut off); the lock was freed")
 
 // ErrLost is returned by Heartbeat and Release when the lock was taken over
 // or released by someone else since it was acquired.
@@ -206,10 +239,14 @@ func (f *File) Check(token int64) error {
 	})
 }
 
-// Hold acquires the lock and renews it every Lease/3 until ctx ends, then
-// releases it. ready receives the holder once acquired. Hold returns the
-// acquisition error, or ErrLost if the lock was taken over while held.
-func (f *File) Hold(ctx context.Context, h Holder, ready func(Holder)) error {
+// Hold acquires the lock and keeps it while the holder proves it is alive:
+// each value received on beats renews the lease, and when none arrives for
+// a whole lease the lock is released and Hold returns ErrLapsed, whatever
+// the connection to the holder says. When ctx ends the lock is released
+// and Hold returns nil. ready receives the holder once acquired. Hold
+// returns the acquisition error, or ErrLost if the lock was taken over
+// while held.
+func (f *File) Hold(ctx context.Context, h Holder, ready func(Holder), beats <-chan struct{}) error {
 	held, err := f.Acquire(h)
 	if err != nil {
 		return err
@@ -217,19 +254,28 @@ func (f *File) Hold(ctx context.Context, h Holder, ready func(Holder)) error {
 	if ready != nil {
 		ready(held)
 	}
-	t := time.NewTicker(held.Lease / 3)
-	defer t.Stop()
+	lapse := time.NewTimer(held.Lease)
+	defer lapse.Stop()
+	release := func() error {
+		if err := f.Release(held.Token); err != nil && !errors.Is(err, ErrLost) {
+			return err
+		}
+		return nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			if err := f.Release(held.Token); err != nil && !errors.Is(err, ErrLost) {
-				return err
-			}
-			return nil
-		case <-t.C:
+			return release()
+		case <-beats:
 			if err := f.Heartbeat(held.Token); err != nil {
 				return err
 			}
+			lapse.Reset(held.Lease)
+		case <-lapse.C:
+			if err := release(); err != nil {
+				return err
+			}
+			return ErrLapsed
 		}
 	}
 }

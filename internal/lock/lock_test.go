@@ -117,11 +117,29 @@ func TestHoldReleasesOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Holder, 1)
 	done := make(chan error, 1)
+	beats := make(chan struct{})
 	go func() {
-		done <- f.Hold(ctx, Holder{Owner: "a", Lease: time.Second}, func(h Holder) { ready <- h })
+		done <- f.Hold(ctx, Holder{Owner: "a", Lease: time.Second}, func(h Holder) { ready <- h }, beats)
+	}()
+	go func() {
+		// The deployer's heartbeats, every third of the lease.
+		t := time.NewTicker(300 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				select {
+				case beats <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
 	}()
 	h := <-ready
-	// Past several leases the holder is still fresh: Hold heartbeats.
+	// Past several leases the holder is still fresh: its heartbeats renew it.
 	deadline := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		if cur, err := f.Read(); err != nil || cur == nil || cur.Token != h.Token {
@@ -135,5 +153,41 @@ func TestHoldReleasesOnCancel(t *testing.T) {
 	}
 	if cur, _ := f.Read(); cur != nil {
 		t.Fatalf("still held after cancel: %+v", cur)
+	}
+}
+
+// TestHoldLapsesWithoutHeartbeat: a holder that stops heartbeating loses
+// the lock after its lease, even though nothing cancelled it.
+func TestHoldLapsesWithoutHeartbeat(t *testing.T) {
+	f := &File{Path: filepath.Join(t.TempDir(), "lock")}
+	done := make(chan error, 1)
+	ready := make(chan Holder, 1)
+	go func() {
+		done <- f.Hold(context.Background(), Holder{Owner: "a", Lease: 300 * time.Millisecond}, func(h Holder) { ready <- h }, nil)
+	}()
+	<-ready
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrLapsed) {
+			t.Fatalf("Hold returned %v, want ErrLapsed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a silent holder kept the lock")
+	}
+	if _, err := f.Acquire(Holder{Owner: "b", Lease: time.Minute}); err != nil {
+		t.Fatalf("the next deployer could not take the lapsed lock: %v", err)
+	}
+}
+
+func TestCheckLease(t *testing.T) {
+	for _, d := range []time.Duration{0, -time.Second, time.Second, 2 * time.Hour} {
+		if err := CheckLease(d); err == nil {
+			t.Errorf("CheckLease(%s) accepted", d)
+		}
+	}
+	for _, d := range []time.Duration{MinLease, DefaultLease, MaxLease} {
+		if err := CheckLease(d); err != nil {
+			t.Errorf("CheckLease(%s): %v", d, err)
+		}
 	}
 }

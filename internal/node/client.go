@@ -116,9 +116,11 @@ func (h *Held) Release() error {
 // connection dropped or the lock was taken over).
 func (h *Held) Lost() <-chan struct{} { return h.done }
 
-// Hold takes the deploy lock on the host behind conn and keeps it, with
-// heartbeats run on the host, until Release or until ctx ends. When someone
-// else holds it the error is a *lock.HeldError.
+// Hold takes the deploy lock on the host behind conn and keeps it until
+// Release or until ctx ends, sending a heartbeat line on the session every
+// third of the lease: a host that hears none for a whole lease frees the
+// lock, whatever the connection says. When someone else holds it the error
+// is a *lock.HeldError.
 func Hold(ctx context.Context, conn Conn, req *Request) (*Held, error) {
 	req.Protocol = ProtocolVersion
 	req.Op = OpLock
@@ -138,9 +140,12 @@ func Hold(ctx context.Context, conn Conn, req *Request) (*Held, error) {
 		_, _ = io.Copy(io.Discard, outR)
 	}()
 	runDone := make(chan error, 1)
+	served := make(chan struct{})
 	go func() {
 		err := conn.Serve(ctx, inR, outW)
 		outW.Close()
+		inR.Close() // a heartbeat in flight fails instead of blocking
+		close(served)
 		runDone <- err
 	}()
 	go func() {
@@ -149,6 +154,7 @@ func Hold(ctx context.Context, conn Conn, req *Request) (*Held, error) {
 	select {
 	case l := <-locked:
 		h.Holder = l
+		go heartbeat(inW, l.Lease, served)
 		go func() {
 			runErr := <-runDone
 			resp := <-result
@@ -171,5 +177,39 @@ func Hold(ctx context.Context, conn Conn, req *Request) (*Held, error) {
 			return nil, &lock.HeldError{Holder: *resp.Holder, Now: time.Now()}
 		}
 		return nil, errors.New(resp.Error)
+	}
+}
+
+// heartbeat writes a line on the lock session every third of lease until
+// the session ends or the writer is closed (Release).
+func heartbeat(w *io.PipeWriter, lease time.Duration, served <-chan struct{}) {
+	every(served, heartbeatEvery(lease), func() bool {
+		_, err := w.Write([]byte(heartbeatLine))
+		return err == nil
+	})
+}
+
+// heartbeatEvery is how often a holder of lease proves it is alive: three
+// times a lease, so one late heartbeat does not lose the lock.
+func heartbeatEvery(lease time.Duration) time.Duration {
+	if lease <= 0 {
+		lease = lock.DefaultLease
+	}
+	return lease / 3
+}
+
+// every calls fn every d until stop is closed or fn returns false.
+func every(stop <-chan struct{}, d time.Duration, fn func() bool) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			if !fn() {
+				return
+			}
+		}
 	}
 }

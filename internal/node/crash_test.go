@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/testenv/apptest"
@@ -73,7 +74,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds drover and starts real services")
 	}
-	bin := apptest.DroverBinary(t)
+	bin := debugBinary(t)
 	points := []struct{ op, at string }{
 		{node.OpPrepare, "before:fetch"}, {node.OpPrepare, "after:fetch"},
 		{node.OpPrepare, "before:checkout"}, {node.OpPrepare, "after:checkout"},
@@ -84,10 +85,22 @@ func TestCrashAtEveryStep(t *testing.T) {
 	}
 	for _, p := range points {
 		t.Run(p.at, func(t *testing.T) {
+			var root string
+			noLeftovers(t, &root)
 			a := apptest.New(t, apptest.Options{})
+			root = a.DeployTo
 			conn := &local.Conn{Binary: bin}
+			// The deploy lock, held as a rollout holds it, outlives the
+			// engine's crash; every request carries its fencing token.
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			held, err := node.Hold(ctx, conn, &node.Request{App: a.Config, Env: "test", Host: "local", Holder: &lock.Holder{Owner: "crash@test"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = held.Release() })
 			req := func(op, id, commit string) *node.Request {
-				return &node.Request{Op: op, App: a.Config, Env: "test", Host: "local", Roles: []string{"web", "db"}, ID: id, Commit: commit}
+				return &node.Request{Op: op, App: a.Config, Env: "test", Host: "local", Roles: []string{"web", "db"}, ID: id, Commit: commit, Token: held.Holder.Token}
 			}
 			uploads := filepath.Join(a.DeployTo, "shared", "public", "uploads")
 			os.MkdirAll(uploads, 0o755)

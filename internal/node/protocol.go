@@ -28,7 +28,7 @@ const (
 	OpCleanup        = "cleanup"
 	OpExec           = "exec"
 	OpService        = "service"
-	OpLock           = "lock" // hold the lock until stdin closes
+	OpLock           = "lock" // hold the lock while heartbeat lines arrive on stdin, until it closes
 	OpLockManual     = "lock-manual"
 	OpUnlock         = "unlock"
 	OpLockStatus     = "lock-status"
@@ -44,7 +44,9 @@ type Request struct {
 	Host     string       `json:"host"`
 	Roles    []string     `json:"roles,omitempty"`
 
-	// Fencing token of the deploy lock the caller holds; 0 = none checked.
+	// Token is the fencing token of the deploy lock the caller holds. A
+	// request that changes the host and carries none takes the lock itself
+	// for its own length (as Holder), and is refused when someone holds it.
 	Token int64 `json:"token,omitempty"`
 
 	ID      string        `json:"id,omitempty"`
@@ -62,7 +64,8 @@ type Request struct {
 	Port    int           `json:"port,omitempty"`
 	Holder  *lock.Holder  `json:"holder,omitempty"`
 	Export  string        `json:"export,omitempty"`
-	CrashAt string        `json:"crash_at,omitempty"`
+	// CrashAt is a test hook: only a -tags droverdebug build accepts it.
+	CrashAt string `json:"crash_at,omitempty"`
 }
 
 // Response is the result of a Request.
@@ -83,6 +86,10 @@ type Response struct {
 	Held      bool              `json:"held,omitempty"` // the lock was held by someone else
 	Version   string            `json:"version,omitempty"`
 }
+
+// heartbeatLine is what a deployer holding an OpLock session sends on its
+// stdin every third of the lease; any line counts.
+const heartbeatLine = "{\"heartbeat\":true}\n"
 
 // message is one line on the wire: an event or the result.
 type message struct {

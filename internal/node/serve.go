@@ -14,13 +14,14 @@ import (
 
 	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/release"
+	"github.com/drover/drover/internal/service"
 )
 
 // Server runs requests against the release engine of this host.
 type Server struct {
 	Version string       // drover's version, reported by ping
 	Logger  *slog.Logger // where the engine logs
-	CrashAt string       // crash point for tests (DROVER_CRASH_AT)
+	CrashAt string       // crash point for tests (DROVER_CRASH_AT); only a -tags droverdebug build honours it
 }
 
 // Serve reads one request from in, runs it and writes events and the result
@@ -45,16 +46,47 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	return w.result(resp)
 }
 
-// writer serialises messages from concurrent event emitters.
+// writer serialises messages from concurrent event emitters. The first
+// failed write (the deployer died, its connection dropped: stdout is a
+// broken pipe) detaches it: later messages are dropped, and onDetach runs
+// once, so the work in progress finishes instead of dying with its output.
 type writer struct {
-	mu  sync.Mutex
-	enc *json.Encoder
+	mu       sync.Mutex
+	enc      *json.Encoder
+	err      error
+	onDetach func()
 }
 
 func (w *writer) send(m message) error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.enc.Encode(m)
+	if w.err != nil {
+		w.mu.Unlock()
+		return w.err
+	}
+	err := w.enc.Encode(m)
+	if err == nil {
+		w.mu.Unlock()
+		return nil
+	}
+	w.err = fmt.Errorf("deployer detached: %w", err)
+	detach := w.onDetach
+	w.mu.Unlock()
+	if detach != nil {
+		detach()
+	}
+	return err
+}
+
+// detached runs fn when the writer detaches, at once if it already has.
+func (w *writer) detached(fn func()) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.onDetach = fn
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+	fn()
 }
 
 func (w *writer) event(ev release.Event) { _ = w.send(message{Event: &ev}) }
@@ -82,6 +114,94 @@ func errResponse(err error) *Response {
 	return r
 }
 
+// mutating reports whether req changes the host, and so must hold the
+// deploy lock: by its fencing token, or by taking the lock for its duration.
+func mutating(req *Request) bool {
+	switch req.Op {
+	case OpPrepare, OpHooks, OpActivate, OpRollback, OpCleanup, OpExec:
+		return true
+	case OpService:
+		return req.Action != "status"
+	}
+	return false
+}
+
+// stepGate stops an engine at the next step boundary once its deployer has
+// detached: the step in progress finishes and is recorded (a half-run
+// migration is the worst outcome), the next one does not start, and
+// `drover resume` continues from there.
+type stepGate struct {
+	mu       sync.Mutex
+	inStep   bool
+	detached bool
+	stop     context.CancelCauseFunc
+}
+
+// errDetached ends an engine whose deployer went away.
+var errDetached = errors.New("the deployer went away (killed, or its connection dropped); stopped after the step in progress, `drover resume` continues")
+
+func (g *stepGate) event(ev release.Event) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch ev.Kind {
+	case release.EventStepStart:
+		g.inStep = true
+	case release.EventStepEnd:
+		g.inStep = false
+		if g.detached {
+			g.stop(errDetached)
+		}
+	}
+}
+
+func (g *stepGate) detach() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.detached = true
+	if !g.inStep {
+		g.stop(errDetached)
+	}
+}
+
+// fence makes req's change of the host safe against other deployers: a
+// request with a fencing token must hold the deploy lock with it; one
+// without takes the lock for its own duration (renewing it as it goes), and
+// is refused, naming the holder, when someone else holds it. The returned
+// func frees what fence took.
+func fence(ctx context.Context, lk *lock.File, req *Request) (func(), error) {
+	if req.Token != 0 {
+		return func() {}, lk.Check(req.Token)
+	}
+	h := lock.Holder{Owner: req.By, Command: "drover " + req.Op + " " + req.Env}
+	if req.Holder != nil {
+		h = *req.Holder
+		h.Manual, h.Token = false, 0
+	}
+	if h.Owner == "" {
+		h.Owner = "unknown"
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	held := make(chan error, 1)
+	done := make(chan struct{})
+	beats := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := lk.Hold(ctx, h, func(lock.Holder) { held <- nil }, beats)
+		select {
+		case held <- err:
+		default:
+		}
+	}()
+	// This request proves its own life while it runs.
+	go every(ctx.Done(), heartbeatEvery(h.Lease), func() bool { return send(ctx, beats) })
+	if err := <-held; err != nil {
+		cancel()
+		<-done
+		return nil, err
+	}
+	return func() { cancel(); <-done }, nil
+}
+
 func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *writer) *Response {
 	if req.Op == OpPing {
 		return &Response{OK: true, Version: s.Version}
@@ -89,19 +209,42 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 	if req.App == nil {
 		return &Response{Error: "bad request: no app"}
 	}
+	if req.Holder != nil && (req.Holder.Lease < 0 || req.Holder.Lease > lock.MaxLease) {
+		return &Response{Error: fmt.Sprintf("bad request: lock lease %s is out of bounds (0 for the default, at most %s)", req.Holder.Lease, lock.MaxLease)}
+	}
 	eng := release.New(req.App, req.Env, req.Host, req.Roles)
 	eng.Emit = w.event
 	eng.Logger = s.Logger
 	eng.Export = req.Export
-	eng.CrashAt = s.CrashAt
-	if req.CrashAt != "" {
+	switch {
+	case !crashPoints && req.CrashAt != "":
+		return &Response{Error: "bad request: crash_at is a test hook that only a test build of drover (-tags droverdebug) accepts"}
+	case crashPoints && req.CrashAt != "":
 		eng.CrashAt = req.CrashAt
+	case crashPoints:
+		eng.CrashAt = s.CrashAt
 	}
 	lk := &lock.File{Path: filepath.Join(eng.Layout.State(), "lock")}
-	if req.Token != 0 {
-		if err := lk.Check(req.Token); err != nil {
+	if mutating(req) {
+		unfence, err := fence(ctx, lk, req)
+		if err != nil {
 			return errResponse(err)
 		}
+		defer unfence()
+	}
+	if req.Op == OpPrepare || req.Op == OpHooks {
+		// Steps of these verbs are the safe points: a deployer that goes
+		// away stops the engine after the step in progress. Activate and
+		// rollback run to their end, with their own revert on failure.
+		gctx, stop := context.WithCancelCause(ctx)
+		defer stop(nil)
+		g := &stepGate{stop: stop}
+		eng.Emit = func(ev release.Event) {
+			g.event(ev)
+			w.event(ev)
+		}
+		w.detached(g.detach)
+		ctx = gctx
 	}
 	switch req.Op {
 	case OpPrepare:
@@ -177,14 +320,18 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 		return &Response{OK: true, Removed: removed}
 	case OpExec:
 		out := release.NewLineWriter(func(l string) { w.event(release.Event{Kind: release.EventOutput, Step: "exec", Line: l}) })
-		err := eng.Exec(ctx, req.Command, nil, out, out)
+		err := eng.Exclusive(ctx, func() error { return eng.Exec(ctx, req.Command, nil, out, out) })
 		out.Flush()
 		if err != nil {
 			return errResponse(err)
 		}
 		return &Response{OK: true}
 	case OpService:
-		procs, err := eng.ServiceAction(ctx, req.Action, req.Service, req.Port)
+		var procs []service.Process
+		err := eng.Exclusive(ctx, func() (err error) {
+			procs, err = eng.ServiceAction(ctx, req.Action, req.Service, req.Port)
+			return err
+		})
 		if err != nil {
 			return errResponse(err)
 		}
@@ -193,20 +340,7 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 		if req.Holder == nil {
 			return &Response{Error: "bad request: lock without holder"}
 		}
-		hctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		go func() {
-			// The caller holds the lock for as long as it keeps our stdin
-			// open: a deployer that dies (Ctrl-C, kill -9, lost connection)
-			// closes it, and the lock is released at once.
-			_, _ = io.Copy(io.Discard, rest)
-			cancel()
-		}()
-		err := lk.Hold(hctx, *req.Holder, func(h lock.Holder) { _ = w.send(message{Locked: &h}) })
-		if err != nil {
-			return errResponse(err)
-		}
-		return &Response{OK: true}
+		return s.hold(ctx, req, lk, rest, w)
 	case OpLockManual:
 		h := *req.Holder
 		h.Manual = true
@@ -229,4 +363,50 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 		return &Response{OK: true, Holder: h}
 	}
 	return &Response{Error: fmt.Sprintf("bad request: unknown op %q", req.Op)}
+}
+
+// hold keeps the deploy lock for the deployer on the other end of rest, as
+// long as it heartbeats: every line it sends renews the lease, and a lease
+// with no line lapses, whatever TCP says of the connection (a suspended
+// laptop, a partition). When the deployer closes its end (done, or dead)
+// the lock is freed once no engine works in deploy_to any more: a step a
+// dead deployer left running finishes and is recorded under its lock.
+func (s *Server) hold(ctx context.Context, req *Request, lk *lock.File, rest io.Reader, w *writer) *Response {
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	beats := make(chan struct{})
+	go func() {
+		br := bufio.NewReader(rest)
+		for {
+			if _, err := br.ReadBytes('\n'); err != nil {
+				break
+			}
+			if !send(hctx, beats) {
+				return
+			}
+		}
+		// The deployer's end closed. Keep the lock, renewed by this
+		// host, until no engine works in deploy_to, then free it.
+		go func() {
+			idler := release.New(req.App, req.Env, req.Host, req.Roles)
+			_ = idler.Exclusive(hctx, func() error { return nil })
+			cancel()
+		}()
+		every(hctx.Done(), heartbeatEvery(req.Holder.Lease), func() bool { return send(hctx, beats) })
+	}()
+	err := lk.Hold(hctx, *req.Holder, func(h lock.Holder) { _ = w.send(message{Locked: &h}) }, beats)
+	if err != nil {
+		return errResponse(err)
+	}
+	return &Response{OK: true}
+}
+
+// send delivers one beat unless ctx ends first.
+func send(ctx context.Context, beats chan<- struct{}) bool {
+	select {
+	case beats <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }

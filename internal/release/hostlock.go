@@ -54,3 +54,11 @@ func (e *Engine) exclusive(ctx context.Context, fn func() error) error {
 	_, _ = f.WriteAt([]byte("pid "+strconv.Itoa(os.Getpid())+" since "+time.Now().UTC().Format(time.RFC3339)+"\n"), 0)
 	return fn()
 }
+
+// Exclusive runs fn while this process holds the engine lock of deploy_to,
+// as the engine's own verbs do: callers outside the engine (a command run
+// in the current release, a service action, a deploy lock that must not be
+// freed while a step is still running) wait for whatever engine works here.
+func (e *Engine) Exclusive(ctx context.Context, fn func() error) error {
+	return e.exclusive(ctx, fn)
+}

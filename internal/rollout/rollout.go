@@ -131,13 +131,21 @@ type run struct {
 	plan    *Plan
 	targets []Target
 	obs     Observer
+	// mu guards results and tokens, which sub-runs (a batch, the hosts
+	// after the first lock) share with the run they come from.
+	mu      *sync.Mutex
 	results map[string]*HostResult
-	mu      sync.Mutex
 	tokens  map[string]int64
 }
 
+// sub is a run over some of r's targets that shares r's results, tokens
+// and their mutex.
+func (r *run) sub(targets []Target) *run {
+	return &run{start: r.start, plan: r.plan, targets: targets, obs: r.obs, mu: r.mu, results: r.results, tokens: r.tokens}
+}
+
 func newRun(plan *Plan, targets []Target, obs Observer) (*run, *Report) {
-	r := &run{start: time.Now(), plan: plan, targets: targets, obs: obs, results: map[string]*HostResult{}, tokens: map[string]int64{}}
+	r := &run{start: time.Now(), plan: plan, targets: targets, obs: obs, mu: &sync.Mutex{}, results: map[string]*HostResult{}, tokens: map[string]int64{}}
 	return r, &Report{App: plan.App.App, Env: plan.Env.Name, Release: plan.ID, Commit: plan.Commit}
 }
 
@@ -282,7 +290,9 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 			return
 		}
 		helds = append(helds, h)
+		r.mu.Lock()
 		r.tokens[t.Host().Name] = h.Holder.Token
+		r.mu.Unlock()
 		go func() {
 			select {
 			case <-h.Lost():
@@ -298,8 +308,7 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 		lockOne(ctx, r.targets[0])
 	}
 	if len(errs) == 0 && len(r.targets) > 1 {
-		rest := &run{plan: r.plan, targets: r.targets[1:], obs: r.obs, results: r.results, tokens: r.tokens}
-		rest.each(ctx, 0, lockOne)
+		r.sub(r.targets[1:]).each(ctx, 0, lockOne)
 	}
 	release := func() {
 		for _, h := range helds {
@@ -414,8 +423,7 @@ func (r *run) activate(ctx context.Context) time.Duration {
 		}
 		for i := 0; i < len(r.targets); i += batch {
 			group := r.targets[i:min(i+batch, len(r.targets))]
-			sub := &run{plan: r.plan, targets: group, obs: r.obs, results: r.results, tokens: r.tokens}
-			sub.each(ctx, 0, one)
+			r.sub(group).each(ctx, 0, one)
 			if r.failed() {
 				r.skipRest("activate")
 				break
