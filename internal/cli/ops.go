@@ -100,7 +100,9 @@ func Cleanup(ctx context.Context, o *CleanupOptions) error {
 				return &UsageError{err}
 			}
 		}
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Keep, r.ID, r.Holder = node.OpCleanup, o.Keep, o.Remove, holder(e, "cleanup") }, nil)
+		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) {
+			r.Op, r.Keep, r.ID, r.Holder = node.OpCleanup, o.Keep, o.Remove, holder(e, "cleanup")
+		}, nil)
 		return report(o.IO, targets, resps, func(name string, r *node.Response) string {
 			if len(r.Removed) == 0 {
 				return "nothing to remove"
