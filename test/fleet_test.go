@@ -47,6 +47,7 @@ type appOptions struct {
 	NoHello   bool              // the prepare hook does not copy the example app
 	Extra     []string          // extra YAML host entries (flow mappings)
 	Files     map[string]string // more files in the first commit
+	StopGrace string            // the web service's stop_grace (default 5s)
 }
 
 // push is a fleet of sshd hosts with an app repository and drover.yml,
@@ -109,6 +110,9 @@ func newPush(t testing.TB, o appOptions) *push {
 	var y strings.Builder
 	fmt.Fprintf(&y, "app: hello\nrepo: %s\ndeploy_to: %s\nkeep_releases: 5\nshared:\n  dirs: [log]\n", p.repo.Dir, deployTo)
 	fmt.Fprintf(&y, "hooks:\n  prepare: %s\n%s", yamlList(prepare), o.Hooks)
+	if o.StopGrace == "" {
+		o.StopGrace = "5s"
+	}
 	if !o.NoService {
 		fmt.Fprintf(&y, "services:\n  web:\n    start: ./bin/hello --port {{port}}\n    ports: [%d]\n    health: {http: \"http://127.0.0.1:{{port}}/healthz\", timeout: 15s}\n    stop_grace: 5s\n", webPort)
 	}

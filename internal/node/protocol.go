@@ -17,6 +17,14 @@ import (
 // ProtocolVersion changes when Request or Response change incompatibly.
 const ProtocolVersion = 1
 
+// CancelWait is how long a transport gives `drover node serve` to end once
+// its request is cancelled (SIGTERM) before anything gets SIGKILL. The
+// engine bounds its own work after a cancel (an activation switches the
+// host back and restarts the previous release, bounded by the services'
+// stop grace and health timeouts), and the deployer waits for its answer,
+// so the summary says what each host serves.
+const CancelWait = 3 * time.Minute
+
 // Operations a Request can ask for.
 const (
 	OpPrepare        = "prepare"

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/rollout"
 	"github.com/drover/drover/internal/transport/ssh"
 )
@@ -26,7 +27,7 @@ func (t *sshTarget) Host() *config.Host { return t.host }
 // Serve runs one node request in a new session on the shared connection.
 func (t *sshTarget) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	var stderr bytes.Buffer
-	err := t.client.Run(ctx, shellQuote(t.remote)+" node serve", stdin, stdout, &limitedBuffer{b: &stderr, n: 16 << 10})
+	err := t.client.RunGraceful(ctx, node.CancelWait, shellQuote(t.remote)+" node serve", stdin, stdout, &limitedBuffer{b: &stderr, n: 16 << 10})
 	if err != nil {
 		if msg := strings.TrimSpace(stderr.String()); msg != "" {
 			return fmt.Errorf("%w: %s", err, msg)

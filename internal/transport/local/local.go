@@ -12,7 +12,8 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
-	"time"
+
+	"github.com/drover/drover/internal/node"
 )
 
 // Conn runs the drover binary at Binary as `drover node serve`.
@@ -30,7 +31,7 @@ func (c *Conn) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) err
 	cmd.Stderr = &limited{w: &stderr, n: 16 << 10}
 	cmd.Env = append(os.Environ(), c.Env...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
+	cmd.WaitDelay = node.CancelWait
 	if err := cmd.Run(); err != nil {
 		if msg := strings.TrimSpace(stderr.String()); msg != "" {
 			return fmt.Errorf("drover node on this machine: %w: %s", err, lastLines(msg, 5))

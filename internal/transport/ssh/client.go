@@ -224,6 +224,15 @@ func (c *Client) keepAlive() {
 // is not enough: OpenSSH ignores it for root logins, and closing the
 // channel leaves the command running.
 func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
+	return c.RunGraceful(ctx, killGrace, cmd, stdin, stdout, stderr)
+}
+
+// RunGraceful is Run for a command that needs time to end well once it is
+// cancelled: after SIGTERM it has grace (at least killGrace) to exit, and
+// its output keeps streaming meanwhile, before anything gets SIGKILL.
+// `drover node serve` takes that time to switch a host back to a serving
+// release and to say so.
+func (c *Client) RunGraceful(ctx context.Context, grace time.Duration, cmd string, stdin io.Reader, stdout, stderr io.Writer) error {
 	short := shorten(cmd)
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: run %s: %w", c.name, short, err)
@@ -247,7 +256,7 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, s
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		c.stopRemote(s, token, done)
+		c.stopRemote(s, token, done, max(grace, killGrace))
 		c.log.Debug("ssh command cancelled", "host", c.name, "cmd", short, "elapsed", time.Since(start))
 		return fmt.Errorf("%s: run %s: %w", c.name, short, ctx.Err())
 	}
@@ -274,18 +283,21 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, s
 // before it gets SIGKILL.
 const killGrace = 5 * time.Second
 
-// stopRemote ends a cancelled command: SIGTERM, then SIGKILL after
-// killGrace, each through the session and by DROVER_RUN_ID. It returns
-// once the session ended or both grace periods passed; the goroutine
-// waiting on the session ends at the latest when the connection closes.
-func (c *Client) stopRemote(s *gossh.Session, token string, done <-chan error) {
-	for _, sig := range []gossh.Signal{gossh.SIGTERM, gossh.SIGKILL} {
-		_ = s.Signal(sig)
-		c.signalRun(token, sig)
+// stopRemote ends a cancelled command: SIGTERM, then SIGKILL after grace,
+// each through the session and by DROVER_RUN_ID. It returns once the
+// session ended or both grace periods passed; the goroutine waiting on the
+// session ends at the latest when the connection closes.
+func (c *Client) stopRemote(s *gossh.Session, token string, done <-chan error, grace time.Duration) {
+	for _, step := range []struct {
+		sig  gossh.Signal
+		wait time.Duration
+	}{{gossh.SIGTERM, grace}, {gossh.SIGKILL, killGrace}} {
+		_ = s.Signal(step.sig)
+		c.signalRun(token, step.sig)
 		select {
 		case <-done:
 			return
-		case <-time.After(killGrace):
+		case <-time.After(step.wait):
 		}
 	}
 	c.log.Warn("cancelled command did not end", "host", c.name, "run_id", token)
