@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/release"
@@ -35,7 +36,7 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	var req Request
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
-	w := &writer{enc: json.NewEncoder(out)}
+	w := newWriter(out)
 	if err := dec.Decode(&req); err != nil {
 		return w.result(&Response{Error: "bad request: " + err.Error()})
 	}
@@ -46,31 +47,67 @@ func (s *Server) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	return w.result(resp)
 }
 
-// writer serialises messages from concurrent event emitters. The first
-// failed write (the deployer died, its connection dropped: stdout is a
-// broken pipe) detaches it: later messages are dropped, and onDetach runs
-// once, so the work in progress finishes instead of dying with its output.
+// writer serialises messages from concurrent event emitters. Events go
+// through a bounded queue that one goroutine writes out, so a deployer that
+// stops reading while its connection stays open (a laptop shut with its
+// TCP connection alive) never stalls the work: when the queue is full,
+// events are dropped and counted, and a line saying how many follows once
+// the deployer reads again. The first failed write (the deployer died, its
+// connection dropped: stdout is a broken pipe) detaches it: later messages
+// are dropped, and onDetach runs once, so the work in progress finishes
+// instead of dying with its output.
 type writer struct {
-	mu       sync.Mutex
-	enc      *json.Encoder
+	enc *json.Encoder
+
+	errMu    sync.Mutex // guards err and onDetach
 	err      error
 	onDetach func()
+
+	mu      sync.Mutex // guards sends on queue and closed; drain never takes it
+	queue   chan message
+	closed  bool          // the result is being sent: no more events
+	drained chan struct{} // closed when the queue's writer ends
+	dropped atomic.Int64  // events dropped since the last one sent
 }
 
-func (w *writer) send(m message) error {
-	w.mu.Lock()
-	if w.err != nil {
-		w.mu.Unlock()
-		return w.err
+// eventQueue is how many events may wait for a slow deployer.
+const eventQueue = 4096
+
+func newWriter(out io.Writer) *writer {
+	w := &writer{enc: json.NewEncoder(out), queue: make(chan message, eventQueue), drained: make(chan struct{})}
+	go w.drain()
+	return w
+}
+
+// drain writes queued events until the queue closes.
+func (w *writer) drain() {
+	defer close(w.drained)
+	for m := range w.queue {
+		if n := w.dropped.Swap(0); n > 0 {
+			note := release.Event{Kind: release.EventInfo, Step: m.Event.Step, Line: fmt.Sprintf("… %d lines of output were not sent: the deployer was not reading", n)}
+			_ = w.write(message{Event: &note})
+		}
+		_ = w.write(m)
 	}
-	err := w.enc.Encode(m)
+}
+
+// write encodes one message; a failure detaches the writer.
+func (w *writer) write(m message) error {
+	if err := w.failed(); err != nil {
+		return err
+	}
+	err := w.enc.Encode(m) // drain, then result: never two at once
 	if err == nil {
-		w.mu.Unlock()
 		return nil
+	}
+	w.errMu.Lock()
+	if w.err != nil {
+		w.errMu.Unlock()
+		return w.err
 	}
 	w.err = fmt.Errorf("deployer detached: %w", err)
 	detach := w.onDetach
-	w.mu.Unlock()
+	w.errMu.Unlock()
 	if detach != nil {
 		detach()
 	}
@@ -79,19 +116,66 @@ func (w *writer) send(m message) error {
 
 // detached runs fn when the writer detaches, at once if it already has.
 func (w *writer) detached(fn func()) {
-	w.mu.Lock()
+	w.errMu.Lock()
 	if w.err == nil {
 		w.onDetach = fn
-		w.mu.Unlock()
+		w.errMu.Unlock()
 		return
 	}
-	w.mu.Unlock()
+	w.errMu.Unlock()
 	fn()
 }
 
-func (w *writer) event(ev release.Event) { _ = w.send(message{Event: &ev}) }
+// failed returns the error that detached the writer, if any.
+func (w *writer) failed() error {
+	w.errMu.Lock()
+	defer w.errMu.Unlock()
+	return w.err
+}
 
-func (w *writer) result(r *Response) error { return w.send(message{Result: r}) }
+// event queues ev for the deployer, or drops it when the queue is full.
+func (w *writer) event(ev release.Event) {
+	if w.failed() != nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	select {
+	case w.queue <- message{Event: &ev}:
+	default:
+		w.dropped.Add(1)
+	}
+}
+
+// send writes a message that must not be dropped (a lock notice): after
+// the events queued before it.
+func (w *writer) send(m message) error {
+	if err := w.failed(); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return errors.New("session already answered")
+	}
+	w.queue <- m // blocks while the queue is full; drain needs no lock
+	return nil
+}
+
+// result writes the response after every queued event, and ends the queue.
+func (w *writer) result(r *Response) error {
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.queue)
+	}
+	w.mu.Unlock()
+	<-w.drained
+	return w.write(message{Result: r})
+}
 
 func errResponse(err error) *Response {
 	r := &Response{Error: err.Error()}
