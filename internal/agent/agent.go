@@ -98,7 +98,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				break
 			}
 			if api.IsStatus(err, 401) {
-				return fmt.Errorf("the server refused this node's token (revoked?): %w; remove %s and join again", err, a.tokenPath())
+				return fmt.Errorf("the server refused this node's token (revoked?): %w; to join again, remove %s and use a join token made with `drover server join-token create --app APP --replace %s`", err, a.tokenPath(), a.Config.Node)
 			}
 			failures++
 			a.log().Warn("long-poll failed; retrying", "err", err, "retry_in", a.sleep(ctx, failures))
@@ -116,8 +116,16 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func isPermanent(err error) bool {
-	return api.IsStatus(err, 401) || api.IsStatus(err, 403) || api.IsStatus(err, 400)
+	var jr *joinRefusedError
+	return errors.As(err, &jr) || api.IsStatus(err, 401) || api.IsStatus(err, 403) || api.IsStatus(err, 400)
 }
+
+// joinRefusedError is a join the server refused for good (the node name is
+// taken): retrying cannot help, the operator must act.
+type joinRefusedError struct{ err error }
+
+func (e *joinRefusedError) Error() string { return e.err.Error() }
+func (e *joinRefusedError) Unwrap() error { return e.err }
 
 // sleep waits a jittered exponential backoff and returns how long.
 func (a *Agent) sleep(ctx context.Context, failures int) time.Duration {
@@ -159,6 +167,10 @@ func (a *Agent) connect(ctx context.Context) error {
 		}
 		host, _ := os.Hostname()
 		joined, err := c.Join(ctx, api.Join{JoinToken: cfg.JoinToken, Node: cfg.Node, Hostname: host, AgentVersion: a.Version, Apps: a.nodeApps()})
+		if api.IsStatus(err, 409) {
+			return &joinRefusedError{fmt.Errorf("join %s as %s: %w; another node already joined under this name: set `node:` in %s to a free name, or, to replace that node, ask an admin for `drover server join-token create --app APP --replace %s`",
+				cfg.Server, cfg.Node, err, cfg.Path, cfg.Node)}
+		}
 		if err != nil {
 			return fmt.Errorf("join %s as %s: %w", cfg.Server, cfg.Node, err)
 		}
