@@ -13,6 +13,7 @@ import (
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/node"
+	"github.com/drover/drover/internal/progress"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
 )
@@ -189,11 +190,16 @@ func Exec(ctx context.Context, o *ExecOptions) error {
 				if ev.Kind != release.EventOutput {
 					return
 				}
+				line := ev.Line
+				if o.IO.IsTTY {
+					// A person reads it: no host may retitle or clear their terminal.
+					line = progress.Clean(line)
+				}
 				mu <- struct{}{}
 				if single {
-					fmt.Fprintln(o.IO.Out, ev.Line)
+					fmt.Fprintln(o.IO.Out, line)
 				} else {
-					fmt.Fprintf(o.IO.Out, "[%s] %s\n", host, ev.Line)
+					fmt.Fprintf(o.IO.Out, "[%s] %s\n", host, line)
 				}
 				<-mu
 			})
