@@ -12,6 +12,7 @@ import (
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
+	"github.com/drover/drover/internal/service"
 )
 
 // Releases lists every host's releases: active, prepared, failed, pinned,
@@ -283,4 +284,16 @@ func Tasks(o *Common) error {
 func NodeServe(ctx context.Context, version string) error {
 	s := &node.Server{Version: version, CrashAt: os.Getenv("DROVER_CRASH_AT")}
 	return s.Serve(ctx, os.Stdin, os.Stdout)
+}
+
+// SuperviseOptions are the inputs of `drover node supervise`.
+type SuperviseOptions struct {
+	PIDsDir string
+	Service string
+}
+
+// NodeSupervise runs the supervisor of a socket service until it is told to
+// exit (`drover node supervise`).
+func NodeSupervise(ctx context.Context, o *SuperviseOptions) error {
+	return service.Supervise(ctx, service.SupervisorConfig{PIDsDir: o.PIDsDir, Service: o.Service})
 }

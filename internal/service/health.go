@@ -63,6 +63,13 @@ var ErrExited = errors.New("process exited")
 // status or error seen. A managed process that dies meanwhile fails the
 // check at once. A service without a Health check passes.
 func (m *Manager) Check(ctx context.Context, s Spec, port int) error {
+	return m.check(ctx, s, port, nil)
+}
+
+// check is Check; with a new process cand (a restart on a held socket), only
+// answers from cand's process group count, and cand's release dir is where a
+// health command runs.
+func (m *Manager) check(ctx context.Context, s Spec, port int, cand *record) error {
 	h := s.Health
 	if h == nil {
 		return nil
@@ -85,7 +92,9 @@ func (m *Manager) Check(ctx context.Context, s Spec, port int) error {
 	pidPath, logPath := m.PIDFile(s.Name, port), m.LogFile(s.Name, port)
 	dir := filepath.Join(filepath.Dir(m.SharedDir), "current")
 	var rec *record
-	if managed {
+	if cand != nil {
+		rec, dir = cand, cand.ReleaseDir
+	} else if managed {
 		if r, _, _ := inspect(pidPath); r != nil {
 			rec, dir = r, r.ReleaseDir
 		}
@@ -97,6 +106,9 @@ func (m *Manager) Check(ctx context.Context, s Spec, port int) error {
 		client := &http.Client{Transport: tr}
 		url := expand(h.HTTP, port)
 		probe = func(ctx context.Context) error { return probeHTTP(ctx, client, url) }
+		if cand != nil {
+			probe = func(ctx context.Context) error { return probeHTTPFrom(ctx, url, cand.PID) }
+		}
 	}
 
 	log := m.log().With("service", s.Name, "port", port)
@@ -125,8 +137,9 @@ func (m *Manager) Check(ctx context.Context, s Spec, port int) error {
 		cutShort := err != nil && actx.Err() != nil && left < attempt
 		cancel()
 		// An attempt the overall deadline cut short says less than the one
-		// before it did.
-		if !cutShort || last == nil {
+		// before it did, and so does an answer from the old process on a
+		// held socket.
+		if (!cutShort && !errors.Is(err, errOtherAnswered)) || last == nil {
 			last = err
 		}
 		if err == nil {

@@ -22,8 +22,11 @@ import (
 var appBin string
 
 func TestMain(m *testing.M) {
-	if os.Getenv("SERVICE_TEST_HELPER") == "start" {
+	switch os.Getenv("SERVICE_TEST_HELPER") {
+	case "start":
 		os.Exit(helperStart())
+	case "supervise":
+		os.Exit(helperSupervise())
 	}
 	dir, err := os.MkdirTemp("", "service-test-")
 	if err != nil {

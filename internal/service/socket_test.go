@@ -1,0 +1,314 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// helperSupervise runs in a child test binary as `drover node supervise`.
+func helperSupervise() int {
+	err := Supervise(context.Background(), SupervisorConfig{PIDsDir: os.Getenv("HELPER_PIDS"), Service: os.Getenv("HELPER_SERVICE")})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// testSupervisor runs the supervisor from this test binary.
+func testSupervisor(pidsDir, service string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SERVICE_TEST_HELPER=supervise", "HELPER_PIDS="+pidsDir, "HELPER_SERVICE="+service)
+	return cmd
+}
+
+// newSocketFixture is newFixture with the supervisor run by this test binary.
+func newSocketFixture(t *testing.T) *fixture {
+	f := newFixture(t)
+	f.m.Supervisor = testSupervisor
+	return f
+}
+
+func socketSpec(ports ...int) Spec {
+	s := webSpec(ports...)
+	s.Socket = true
+	s.Bind = "127.0.0.1"
+	s.StopGrace = 5 * time.Second
+	return s
+}
+
+// load sends requests to port from 8 goroutines, half over keep-alive
+// connections and half on a new connection each, until stop is called or
+// it has sent max requests or run for limit. It counts what failed.
+type load struct {
+	sent, failed atomic.Int64
+	mu           sync.Mutex
+	errs         []string
+	pids         map[string]int // who answered, by pid
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+}
+
+func startLoad(t *testing.T, port int) *load {
+	t.Helper()
+	const workers, max, limit = 8, 200000, 2 * time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	l := &load{cancel: cancel, pids: map[string]int{}}
+	url := fmt.Sprintf("http://127.0.0.1:%d/whoami", port)
+	for i := range workers {
+		tr := &http.Transport{DisableKeepAlives: i%2 == 1, MaxIdleConnsPerHost: 1}
+		client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			defer tr.CloseIdleConnections()
+			for ctx.Err() == nil && l.sent.Load() < max {
+				l.sent.Add(1)
+				resp, err := client.Get(url)
+				if err == nil {
+					body, rerr := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if rerr != nil || resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %s, body error %v", resp.Status, rerr)
+					} else {
+						l.mu.Lock()
+						l.pids[strings.Fields(string(body))[0]]++
+						l.mu.Unlock()
+					}
+				}
+				if err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					if len(l.errs) < 5 {
+						l.errs = append(l.errs, fmt.Sprintf("%s keep-alive %v: %v", time.Now().Format("05.000"), i%2 == 0, err))
+					}
+					l.mu.Unlock()
+				}
+			}
+		}()
+	}
+	t.Cleanup(l.stop)
+	return l
+}
+
+// stop ends the load and waits for its goroutines.
+func (l *load) stop() {
+	l.cancel()
+	l.wg.Wait()
+}
+
+func (l *load) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprintf("%d of %d requests failed (answered by %d processes); first errors: %q", l.failed.Load(), l.sent.Load(), len(l.pids), l.errs)
+}
+
+// restartUnderLoad restarts s n times between two releases under load and
+// returns the load's tally.
+func restartUnderLoad(t *testing.T, f *fixture, s Spec, n int) *load {
+	t.Helper()
+	ctx := testCtx(t)
+	releases := []string{f.release, f.newRelease(t, "r2")}
+	if err := f.m.Restart(ctx, s, releases[0]); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(t, s.Ports[0])
+	waitSent(t, l, 100)
+	for i := range n {
+		if err := f.m.Restart(ctx, s, releases[(i+1)%2]); err != nil {
+			l.stop()
+			t.Fatalf("restart %d: %v", i+1, err)
+		}
+	}
+	waitSent(t, l, l.sent.Load()+100)
+	l.stop()
+	return l
+}
+
+// waitSent waits until the load has sent n requests.
+func waitSent(t *testing.T, l *load, n int64) {
+	t.Helper()
+	if ok, _ := waitUntil(t.Context(), 30*time.Second, func() bool { return l.sent.Load() >= n }); !ok {
+		t.Fatalf("load sent only %d requests", l.sent.Load())
+	}
+}
+
+func TestSocketRestartsLoseNothing(t *testing.T) {
+	f := newSocketFixture(t)
+	port := freePort(t)
+	s := socketSpec(port)
+	l := restartUnderLoad(t, f, s, 20)
+	t.Logf("socket: true, 20 restarts: %s", l)
+	if l.failed.Load() != 0 {
+		t.Errorf("socket: true lost requests: %s", l)
+	}
+	if len(l.pids) < 21 {
+		t.Errorf("requests were answered by %d processes; want all 21 releases' processes to have served", len(l.pids))
+	}
+	st := f.m.Status(s)
+	if len(st) != 1 || !st[0].Running || st[0].Supervisor == nil || !st[0].Supervisor.Running ||
+		!slices.Equal(st[0].Listeners, []int{st[0].PID}) || st[0].Restart != RestartSocket {
+		t.Errorf("Status after the restarts: %+v (supervisor %+v); want one process on the port, held by a running supervisor", st, st[0].Supervisor)
+	}
+	if pid, _, _ := whoami(t, port); pid != st[0].PID {
+		t.Errorf("port answered by pid %d; Status says %d", pid, st[0].PID)
+	}
+}
+
+// TestPlainRestartsLoseRequests is the same load on a service without
+// socket: true: it shows the load test can see lost requests.
+func TestPlainRestartsLoseRequests(t *testing.T) {
+	f := newFixture(t)
+	s := webSpec(freePort(t))
+	s.StopGrace = 5 * time.Second
+	l := restartUnderLoad(t, f, s, 20)
+	t.Logf("plain restart, 20 restarts: %s", l)
+	if l.failed.Load() == 0 {
+		t.Errorf("a plain stop-then-start restart lost no request (%s): the load test cannot tell", l)
+	}
+}
+
+func TestSocketRestartFailureKeepsOldServing(t *testing.T) {
+	cases := []struct {
+		name, file, want string
+		wantErr          error
+	}{
+		{"exits at start", "BROKEN", "exiting", ErrExited},
+		{"never healthy", "UNHEALTHY", "database unreachable", ErrUnhealthyStatus},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newSocketFixture(t)
+			ctx := testCtx(t)
+			f.m.Env = append(f.m.Env, "APP_EXIT_IF=BROKEN", "APP_UNHEALTHY_FILE=UNHEALTHY")
+			port := freePort(t)
+			s := socketSpec(port)
+			s.Health.Timeout = time.Second
+			if err := f.m.Restart(ctx, s, f.release); err != nil {
+				t.Fatal(err)
+			}
+			old := mustRecord(t, f.m.PIDFile("web", port))
+			bad := f.newRelease(t, "bad")
+			if err := os.WriteFile(filepath.Join(bad, tc.file), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			l := startLoad(t, port)
+			waitSent(t, l, 100)
+			err := f.m.Restart(ctx, s, bad)
+			waitSent(t, l, l.sent.Load()+100)
+			l.stop()
+			var he *HealthError
+			if !errors.As(err, &he) || !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), tc.want) ||
+				!strings.Contains(err.Error(), fmt.Sprintf("old process (pid %d", old.PID)) {
+				t.Errorf("Restart to a bad release: %v; want a *HealthError (%v) saying %q and that pid %d keeps serving", err, tc.wantErr, tc.want, old.PID)
+			}
+			if l.failed.Load() != 0 {
+				t.Errorf("requests lost while the bad release failed: %s", l)
+			}
+			if rec := mustRecord(t, f.m.PIDFile("web", port)); rec.PID != old.PID || !alive(rec) {
+				t.Errorf("PID file names %d (alive %v); want the old %d still running", rec.PID, alive(rec), old.PID)
+			}
+			if _, err := os.Stat(f.m.nextPIDFile("web", port)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the failed process's PID file is left: %v", err)
+			}
+			if pid, dir, _ := whoami(t, port); pid != old.PID || dir != f.release {
+				t.Errorf("port answered by %d from %s; want the old %d from %s", pid, dir, old.PID, f.release)
+			}
+			st := f.m.Status(s)[0]
+			if !slices.Equal(st.Listeners, []int{old.PID}) || st.NewPID != 0 {
+				t.Errorf("Status: listeners %v, new pid %d; want only the old %d", st.Listeners, st.NewPID, old.PID)
+			}
+		})
+	}
+}
+
+func TestSupervisorKilledMidRestart(t *testing.T) {
+	f := newSocketFixture(t)
+	ctx := testCtx(t)
+	f.m.Env = append(f.m.Env, "APP_BOOT_DELAY=300ms")
+	port := freePort(t)
+	s := socketSpec(port)
+	if err := f.m.Restart(ctx, s, f.release); err != nil {
+		t.Fatal(err)
+	}
+	r2 := f.newRelease(t, "r2")
+	done := make(chan error, 1)
+	go func() { done <- f.m.Restart(ctx, s, r2) }()
+	next := f.m.nextPIDFile("web", port)
+	if ok, _ := waitUntil(ctx, 20*time.Second, func() bool { _, err := os.Stat(next); return err == nil }); !ok {
+		t.Fatal("the restart never started a new process")
+	}
+	sup := mustRecord(t, supervisorPIDFile(f.m.pidsDir(), "web"))
+	if err := syscall.Kill(sup.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err := <-done
+	t.Logf("restart with its supervisor killed: %v", err)
+
+	st := f.m.Status(s)[0]
+	if st.Supervisor.Running || st.Supervisor.State != "dead" {
+		t.Errorf("Status after kill -9 of the supervisor: %+v; want it dead", st.Supervisor)
+	}
+	if len(st.Listeners) != 1 || (st.Running && st.Listeners[0] != st.PID) {
+		t.Errorf("Status: pid %d running %v, listeners %v; want exactly the recorded process serving", st.PID, st.Running, st.Listeners)
+	}
+
+	// The next start recovers: a new supervisor, one process, on r2.
+	if err := f.m.Start(ctx, s, r2, port); err != nil {
+		t.Fatalf("start after the supervisor died: %v", err)
+	}
+	st = f.m.Status(s)[0]
+	if !st.Supervisor.Running || st.Supervisor.PID == sup.PID || !st.Running || st.ReleaseDir != r2 || !slices.Equal(st.Listeners, []int{st.PID}) {
+		t.Errorf("Status after start: %+v (supervisor %+v); want a new supervisor and exactly one process from %s", st, st.Supervisor, r2)
+	}
+	if pid, dir, _ := whoami(t, port); pid != st.PID || dir != r2 {
+		t.Errorf("port answered by %d from %s; want %d from %s", pid, dir, st.PID, r2)
+	}
+	if err := f.m.Start(ctx, s, r2, port); !errors.Is(err, ErrAlreadyRunning) {
+		t.Errorf("second start: %v; want ErrAlreadyRunning", err)
+	}
+}
+
+func TestSocketStopClosesEverything(t *testing.T) {
+	f := newSocketFixture(t)
+	ctx := testCtx(t)
+	p1, p2 := freePort(t), freePort(t)
+	s := socketSpec(p1, p2)
+	if err := f.m.StartAll(ctx, s, f.release); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.Ports {
+		if err := f.m.Check(ctx, s, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := f.m.Status(s)
+	sup := st[0].Supervisor
+	if !sup.Running || len(sup.Sockets) != 2 {
+		t.Fatalf("supervisor %+v; want running, holding 2 sockets", sup)
+	}
+	if err := f.m.StopAll(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range f.m.Status(s) {
+		if p.Running || p.Supervisor.Running || p.Supervisor.State != "stopped" || len(p.Listeners) != 0 {
+			t.Errorf("after stop: %+v (supervisor %+v); want nothing running or listening", p, p.Supervisor)
+		}
+	}
+	if !gone(sup.PID) {
+		t.Errorf("supervisor %d still runs", sup.PID)
+	}
+}
