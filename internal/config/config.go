@@ -79,6 +79,11 @@ type Service struct {
 	Systemd   string   `yaml:"systemd" json:"systemd,omitempty"`
 	Health    *Health  `yaml:"health" json:"health,omitempty"`
 	StopGrace Duration `yaml:"stop_grace" json:"stop_grace,omitempty"`
+	// Socket makes drover hold the listening socket of each port and pass
+	// it to the process (systemd's LISTEN_FDS protocol), so a restart
+	// starts the new process before stopping the old and refuses nothing.
+	Socket bool   `yaml:"socket" json:"socket,omitempty"`
+	Bind   string `yaml:"bind" json:"bind,omitempty"` // address the held sockets listen on (default: every address)
 }
 
 // Health says how to tell that a service is up: an HTTP URL answering 2xx,

@@ -105,6 +105,24 @@ func TestParseErrors(t *testing.T) {
 		{"host without address", func(s string) string {
 			return strings.Replace(s, "{host: 10.0.0.5, roles: [web, db]}", "{roles: [web, db]}", 1)
 		}, 20, "missing required key host"},
+		{"socket on a systemd unit", func(s string) string {
+			return strings.Replace(s, "    systemd: shop-worker.service\n", "    systemd: shop-worker.service\n    socket: true\n", 1)
+		}, 19, "socket applies to services drover starts"},
+		{"socket without ports", func(s string) string {
+			return strings.Replace(s, "    systemd: shop-worker.service\n", "    start: ./bin/worker\n    socket: true\n", 1)
+		}, 19, "socket: true needs ports"},
+		{"socket with a compound start", func(s string) string {
+			return strings.Replace(s, "    start: ./bin/server --port {{port}}\n", "    start: cd app && ./bin/server --port {{port}}\n    socket: true\n", 1)
+		}, 14, "one command"},
+		{"socket wrong type", func(s string) string {
+			return strings.Replace(s, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    socket: sure\n", 1)
+		}, 16, "socket"},
+		{"bind without socket", func(s string) string {
+			return strings.Replace(s, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    bind: 127.0.0.1\n", 1)
+		}, 16, "bind applies only with socket: true"},
+		{"bind not an address", func(s string) string {
+			return strings.Replace(s, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    socket: true\n    bind: localhost\n", 1)
+		}, 17, `"localhost" is not an IP address`},
 		{"bad spacing", func(s string) string { return s + "  broken:\n hosts: []\n" }, 30, ""},
 	}
 	for _, tc := range tests {
@@ -132,6 +150,19 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("error %q does not start with the file name", err)
 			}
 		})
+	}
+}
+
+func TestParseSocket(t *testing.T) {
+	f, err := Parse("drover.yml", []byte(strings.Replace(valid, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    socket: true\n    bind: 127.0.0.1\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := f.Services["web"]; !w.Socket || w.Bind != "127.0.0.1" {
+		t.Errorf("web service: socket %v bind %q; want true, 127.0.0.1", w.Socket, w.Bind)
+	}
+	if f.Services["worker"].Socket {
+		t.Error("socket defaults to true")
 	}
 }
 

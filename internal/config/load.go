@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path"
 	"reflect"
@@ -478,6 +479,7 @@ func (v *validator) validateServices(f *File) {
 		if s.Systemd != "" && len(s.Ports) > 0 {
 			v.at(p+".ports", "ports apply only to services drover starts (start:), not to systemd units")
 		}
+		v.validateSocket(p, s)
 		seen := map[int]bool{}
 		for i, port := range s.Ports {
 			if port < 1 || port > 65535 {
@@ -503,6 +505,32 @@ func (v *validator) validateServices(f *File) {
 		}
 		if usesPort && len(s.Ports) == 0 {
 			v.at(p, "uses {{port}} but lists no ports; add ports: [8000]")
+		}
+	}
+}
+
+// shellOperators are what makes a start command more than one command.
+var shellOperators = []string{"&&", "||", ";", "|", "\n", "&"}
+
+func (v *validator) validateSocket(p string, s *Service) {
+	if s.Bind != "" && !s.Socket {
+		v.at(p+".bind", "bind applies only with socket: true (a service without it binds its own port)")
+	} else if s.Bind != "" && net.ParseIP(s.Bind) == nil {
+		v.at(p+".bind", "%q is not an IP address; give one like 127.0.0.1 or ::1, or leave bind out to listen on every address", s.Bind)
+	}
+	if !s.Socket {
+		return
+	}
+	switch {
+	case s.Systemd != "":
+		v.at(p+".socket", "socket applies to services drover starts (start:); a systemd unit gets its sockets from a .socket unit")
+	case len(s.Ports) == 0:
+		v.at(p+".socket", "socket: true needs ports: drover holds one listening socket per port")
+	}
+	for _, op := range shellOperators {
+		if strings.Contains(s.Start, op) {
+			v.at(p+".start", "with socket: true, start must be one command (drover execs it so that LISTEN_PID is the app's pid); %q makes it several: move them into a script that ends with exec", op)
+			break
 		}
 	}
 }
