@@ -100,6 +100,7 @@ type Process struct {
 	NewPID        int              `json:"new_pid,omitempty"`         // a new process not yet healthy (restart in progress or interrupted)
 	NewReleaseDir string           `json:"new_release_dir,omitempty"` // its release
 	Listeners     []int            `json:"listeners,omitempty"`       // processes other than the supervisor holding the port's listening socket
+	Orphan        bool             `json:"orphan,omitempty"`          // running, but not started by the running supervisor: its socket is held by nobody else; the next start or restart replaces it
 }
 
 // Runner runs a program and returns its combined output. Manager uses it for

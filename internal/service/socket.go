@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -189,11 +191,13 @@ func (m *Manager) startSocket(ctx context.Context, s Spec, releaseDir string, po
 		return fmt.Errorf("start %s: %w", what, err)
 	}
 	if st == stateRunning {
-		if m.supervisorUp(ctx, s) {
+		resp, err := askSupervisor(ctx, m.pidsDir(), s.Name, &supRequest{Op: opPing})
+		if err == nil && slices.Contains(resp.Children, rec.PID) {
 			return fmt.Errorf("start %s: %w (pid %d from %s since %s); use restart",
 				what, ErrAlreadyRunning, rec.PID, rec.ReleaseDir, rec.StartedAt.Format(time.RFC3339))
 		}
-		m.log().Warn("supervisor is gone; replacing the process it left", "service", s.Name, "port", port, "pid", rec.PID)
+		// Its supervisor died: the socket it serves is held by nobody else.
+		m.log().Warn("the supervisor that started this process is gone; replacing it", "service", s.Name, "port", port, "pid", rec.PID)
 		return m.replace(ctx, s, releaseDir, port)
 	}
 	if err := m.ensureSupervisor(ctx, s); err != nil {
@@ -224,6 +228,17 @@ func (m *Manager) replace(ctx context.Context, s Spec, releaseDir string, port i
 		return fmt.Errorf("restart %s: %w", label(s.Name, port), err)
 	}
 	cand, err := m.spawn(ctx, s, releaseDir, port)
+	if err != nil && oldState == stateRunning && strings.Contains(err.Error(), "address already in use") {
+		// The old process binds the port itself: the service has just been
+		// switched to socket: true. This once, stop it first.
+		m.log().Warn("the old process holds the port itself (socket: true is new); stopping it before the first start on a held socket",
+			"service", s.Name, "port", port, "pid", old.PID)
+		if err := m.stopManaged(ctx, s, port); err != nil {
+			return fmt.Errorf("restart: %w", err)
+		}
+		oldState = stateNone
+		cand, err = m.spawn(ctx, s, releaseDir, port)
+	}
 	if err != nil {
 		return fmt.Errorf("restart: %w", err)
 	}
@@ -293,11 +308,12 @@ func (m *Manager) stopSocket(ctx context.Context, s Spec, port int) error {
 // SupervisorState is what Status says about the supervisor of a socket
 // service.
 type SupervisorState struct {
-	PID     int      `json:"pid,omitempty"`
-	Running bool     `json:"running"`
-	State   string   `json:"state"`             // "running", "stopped", "dead" (its PID file names a dead process), "not answering"
-	Sockets []string `json:"sockets,omitempty"` // listening addresses it holds
-	Log     string   `json:"log,omitempty"`
+	PID      int      `json:"pid,omitempty"`
+	Running  bool     `json:"running"`
+	State    string   `json:"state"`              // "running", "stopped", "dead" (its PID file names a dead process), "not answering"
+	Sockets  []string `json:"sockets,omitempty"`  // listening addresses it holds
+	Children []int    `json:"children,omitempty"` // live processes it started
+	Log      string   `json:"log,omitempty"`
 }
 
 // supervisorStatus asks the supervisor of s what it holds.
@@ -312,7 +328,7 @@ func (m *Manager) supervisorStatus(s Spec) *SupervisorState {
 	resp, err := askSupervisor(ctx, m.pidsDir(), s.Name, &supRequest{Op: opPing})
 	switch {
 	case err == nil:
-		out.Running, out.State, out.PID, out.Sockets = true, "running", resp.PID, resp.Sockets
+		out.Running, out.State, out.PID, out.Sockets, out.Children = true, "running", resp.PID, resp.Sockets, resp.Children
 	case st == stateRunning:
 		out.State = "not answering"
 	case st == stateStale:
@@ -331,6 +347,7 @@ func (m *Manager) socketStatus(s Spec, p *Process, sup *SupervisorState) {
 	if p.Port != 0 {
 		p.Listeners = listenHolders(p.Port, sup.PID)
 	}
+	p.Orphan = p.Running && !slices.Contains(sup.Children, p.PID)
 }
 
 // errOtherAnswered is the last error of a health probe that another

@@ -239,8 +239,8 @@ func TestSupervisorKilledMidRestart(t *testing.T) {
 	f := newSocketFixture(t)
 	ctx := testCtx(t)
 	f.m.Env = append(f.m.Env, "APP_BOOT_DELAY=300ms")
-	port := freePort(t)
-	s := socketSpec(port)
+	port, port2 := freePort(t), freePort(t)
+	s := socketSpec(port, port2)
 	if err := f.m.Restart(ctx, s, f.release); err != nil {
 		t.Fatal(err)
 	}
@@ -258,24 +258,26 @@ func TestSupervisorKilledMidRestart(t *testing.T) {
 	err := <-done
 	t.Logf("restart with its supervisor killed: %v", err)
 
+	// The restart went on to the second port with a new supervisor; the
+	// first port's process was started by the dead one.
 	st := f.m.Status(s)[0]
-	if st.Supervisor.Running || st.Supervisor.State != "dead" {
-		t.Errorf("Status after kill -9 of the supervisor: %+v; want it dead", st.Supervisor)
-	}
-	if len(st.Listeners) != 1 || (st.Running && st.Listeners[0] != st.PID) {
-		t.Errorf("Status: pid %d running %v, listeners %v; want exactly the recorded process serving", st.PID, st.Running, st.Listeners)
+	if !st.Orphan || len(st.Listeners) != 1 || (st.Running && st.Listeners[0] != st.PID) {
+		t.Errorf("Status after kill -9 of the supervisor: %+v (supervisor %+v); want exactly the recorded process serving, shown as orphaned", st, st.Supervisor)
 	}
 
-	// The next start recovers: a new supervisor, one process, on r2.
+	// The next start recovers: the orphan is replaced under the running supervisor.
 	if err := f.m.Start(ctx, s, r2, port); err != nil {
 		t.Fatalf("start after the supervisor died: %v", err)
 	}
 	st = f.m.Status(s)[0]
-	if !st.Supervisor.Running || st.Supervisor.PID == sup.PID || !st.Running || st.ReleaseDir != r2 || !slices.Equal(st.Listeners, []int{st.PID}) {
+	if !st.Supervisor.Running || st.Supervisor.PID == sup.PID || !st.Running || st.Orphan || st.ReleaseDir != r2 || !slices.Equal(st.Listeners, []int{st.PID}) {
 		t.Errorf("Status after start: %+v (supervisor %+v); want a new supervisor and exactly one process from %s", st, st.Supervisor, r2)
 	}
 	if pid, dir, _ := whoami(t, port); pid != st.PID || dir != r2 {
 		t.Errorf("port answered by %d from %s; want %d from %s", pid, dir, st.PID, r2)
+	}
+	if st2 := f.m.Status(s)[1]; !st2.Running || st2.ReleaseDir != r2 || !slices.Equal(st2.Listeners, []int{st2.PID}) {
+		t.Errorf("second port after start: %+v; want exactly one process from %s", st2, r2)
 	}
 	if err := f.m.Start(ctx, s, r2, port); !errors.Is(err, ErrAlreadyRunning) {
 		t.Errorf("second start: %v; want ErrAlreadyRunning", err)
@@ -310,5 +312,63 @@ func TestSocketStopClosesEverything(t *testing.T) {
 	}
 	if !gone(sup.PID) {
 		t.Errorf("supervisor %d still runs", sup.PID)
+	}
+}
+
+// TestSwitchToSocket: a service that ran without socket: true, whose
+// process binds the port itself, moves to a held socket on its next restart.
+func TestSwitchToSocket(t *testing.T) {
+	f := newSocketFixture(t)
+	ctx := testCtx(t)
+	port := freePort(t)
+	plain := webSpec(port)
+	if err := f.m.Restart(ctx, plain, f.release); err != nil {
+		t.Fatal(err)
+	}
+	old := mustRecord(t, f.m.PIDFile("web", port))
+	s := socketSpec(port)
+	if err := f.m.Restart(ctx, s, f.newRelease(t, "r2")); err != nil {
+		t.Fatalf("first restart with socket: true: %v", err)
+	}
+	st := f.m.Status(s)[0]
+	if !st.Running || st.PID == old.PID || !gone(old.PID) || !st.Supervisor.Running || !slices.Equal(st.Listeners, []int{st.PID}) {
+		t.Errorf("after the switch: %+v (supervisor %+v); want a new process on the held socket and the old %d gone", st, st.Supervisor, old.PID)
+	}
+}
+
+// TestSupervisorDeadRestartRecovers: with its supervisor killed, the
+// service keeps serving, Status says so, and the next restart starts a new
+// supervisor and replaces the orphaned process without losing a request.
+func TestSupervisorDeadRestartRecovers(t *testing.T) {
+	f := newSocketFixture(t)
+	ctx := testCtx(t)
+	port := freePort(t)
+	s := socketSpec(port)
+	if err := f.m.Restart(ctx, s, f.release); err != nil {
+		t.Fatal(err)
+	}
+	sup := mustRecord(t, supervisorPIDFile(f.m.pidsDir(), "web"))
+	old := mustRecord(t, f.m.PIDFile("web", port))
+	if err := syscall.Kill(sup.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := waitUntil(ctx, 10*time.Second, func() bool { return gone(sup.PID) }); !ok {
+		t.Fatal("supervisor survived SIGKILL")
+	}
+	st := f.m.Status(s)[0]
+	if st.Supervisor.Running || st.Supervisor.State != "dead" || !st.Running || !st.Orphan || !slices.Equal(st.Listeners, []int{old.PID}) {
+		t.Errorf("Status with a dead supervisor: %+v (supervisor %+v); want it dead and pid %d still serving alone", st, st.Supervisor, old.PID)
+	}
+	l := startLoad(t, port)
+	waitSent(t, l, 100)
+	if err := f.m.Restart(ctx, s, f.newRelease(t, "r2")); err != nil {
+		t.Fatalf("restart with a dead supervisor: %v", err)
+	}
+	waitSent(t, l, l.sent.Load()+100)
+	l.stop()
+	t.Logf("restart replacing an orphan: %s", l)
+	st = f.m.Status(s)[0]
+	if !st.Supervisor.Running || st.Orphan || st.PID == old.PID || !gone(old.PID) || !slices.Equal(st.Listeners, []int{st.PID}) {
+		t.Errorf("Status after the restart: %+v (supervisor %+v); want a new supervisor and one process", st, st.Supervisor)
 	}
 }
