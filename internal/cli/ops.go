@@ -311,7 +311,7 @@ func Tasks(o *Common) error {
 		if s.Health != nil {
 			health = s.Health.HTTP + s.Health.Command
 		}
-		fmt.Fprintf(tw, "  %s\tports %s\t%s\thealth %s\trestart: %s\n", name, ports, what, health, service.Spec{Systemd: s.Systemd, Socket: s.Socket}.RestartKind())
+		fmt.Fprintf(tw, "  %s\tports %s\t%s\thealth %s\trestart: %s\n", name, ports, what, health, service.Spec{Systemd: s.Systemd, Socket: s.Socket, ReusePort: s.ReusePort}.RestartKind())
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nEnvironments:")

@@ -84,6 +84,9 @@ type Service struct {
 	// starts the new process before stopping the old and refuses nothing.
 	Socket bool   `yaml:"socket" json:"socket,omitempty"`
 	Bind   string `yaml:"bind" json:"bind,omitempty"` // address the held sockets listen on (default: every address)
+	// ReusePort says the app binds its port with SO_REUSEPORT, so drover
+	// starts the new process before stopping the old one.
+	ReusePort bool `yaml:"reuse_port" json:"reuse_port,omitempty"`
 }
 
 // Health says how to tell that a service is up: an HTTP URL answering 2xx,

@@ -123,6 +123,12 @@ func TestParseErrors(t *testing.T) {
 		{"bind not an address", func(s string) string {
 			return strings.Replace(s, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    socket: true\n    bind: localhost\n", 1)
 		}, 17, `"localhost" is not an IP address`},
+		{"reuse_port with socket", func(s string) string {
+			return strings.Replace(s, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    socket: true\n    reuse_port: true\n", 1)
+		}, 17, "not both"},
+		{"reuse_port without ports", func(s string) string {
+			return strings.Replace(s, "    systemd: shop-worker.service\n", "    start: ./bin/worker\n    reuse_port: true\n", 1)
+		}, 19, "reuse_port: true needs ports"},
 		{"bad spacing", func(s string) string { return s + "  broken:\n hosts: []\n" }, 30, ""},
 	}
 	for _, tc := range tests {
@@ -163,6 +169,10 @@ func TestParseSocket(t *testing.T) {
 	}
 	if f.Services["worker"].Socket {
 		t.Error("socket defaults to true")
+	}
+	f, err = Parse("drover.yml", []byte(strings.Replace(valid, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    reuse_port: true\n", 1)))
+	if err != nil || !f.Services["web"].ReusePort {
+		t.Errorf("reuse_port: true: %v", err)
 	}
 }
 

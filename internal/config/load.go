@@ -518,6 +518,16 @@ func (v *validator) validateSocket(p string, s *Service) {
 	} else if s.Bind != "" && net.ParseIP(s.Bind) == nil {
 		v.at(p+".bind", "%q is not an IP address; give one like 127.0.0.1 or ::1, or leave bind out to listen on every address", s.Bind)
 	}
+	if s.ReusePort {
+		switch {
+		case s.Socket:
+			v.at(p+".reuse_port", "give socket: true or reuse_port: true, not both (with socket: true drover already starts the new process first)")
+		case s.Systemd != "":
+			v.at(p+".reuse_port", "reuse_port applies to services drover starts (start:), not to systemd units")
+		case len(s.Ports) == 0:
+			v.at(p+".reuse_port", "reuse_port: true needs ports")
+		}
+	}
 	if !s.Socket {
 		return
 	}

@@ -52,13 +52,19 @@ type Spec struct {
 	// starts the new process before it stops the old one (see socket.go).
 	Socket bool
 	Bind   string // address the held sockets listen on; empty: every address
+	// ReusePort says the app binds its port with SO_REUSEPORT, so a restart
+	// starts the new process beside the old one and stops the old one once
+	// the new one is healthy. Without Socket, the old process's queued
+	// connections may still be reset when it closes its socket.
+	ReusePort bool
 }
 
 // Restart kinds, as Process.Restart and `drover tasks` name them.
 const (
-	RestartSocket = "socket handoff: new process on the held socket, healthy, then old one stopped"
-	RestartPlain  = "stop, then start (a port refuses connections in between)"
-	RestartUnit   = "systemctl restart"
+	RestartSocket    = "socket handoff: new process on the held socket, healthy, then old one stopped"
+	RestartReusePort = "start before stop: new process beside the old (SO_REUSEPORT), healthy, then old one stopped"
+	RestartPlain     = "stop, then start (a port refuses connections in between)"
+	RestartUnit      = "systemctl restart"
 )
 
 // RestartKind says how Restart moves s to a new release.
@@ -68,6 +74,8 @@ func (s Spec) RestartKind() string {
 		return RestartUnit
 	case s.Socket:
 		return RestartSocket
+	case s.ReusePort:
+		return RestartReusePort
 	}
 	return RestartPlain
 }
@@ -223,8 +231,12 @@ func (m *Manager) Start(ctx context.Context, s Spec, releaseDir string, port int
 	if s.Socket {
 		return m.startSocket(ctx, s, releaseDir, port)
 	}
+	return m.start(ctx, s, releaseDir, port, m.PIDFile(s.Name, port))
+}
+
+// start starts one process of s and records it in the PID file pidPath.
+func (m *Manager) start(ctx context.Context, s Spec, releaseDir string, port int, pidPath string) error {
 	what := label(s.Name, port)
-	pidPath := m.PIDFile(s.Name, port)
 	rec, st, err := inspect(pidPath)
 	switch {
 	case err != nil:
@@ -307,6 +319,11 @@ func (m *Manager) Stop(ctx context.Context, s Spec, port int) error {
 	}
 	if s.Socket {
 		return m.stopSocket(ctx, s, port)
+	}
+	if s.ReusePort {
+		if err := m.dropCandidate(ctx, s, port); err != nil {
+			return err
+		}
 	}
 	return m.stopManaged(ctx, s, port)
 }
@@ -472,7 +489,7 @@ func (m *Manager) Restart(ctx context.Context, s Spec, releaseDir string) error 
 		}
 		return nil
 	}
-	if s.Socket {
+	if s.Socket || s.ReusePort {
 		for _, port := range s.ports() {
 			if err := m.replace(ctx, s, releaseDir, port); err != nil {
 				return err
@@ -534,6 +551,8 @@ func (m *Manager) Status(s Spec) []Process {
 		}
 		if s.Socket {
 			m.socketStatus(s, &p, sup)
+		} else if s.ReusePort {
+			m.newStatus(s, &p)
 		}
 		out = append(out, p)
 	}

@@ -154,6 +154,20 @@ func (m *Manager) spawn(ctx context.Context, s Spec, releaseDir string, port int
 	return rec, nil
 }
 
+// startBeside starts a new process of a ReusePort service while the old
+// one runs, recorded in the next PID file.
+func (m *Manager) startBeside(ctx context.Context, s Spec, releaseDir string, port int) (*record, error) {
+	next := m.nextPIDFile(s.Name, port)
+	if err := m.start(ctx, s, releaseDir, port, next); err != nil {
+		return nil, err
+	}
+	rec, err := readRecord(next)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", label(s.Name, port), err)
+	}
+	return rec, nil
+}
+
 // dropCandidate stops a new process left by an interrupted restart.
 func (m *Manager) dropCandidate(ctx context.Context, s Spec, port int) error {
 	path := m.nextPIDFile(s.Name, port)
@@ -215,10 +229,17 @@ func (m *Manager) startSocket(ctx context.Context, s Spec, releaseDir string, po
 // replace moves port of a socket service to releaseDir: start the new
 // process on the held socket, wait until it is healthy, then stop the old
 // one. When the new one fails, it is stopped and the old one keeps serving.
+// A ReusePort service goes the same way with a process that binds the port
+// itself beside the old one.
 func (m *Manager) replace(ctx context.Context, s Spec, releaseDir string, port int) error {
 	began := time.Now()
-	if err := m.ensureSupervisor(ctx, s); err != nil {
-		return fmt.Errorf("restart %s: %w", s.Name, err)
+	spawn := m.spawn
+	if s.Socket {
+		if err := m.ensureSupervisor(ctx, s); err != nil {
+			return fmt.Errorf("restart %s: %w", s.Name, err)
+		}
+	} else {
+		spawn = m.startBeside
 	}
 	if err := m.dropCandidate(ctx, s, port); err != nil {
 		return fmt.Errorf("restart %s: %w", label(s.Name, port), err)
@@ -227,8 +248,8 @@ func (m *Manager) replace(ctx context.Context, s Spec, releaseDir string, port i
 	if err != nil {
 		return fmt.Errorf("restart %s: %w", label(s.Name, port), err)
 	}
-	cand, err := m.spawn(ctx, s, releaseDir, port)
-	if err != nil && oldState == stateRunning && strings.Contains(err.Error(), "address already in use") {
+	cand, err := spawn(ctx, s, releaseDir, port)
+	if err != nil && s.Socket && oldState == stateRunning && strings.Contains(err.Error(), "address already in use") {
 		// The old process binds the port itself: the service has just been
 		// switched to socket: true. This once, stop it first.
 		m.log().Warn("the old process holds the port itself (socket: true is new); stopping it before the first start on a held socket",
@@ -237,7 +258,7 @@ func (m *Manager) replace(ctx context.Context, s Spec, releaseDir string, port i
 			return fmt.Errorf("restart: %w", err)
 		}
 		oldState = stateNone
-		cand, err = m.spawn(ctx, s, releaseDir, port)
+		cand, err = spawn(ctx, s, releaseDir, port)
 	}
 	if err != nil {
 		return fmt.Errorf("restart: %w", err)
@@ -260,8 +281,8 @@ func (m *Manager) replace(ctx context.Context, s Spec, releaseDir string, port i
 			return fmt.Errorf("restart: stop the old process: %w", err)
 		}
 	}
-	m.log().Info("service restarted on its held socket", "service", s.Name, "port", port, "release", releaseDir,
-		"pid", cand.PID, "elapsed", time.Since(began).Round(time.Millisecond))
+	m.log().Info("service restarted, new process before the old one stopped", "service", s.Name, "port", port, "release", releaseDir,
+		"pid", cand.PID, "restart", s.RestartKind(), "elapsed", time.Since(began).Round(time.Millisecond))
 	return nil
 }
 
@@ -337,13 +358,19 @@ func (m *Manager) supervisorStatus(s Spec) *SupervisorState {
 	return out
 }
 
-// socketStatus adds what only a socket service has to p.
-func (m *Manager) socketStatus(s Spec, p *Process, sup *SupervisorState) {
-	p.Restart = RestartSocket
-	p.Supervisor = sup
+// newStatus adds to p how s restarts and the new process of a restart
+// under way or interrupted.
+func (m *Manager) newStatus(s Spec, p *Process) {
+	p.Restart = s.RestartKind()
 	if rec, st, _ := inspect(m.nextPIDFile(s.Name, p.Port)); st == stateRunning {
 		p.NewPID, p.NewReleaseDir = rec.PID, rec.ReleaseDir
 	}
+}
+
+// socketStatus adds what only a socket service has to p.
+func (m *Manager) socketStatus(s Spec, p *Process, sup *SupervisorState) {
+	m.newStatus(s, p)
+	p.Supervisor = sup
 	if p.Port != 0 {
 		p.Listeners = listenHolders(p.Port, sup.PID)
 	}

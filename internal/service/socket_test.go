@@ -372,3 +372,56 @@ func TestSupervisorDeadRestartRecovers(t *testing.T) {
 		t.Errorf("Status after the restart: %+v (supervisor %+v); want a new supervisor and one process", st, st.Supervisor)
 	}
 }
+
+// TestReusePortStartsBeforeStop: a service that binds its port with
+// SO_REUSEPORT gets its new process started beside the old one: under load
+// no connection is ever refused, through 5 restarts and a release that
+// exits at start (which leaves the old process serving).
+func TestReusePortStartsBeforeStop(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	f.m.Env = append(f.m.Env, "APP_REUSE_PORT=1", "APP_EXIT_IF=BROKEN")
+	port := freePort(t)
+	s := webSpec(port)
+	s.ReusePort = true
+	if err := f.m.Restart(ctx, s, f.release); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(t, port)
+	waitSent(t, l, 100)
+	releases := []string{f.release, f.newRelease(t, "r2")}
+	for i := range 5 {
+		if err := f.m.Restart(ctx, s, releases[(i+1)%2]); err != nil {
+			l.stop()
+			t.Fatalf("restart %d: %v", i+1, err)
+		}
+	}
+	old := mustRecord(t, f.m.PIDFile("web", port))
+	bad := f.newRelease(t, "bad")
+	if err := os.WriteFile(filepath.Join(bad, "BROKEN"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := f.m.Restart(ctx, s, bad)
+	waitSent(t, l, l.sent.Load()+100)
+	l.stop()
+	t.Logf("reuse_port, 5 restarts and a failed one: %s", l)
+	if !errors.Is(err, ErrExited) || !strings.Contains(err.Error(), fmt.Sprintf("old process (pid %d", old.PID)) {
+		t.Errorf("restart to a release that exits: %v; want ErrExited, the old pid %d keeping on", err, old.PID)
+	}
+	l.mu.Lock()
+	for _, e := range l.errs {
+		if strings.Contains(e, "connection refused") {
+			t.Errorf("a connection was refused: %s", e)
+		}
+	}
+	l.mu.Unlock()
+	if len(l.pids) < 6 {
+		t.Errorf("requests answered by %d processes; want the 6 releases' processes", len(l.pids))
+	}
+	if pid, _, _ := whoami(t, port); pid != old.PID {
+		t.Errorf("port answered by %d; want the old %d", pid, old.PID)
+	}
+	if st := f.m.Status(s)[0]; st.Restart != RestartReusePort || st.PID != old.PID || st.NewPID != 0 {
+		t.Errorf("Status: %+v; want the old pid %d and no new one", st, old.PID)
+	}
+}

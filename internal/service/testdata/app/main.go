@@ -5,7 +5,8 @@
 // app that boots slowly. It serves the socket drover passes in LISTEN_FDS
 // (socket activation) when there is one, and exits with status 3 at once
 // when the file named by APP_EXIT_IF exists (relative to its working dir:
-// a broken release).
+// a broken release). With APP_REUSE_PORT=1 it binds its port with
+// SO_REUSEPORT.
 package main
 
 import (
@@ -39,7 +40,13 @@ func main() {
 	}
 	ln, err := inherited()
 	if ln == nil && err == nil {
-		ln, err = net.Listen("tcp", "127.0.0.1:"+port)
+		var lc net.ListenConfig
+		if os.Getenv("APP_REUSE_PORT") == "1" {
+			lc.Control = func(_, _ string, c syscall.RawConn) error {
+				return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, 0xf /* SO_REUSEPORT */, 1) })
+			}
+		}
+		ln, err = lc.Listen(context.Background(), "tcp", "127.0.0.1:"+port)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
