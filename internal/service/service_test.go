@@ -27,6 +27,8 @@ func TestMain(m *testing.M) {
 		os.Exit(helperStart())
 	case "supervise":
 		os.Exit(helperSupervise())
+	case "restart":
+		os.Exit(helperRestart())
 	}
 	dir, err := os.MkdirTemp("", "service-test-")
 	if err != nil {

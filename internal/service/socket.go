@@ -127,45 +127,59 @@ func joinTail(lines []string) string {
 	return out
 }
 
+// settle ends a restart's hold on its new process: keep says it stays.
+type settle func(keep bool) error
+
 // spawn asks the supervisor for a new process of s on port from releaseDir
-// and records it in the next PID file.
-func (m *Manager) spawn(ctx context.Context, s Spec, releaseDir string, port int) (*record, error) {
+// and records it in the next PID file. The supervisor stops the process
+// unless settle(true) is called: a drover killed mid-restart leaves no
+// second release serving.
+func (m *Manager) spawn(ctx context.Context, s Spec, releaseDir string, port int) (*record, settle, error) {
 	what := label(s.Name, port)
 	if fi, err := os.Stat(releaseDir); err != nil {
-		return nil, fmt.Errorf("start %s: release dir: %w", what, err)
+		return nil, nil, fmt.Errorf("start %s: release dir: %w", what, err)
 	} else if !fi.IsDir() {
-		return nil, fmt.Errorf("start %s: release dir %s is not a directory", what, releaseDir)
+		return nil, nil, fmt.Errorf("start %s: release dir %s is not a directory", what, releaseDir)
 	}
 	command := expand(s.Start, port)
-	resp, err := askSupervisor(ctx, m.pidsDir(), s.Name, &supRequest{
+	resp, conn, err := dialSupervisor(ctx, m.pidsDir(), s.Name, &supRequest{
 		Op: opSpawn, Port: port, Bind: s.Bind, Command: command, Dir: releaseDir,
-		Env: m.env(port), Log: m.LogFile(s.Name, port), FDName: base(s.Name, port),
+		Env: m.env(port), Log: m.LogFile(s.Name, port), FDName: base(s.Name, port), Hold: true,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", what, err)
+		return nil, nil, fmt.Errorf("start %s: %w", what, err)
+	}
+	done := func(keep bool) error {
+		if !keep {
+			return conn.Close()
+		}
+		if err := keepSpawned(conn); err != nil {
+			return fmt.Errorf("start %s: tell the supervisor to keep pid %d: %w", what, resp.PID, err)
+		}
+		return nil
 	}
 	rec := &record{Schema: recordSchema, PID: resp.PID, StartTicks: resp.StartTicks, BootID: bootID(),
 		Service: s.Name, Port: port, ReleaseDir: releaseDir, Command: command, StartedAt: time.Now().UTC()}
 	if err := writeRecord(m.nextPIDFile(s.Name, port), rec); err != nil {
-		signal(rec, syscall.SIGKILL)
-		return nil, fmt.Errorf("start %s: record pid %d: %w", what, rec.PID, err)
+		_ = done(false)
+		return nil, nil, fmt.Errorf("start %s: record pid %d: %w", what, rec.PID, err)
 	}
 	m.log().Info("process started on the held socket", "service", s.Name, "port", port, "pid", rec.PID, "release", releaseDir)
-	return rec, nil
+	return rec, done, nil
 }
 
 // startBeside starts a new process of a ReusePort service while the old
 // one runs, recorded in the next PID file.
-func (m *Manager) startBeside(ctx context.Context, s Spec, releaseDir string, port int) (*record, error) {
+func (m *Manager) startBeside(ctx context.Context, s Spec, releaseDir string, port int) (*record, settle, error) {
 	next := m.nextPIDFile(s.Name, port)
 	if err := m.start(ctx, s, releaseDir, port, next); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rec, err := readRecord(next)
 	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", label(s.Name, port), err)
+		return nil, nil, fmt.Errorf("start %s: %w", label(s.Name, port), err)
 	}
-	return rec, nil
+	return rec, func(bool) error { return nil }, nil
 }
 
 // dropCandidate stops a new process left by an interrupted restart.
@@ -220,10 +234,15 @@ func (m *Manager) startSocket(ctx context.Context, s Spec, releaseDir string, po
 	if err := m.dropCandidate(ctx, s, port); err != nil {
 		return fmt.Errorf("start %s: %w", what, err)
 	}
-	if _, err := m.spawn(ctx, s, releaseDir, port); err != nil {
+	_, done, err := m.spawn(ctx, s, releaseDir, port)
+	if err != nil {
 		return err
 	}
-	return m.promote(s, port)
+	if err := m.promote(s, port); err != nil {
+		_ = done(false)
+		return err
+	}
+	return done(true)
 }
 
 // replace moves port of a socket service to releaseDir: start the new
@@ -248,7 +267,7 @@ func (m *Manager) replace(ctx context.Context, s Spec, releaseDir string, port i
 	if err != nil {
 		return fmt.Errorf("restart %s: %w", label(s.Name, port), err)
 	}
-	cand, err := spawn(ctx, s, releaseDir, port)
+	cand, done, err := spawn(ctx, s, releaseDir, port)
 	if err != nil && s.Socket && oldState == stateRunning && strings.Contains(err.Error(), "address already in use") {
 		// The old process binds the port itself: the service has just been
 		// switched to socket: true. This once, stop it first.
@@ -258,13 +277,14 @@ func (m *Manager) replace(ctx context.Context, s Spec, releaseDir string, port i
 			return fmt.Errorf("restart: %w", err)
 		}
 		oldState = stateNone
-		cand, err = spawn(ctx, s, releaseDir, port)
+		cand, done, err = spawn(ctx, s, releaseDir, port)
 	}
 	if err != nil {
 		return fmt.Errorf("restart: %w", err)
 	}
 	if err := m.checkNew(ctx, s, port, cand, began); err != nil {
 		// The old process never stopped serving; take the new one away.
+		_ = done(false)
 		if derr := m.dropCandidate(context.WithoutCancel(ctx), s, port); derr != nil {
 			err = errors.Join(err, derr)
 		}
@@ -274,7 +294,15 @@ func (m *Manager) replace(ctx context.Context, s Spec, releaseDir string, port i
 		return fmt.Errorf("restart %s: %w", s.Name, err)
 	}
 	if err := m.promote(s, port); err != nil {
+		_ = done(false)
 		return err
+	}
+	if err := done(true); err != nil {
+		if !alive(cand) {
+			return fmt.Errorf("restart: %w", err)
+		}
+		// The supervisor is gone (it could not drop the process either).
+		m.log().Warn("the supervisor did not confirm the new process; it runs, going on", "service", s.Name, "port", port, "pid", cand.PID, "error", err)
 	}
 	if oldState == stateRunning && old.PID != cand.PID {
 		if err := m.terminate(ctx, s, port, old); err != nil {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -423,5 +424,76 @@ func TestReusePortStartsBeforeStop(t *testing.T) {
 	}
 	if st := f.m.Status(s)[0]; st.Restart != RestartReusePort || st.PID != old.PID || st.NewPID != 0 {
 		t.Errorf("Status: %+v; want the old pid %d and no new one", st, old.PID)
+	}
+}
+
+// helperRestart runs in a child test binary: a drover restarting a socket
+// service to a release whose process boots for a minute, to be killed.
+func helperRestart() int {
+	port, _ := strconv.Atoi(os.Getenv("HELPER_PORT"))
+	m := &Manager{SharedDir: os.Getenv("HELPER_SHARED"), Env: []string{"APP_BOOT_DELAY=1m"}, Supervisor: testSupervisor}
+	appBin = os.Getenv("HELPER_APP")
+	s := socketSpec(port)
+	s.Health.Timeout = 2 * time.Minute
+	if err := m.Restart(context.Background(), s, os.Getenv("HELPER_RELEASE")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// TestDeployerKilledMidRestart: the drover restarting a socket service is
+// killed with -9 while the new process boots. The supervisor stops the new
+// process, the old one serves alone throughout, Status says so, and the
+// next restart works.
+func TestDeployerKilledMidRestart(t *testing.T) {
+	f := newSocketFixture(t)
+	ctx := testCtx(t)
+	port := freePort(t)
+	s := socketSpec(port)
+	if err := f.m.Restart(ctx, s, f.release); err != nil {
+		t.Fatal(err)
+	}
+	old := mustRecord(t, f.m.PIDFile("web", port))
+	l := startLoad(t, port)
+	waitSent(t, l, 100)
+
+	r2 := f.newRelease(t, "r2")
+	helper := exec.Command(os.Args[0], "-test.run=^$")
+	helper.Env = append(os.Environ(), "SERVICE_TEST_HELPER=restart", "HELPER_SHARED="+f.shared,
+		"HELPER_RELEASE="+r2, "HELPER_PORT="+strconv.Itoa(port), "HELPER_APP="+appBin)
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = helper.Process.Kill(); _ = helper.Wait() })
+	var cand *record
+	if ok, _ := waitUntil(ctx, 20*time.Second, func() bool {
+		cand, _ = readRecord(f.m.nextPIDFile("web", port))
+		return cand != nil
+	}); !ok {
+		t.Fatal("the helper never started a new process")
+	}
+	if err := helper.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = helper.Wait()
+	if ok, _ := waitUntil(ctx, 40*time.Second, func() bool { return gone(cand.PID) }); !ok {
+		t.Fatalf("the new process %d of the killed restart still runs", cand.PID)
+	}
+	waitSent(t, l, l.sent.Load()+100)
+	l.stop()
+	t.Logf("restart killed mid-way: %s", l)
+	if l.failed.Load() != 0 {
+		t.Errorf("requests lost: %s", l)
+	}
+	st := f.m.Status(s)[0]
+	if !st.Running || st.PID != old.PID || st.NewPID != 0 || !slices.Equal(st.Listeners, []int{old.PID}) || st.Orphan {
+		t.Errorf("Status after the killed restart: %+v; want the old pid %d alone", st, old.PID)
+	}
+	if err := f.m.Restart(ctx, s, r2); err != nil {
+		t.Fatalf("the next restart: %v", err)
+	}
+	if pid, dir, _ := whoami(t, port); dir != r2 || gone(pid) || !gone(old.PID) {
+		t.Errorf("after the next restart: pid %d from %s answers, old %d gone %v", pid, dir, old.PID, gone(old.PID))
 	}
 }

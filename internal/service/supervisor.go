@@ -45,6 +45,7 @@ const (
 	opPing  = "ping"
 	opSpawn = "spawn"
 	opExit  = "exit"
+	opKeep  = "keep" // second message on a held spawn connection: the new process stays
 )
 
 // supRequest is one request to a supervisor.
@@ -57,6 +58,7 @@ type supRequest struct {
 	Env     []string `json:"env,omitempty"`
 	Log     string   `json:"log,omitempty"`
 	FDName  string   `json:"fd_name,omitempty"`
+	Hold    bool     `json:"hold,omitempty"` // spawn: the asker keeps the connection and sends keep; if it goes away first, the process is stopped
 }
 
 // supResponse is a supervisor's answer.
@@ -120,7 +122,7 @@ func Supervise(ctx context.Context, c SupervisorConfig) error {
 		}
 	}()
 
-	sv := &supervisor{log: log, sockets: map[int]*os.File{}, addrs: map[int]string{}, children: map[int]bool{}, exit: make(chan struct{})}
+	sv := &supervisor{log: log, sockets: map[int]*os.File{}, addrs: map[int]string{}, children: map[int]bool{}, conns: map[net.Conn]bool{}, exit: make(chan struct{})}
 	defer sv.closeSockets()
 	log.Info("supervisor started", "pid", self.PID, "control", sockPath)
 	go func() {
@@ -137,6 +139,7 @@ func Supervise(ctx context.Context, c SupervisorConfig) error {
 		if err != nil {
 			if ctx.Err() != nil || sv.exiting() {
 				log.Info("supervisor exiting; processes it started keep running", "children", sv.childList())
+				sv.closeConns() // a restart under way loses its new process
 				return nil
 			}
 			return fmt.Errorf("supervise %s: accept: %w", c.Service, err)
@@ -152,9 +155,10 @@ func Supervise(ctx context.Context, c SupervisorConfig) error {
 type supervisor struct {
 	log      *slog.Logger
 	mu       sync.Mutex
-	sockets  map[int]*os.File // port -> listening socket
-	addrs    map[int]string   // port -> its address
-	children map[int]bool     // live children
+	sockets  map[int]*os.File  // port -> listening socket
+	addrs    map[int]string    // port -> its address
+	children map[int]bool      // live children
+	conns    map[net.Conn]bool // open control connections
 	exit     chan struct{}
 	once     sync.Once
 }
@@ -177,6 +181,14 @@ func (sv *supervisor) closeSockets() {
 	}
 }
 
+func (sv *supervisor) closeConns() {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	for c := range sv.conns {
+		c.Close()
+	}
+}
+
 func (sv *supervisor) childList() []int {
 	sv.mu.Lock()
 	defer sv.mu.Unlock()
@@ -189,16 +201,64 @@ func (sv *supervisor) childList() []int {
 }
 
 func (sv *supervisor) serve(conn net.Conn) {
-	defer conn.Close()
+	sv.mu.Lock()
+	sv.conns[conn] = true
+	sv.mu.Unlock()
+	defer func() {
+		sv.mu.Lock()
+		delete(sv.conns, conn)
+		sv.mu.Unlock()
+		conn.Close()
+	}()
 	_ = conn.SetDeadline(time.Now().Add(time.Minute))
 	var req supRequest
 	resp := &supResponse{}
-	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&req); err != nil {
+	dec := json.NewDecoder(bufio.NewReader(conn))
+	if err := dec.Decode(&req); err != nil {
 		resp.Error = "bad request: " + err.Error()
 	} else {
 		resp = sv.handle(&req)
 	}
-	_ = json.NewEncoder(conn).Encode(resp)
+	if err := json.NewEncoder(conn).Encode(resp); err != nil && resp.PID != 0 && req.Op == opSpawn {
+		sv.drop(resp.PID, "its drover is gone before it heard of it")
+		return
+	}
+	if req.Op != opSpawn || !req.Hold || resp.Error != "" {
+		return
+	}
+	// The drover that asked keeps this connection until the new process is
+	// healthy and recorded ("keep"). If it dies first (kill -9 of the
+	// deployer mid-restart), nobody would ever stop the new process, so the
+	// supervisor does: the old one never stopped serving.
+	_ = conn.SetDeadline(time.Time{})
+	var next supRequest
+	if err := dec.Decode(&next); err != nil || next.Op != opKeep {
+		sv.drop(resp.PID, "the restart that started it did not finish")
+		return
+	}
+	_ = json.NewEncoder(conn).Encode(&supResponse{PID: resp.PID})
+}
+
+// dropWait bounds how long drop waits for a dropped process to exit on
+// SIGTERM before it sends SIGKILL.
+const dropWait = 30 * time.Second
+
+// drop stops a process it started whose restart did not finish: SIGTERM to
+// its group, SIGKILL after dropWait.
+func (sv *supervisor) drop(pid int, why string) {
+	sv.log.Warn("stopping a new process: "+why, "pid", pid)
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	deadline := time.Now().Add(dropWait)
+	for time.Now().Before(deadline) {
+		sv.mu.Lock()
+		live := sv.children[pid]
+		sv.mu.Unlock()
+		if !live {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
 }
 
 func (sv *supervisor) handle(req *supRequest) *supResponse {
@@ -319,26 +379,51 @@ func supervisorPIDFile(pidsDir, service string) string {
 // askSupervisor sends one request to the supervisor of service and returns
 // its answer; an error means no supervisor answered.
 func askSupervisor(ctx context.Context, pidsDir, service string, req *supRequest) (*supResponse, error) {
+	resp, conn, err := dialSupervisor(ctx, pidsDir, service, req)
+	if conn != nil {
+		conn.Close()
+	}
+	return resp, err
+}
+
+// dialSupervisor sends req and returns the answer with the connection, open
+// for a held spawn (the caller closes it).
+func dialSupervisor(ctx context.Context, pidsDir, service string, req *supRequest) (*supResponse, net.Conn, error) {
 	var d net.Dialer
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	conn, err := d.DialContext(ctx, "unix", supervisorSocket(pidsDir, service))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
 	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return nil, err
+		conn.Close()
+		return nil, nil, err
 	}
 	var resp supResponse
 	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
-		return nil, fmt.Errorf("supervisor of %s: %w", service, err)
+		conn.Close()
+		return nil, nil, fmt.Errorf("supervisor of %s: %w", service, err)
 	}
+	_ = conn.SetDeadline(time.Time{})
 	if resp.Error != "" {
-		return &resp, fmt.Errorf("supervisor of %s: %s", service, resp.Error)
+		conn.Close()
+		return &resp, nil, fmt.Errorf("supervisor of %s: %s", service, resp.Error)
 	}
-	return &resp, nil
+	return &resp, conn, nil
+}
+
+// keepSpawned tells the supervisor on a held spawn connection that the new
+// process stays, and closes the connection.
+func keepSpawned(conn net.Conn) error {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := json.NewEncoder(conn).Encode(&supRequest{Op: opKeep}); err != nil {
+		return err
+	}
+	var resp supResponse
+	return json.NewDecoder(conn).Decode(&resp)
 }
