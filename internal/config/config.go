@@ -96,6 +96,10 @@ type Health struct {
 	Command  string   `yaml:"command" json:"command,omitempty"`
 	Timeout  Duration `yaml:"timeout" json:"timeout,omitempty"`
 	Interval Duration `yaml:"interval" json:"interval,omitempty"`
+	// MinHealthyTime is how long a process must stay up once healthy, and
+	// pass once more at its end, before drover counts it (and, with socket
+	// or reuse_port, stops the old one).
+	MinHealthyTime Duration `yaml:"min_healthy_time" json:"min_healthy_time,omitempty"`
 }
 
 // Environment is a named target of the app: hosts with roles, a branch and

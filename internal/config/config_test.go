@@ -170,6 +170,10 @@ func TestParseSocket(t *testing.T) {
 	if f.Services["worker"].Socket {
 		t.Error("socket defaults to true")
 	}
+	f, err = Parse("drover.yml", []byte(strings.Replace(valid, "timeout: 5s}", "timeout: 5s, min_healthy_time: 2s}", 1)))
+	if err != nil || f.Services["web"].Health.MinHealthyTime.D() != 2*time.Second {
+		t.Errorf("min_healthy_time: 2s: %v", err)
+	}
 	f, err = Parse("drover.yml", []byte(strings.Replace(valid, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    reuse_port: true\n", 1)))
 	if err != nil || !f.Services["web"].ReusePort {
 		t.Errorf("reuse_port: true: %v", err)

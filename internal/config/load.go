@@ -499,8 +499,8 @@ func (v *validator) validateServices(f *File) {
 			if s.Health.HTTP != "" && !strings.HasPrefix(s.Health.HTTP, "http://") && !strings.HasPrefix(s.Health.HTTP, "https://") {
 				v.at(p+".health.http", "%q must start with http:// or https://", s.Health.HTTP)
 			}
-			if s.Health.Timeout < 0 || s.Health.Interval < 0 {
-				v.at(p+".health", "timeout and interval must be positive")
+			if s.Health.Timeout < 0 || s.Health.Interval < 0 || s.Health.MinHealthyTime < 0 {
+				v.at(p+".health", "timeout, interval and min_healthy_time must be positive")
 			}
 		}
 		if usesPort && len(s.Ports) == 0 {

@@ -381,7 +381,8 @@ func (e *Engine) services() []service.Spec {
 		s := e.App.Services[name]
 		spec := service.Spec{Name: name, Start: s.Start, Ports: s.Ports, Systemd: s.Systemd, StopGrace: s.StopGrace.D(), Socket: s.Socket, Bind: s.Bind, ReusePort: s.ReusePort}
 		if s.Health != nil {
-			spec.Health = &service.Health{HTTP: s.Health.HTTP, Command: s.Health.Command, Timeout: s.Health.Timeout.D(), Interval: s.Health.Interval.D()}
+			spec.Health = &service.Health{HTTP: s.Health.HTTP, Command: s.Health.Command, Timeout: s.Health.Timeout.D(), Interval: s.Health.Interval.D(),
+				MinHealthyTime: s.Health.MinHealthyTime.D()}
 		}
 		out = append(out, spec)
 	}

@@ -144,7 +144,10 @@ func (m *Manager) check(ctx context.Context, s Spec, port int, cand *record) err
 		}
 		if err == nil {
 			log.Info("healthy", "attempts", n, "elapsed", time.Since(began).Round(time.Millisecond))
-			return nil
+			if h.MinHealthyTime <= 0 {
+				return nil
+			}
+			return m.stayHealthy(ctx, h.MinHealthyTime, rec, probe, func(last error) error { return fail(n, last) })
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("health check %s: %w (last: %v)", label(s.Name, port), ctx.Err(), last)
@@ -159,6 +162,33 @@ func (m *Manager) check(ctx context.Context, s Spec, port int, cand *record) err
 		log.Debug("not healthy yet", "attempt", n, "last", last)
 		tick.Reset(min(interval, left))
 	}
+}
+
+// stayHealthy waits min, failing at once if the process of rec exits, and
+// probes once more at its end: a process that passes its check and then
+// crashes (a failed worker boot, a panic on first use) does not count.
+func (m *Manager) stayHealthy(ctx context.Context, min time.Duration, rec *record, probe func(context.Context) error, fail func(error) error) error {
+	began := time.Now()
+	died, err := waitUntil(ctx, min, func() bool { return rec != nil && !alive(rec) })
+	if err != nil {
+		return err
+	}
+	if died {
+		return fail(fmt.Errorf("%w: pid %d, %s after it became healthy (min_healthy_time %s)", ErrExited, rec.PID, time.Since(began).Round(time.Millisecond), min))
+	}
+	var last error
+	for range 100 { // the old process on the same socket may answer: ask again
+		pctx, cancel := context.WithTimeout(ctx, DefaultAttemptTimeout)
+		last = probe(pctx)
+		cancel()
+		if !errors.Is(last, errOtherAnswered) {
+			break
+		}
+	}
+	if last != nil {
+		return fail(fmt.Errorf("healthy, then not after min_healthy_time %s: %w", min, last))
+	}
+	return nil
 }
 
 func probeHTTP(ctx context.Context, client *http.Client, url string) error {

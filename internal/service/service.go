@@ -87,6 +87,7 @@ type Health struct {
 	Timeout        time.Duration // total time to keep retrying (default 30s)
 	Interval       time.Duration // between attempts (default 200ms)
 	AttemptTimeout time.Duration // one attempt (default 5s, never longer than what is left of Timeout)
+	MinHealthyTime time.Duration // once healthy, the process must stay up this long and pass again at its end (default 0)
 }
 
 // Process is the state of one process of a service, as Status reports it.

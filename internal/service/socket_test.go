@@ -497,3 +497,38 @@ func TestDeployerKilledMidRestart(t *testing.T) {
 		t.Errorf("after the next restart: pid %d from %s answers, old %d gone %v", pid, dir, old.PID, gone(old.PID))
 	}
 }
+
+// TestMinHealthyTime: a new process that passes its health check and then
+// crashes does not replace the old one when min_healthy_time covers it.
+func TestMinHealthyTime(t *testing.T) {
+	for _, socket := range []bool{true, false} {
+		t.Run(fmt.Sprintf("socket=%v", socket), func(t *testing.T) {
+			f := newSocketFixture(t)
+			ctx := testCtx(t)
+			f.m.Env = append(f.m.Env, "APP_CRASH_IF=CRASHY")
+			port := freePort(t)
+			s := webSpec(port)
+			if socket {
+				s = socketSpec(port)
+			}
+			s.Health.MinHealthyTime = time.Second
+			if err := f.m.Restart(ctx, s, f.release); err != nil {
+				t.Fatal(err)
+			}
+			crashy := f.newRelease(t, "crashy")
+			if err := os.WriteFile(filepath.Join(crashy, "CRASHY"), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			old := mustRecord(t, f.m.PIDFile("web", port))
+			err := f.m.Restart(ctx, s, crashy)
+			if !errors.Is(err, ErrExited) || !strings.Contains(err.Error(), "after it became healthy") {
+				t.Fatalf("restart to a release that crashes after its health check: %v; want ErrExited after it became healthy", err)
+			}
+			if socket {
+				if pid, dir, _ := whoami(t, port); pid != old.PID || dir != f.release {
+					t.Errorf("port answered by %d from %s; want the old %d", pid, dir, old.PID)
+				}
+			}
+		})
+	}
+}

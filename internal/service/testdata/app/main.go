@@ -6,7 +6,8 @@
 // (socket activation) when there is one, and exits with status 3 at once
 // when the file named by APP_EXIT_IF exists (relative to its working dir:
 // a broken release). With APP_REUSE_PORT=1 it binds its port with
-// SO_REUSEPORT.
+// SO_REUSEPORT. When the file named by APP_CRASH_IF exists, it exits 300ms
+// after it first answers /healthz (healthy, then not).
 package main
 
 import (
@@ -52,6 +53,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		os.Exit(2)
 	}
+	var crash sync.Once
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, statErr := os.Stat(os.Getenv("APP_UNHEALTHY_FILE"))
@@ -60,6 +62,16 @@ func main() {
 			return
 		}
 		fmt.Fprintln(w, "ok")
+		if name := os.Getenv("APP_CRASH_IF"); name != "" {
+			if _, err := os.Stat(name); err == nil {
+				crash.Do(func() {
+					time.AfterFunc(300*time.Millisecond, func() {
+						fmt.Fprintf(os.Stderr, "app %d: %s exists, crashing after its first health check\n", os.Getpid(), name)
+						os.Exit(4)
+					})
+				})
+			}
+		}
 	})
 	mux.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
 		wd, _ := os.Getwd()
