@@ -70,7 +70,7 @@ type fixture struct {
 
 // newFixture returns a Manager on a fresh deploy root whose shared dir does
 // not exist yet, and kills whatever its PID files name when the test ends.
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	root := t.TempDir()
 	f := &fixture{shared: filepath.Join(root, "shared"), release: filepath.Join(root, "releases", "r1")}
@@ -86,7 +86,7 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) newRelease(t *testing.T, name string) string {
+func (f *fixture) newRelease(t testing.TB, name string) string {
 	t.Helper()
 	dir := filepath.Join(filepath.Dir(f.release), name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -115,7 +115,7 @@ func webSpec(ports ...int) Spec {
 	}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -125,7 +125,7 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func testCtx(t *testing.T) context.Context {
+func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx

@@ -37,7 +37,7 @@ func testSupervisor(pidsDir, service string) *exec.Cmd {
 }
 
 // newSocketFixture is newFixture with the supervisor run by this test binary.
-func newSocketFixture(t *testing.T) *fixture {
+func newSocketFixture(t testing.TB) *fixture {
 	f := newFixture(t)
 	f.m.Supervisor = testSupervisor
 	return f
@@ -59,11 +59,12 @@ type load struct {
 	mu           sync.Mutex
 	errs         []string
 	pids         map[string]int // who answered, by pid
+	lat          []time.Duration // of each request that succeeded
 	cancel       context.CancelFunc
 	wg           sync.WaitGroup
 }
 
-func startLoad(t *testing.T, port int) *load {
+func startLoad(t testing.TB, port int) *load {
 	t.Helper()
 	const workers, max, limit = 8, 200000, 2 * time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
@@ -78,6 +79,7 @@ func startLoad(t *testing.T, port int) *load {
 			defer tr.CloseIdleConnections()
 			for ctx.Err() == nil && l.sent.Load() < max {
 				l.sent.Add(1)
+				began := time.Now()
 				resp, err := client.Get(url)
 				if err == nil {
 					body, rerr := io.ReadAll(resp.Body)
@@ -87,6 +89,7 @@ func startLoad(t *testing.T, port int) *load {
 					} else {
 						l.mu.Lock()
 						l.pids[strings.Fields(string(body))[0]]++
+						l.lat = append(l.lat, time.Since(began))
 						l.mu.Unlock()
 					}
 				}
@@ -119,7 +122,7 @@ func (l *load) String() string {
 
 // restartUnderLoad restarts s n times between two releases under load and
 // returns the load's tally.
-func restartUnderLoad(t *testing.T, f *fixture, s Spec, n int) *load {
+func restartUnderLoad(t testing.TB, f *fixture, s Spec, n int) *load {
 	t.Helper()
 	ctx := testCtx(t)
 	releases := []string{f.release, f.newRelease(t, "r2")}
@@ -140,7 +143,7 @@ func restartUnderLoad(t *testing.T, f *fixture, s Spec, n int) *load {
 }
 
 // waitSent waits until the load has sent n requests.
-func waitSent(t *testing.T, l *load, n int64) {
+func waitSent(t testing.TB, l *load, n int64) {
 	t.Helper()
 	if ok, _ := waitUntil(t.Context(), 30*time.Second, func() bool { return l.sent.Load() >= n }); !ok {
 		t.Fatalf("load sent only %d requests", l.sent.Load())
@@ -529,6 +532,62 @@ func TestMinHealthyTime(t *testing.T) {
 					t.Errorf("port answered by %d from %s; want the old %d", pid, dir, old.PID)
 				}
 			}
+		})
+	}
+}
+
+// p99 returns the 99th percentile latency of the successful requests.
+func (l *load) p99() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.lat) == 0 {
+		return 0
+	}
+	lat := slices.Clone(l.lat)
+	slices.Sort(lat)
+	return lat[len(lat)*99/100]
+}
+
+// BenchmarkRestartUnderLoad: 20 restarts of a service under a load of 8
+// workers (keep-alive and new connections), with socket: true and with a
+// plain stop-then-start restart. Metrics: failed requests in percent of
+// those sent, p99 latency during the restarts and over 2,000 requests
+// before them.
+func BenchmarkRestartUnderLoad(b *testing.B) {
+	for _, socket := range []bool{true, false} {
+		name := "plain"
+		if socket {
+			name = "socket"
+		}
+		b.Run(name, func(b *testing.B) {
+			var failed, sent float64
+			var p99, steady time.Duration
+			for range b.N {
+				f := newFixture(b)
+				f.m.Logger = nil
+				f.m.Supervisor = testSupervisor
+				s := webSpec(freePort(b))
+				s.StopGrace = 5 * time.Second
+				s.Socket = socket
+				if err := f.m.Restart(testCtx(b), s, f.release); err != nil {
+					b.Fatal(err)
+				}
+				base := startLoad(b, s.Ports[0])
+				waitSent(b, base, 2000) // a steady run to compare with
+				base.stop()
+				steady = max(steady, base.p99())
+				l := restartUnderLoad(b, f, s, 20)
+				failed += float64(l.failed.Load())
+				sent += float64(l.sent.Load())
+				p99 = max(p99, l.p99())
+				if err := f.m.StopAll(testCtx(b), s); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(100*failed/sent, "failed-%")
+			b.ReportMetric(sent/float64(b.N), "requests/op")
+			b.ReportMetric(float64(p99.Microseconds())/1000, "p99-restarts-ms")
+			b.ReportMetric(float64(steady.Microseconds())/1000, "p99-steady-ms")
 		})
 	}
 }
