@@ -58,7 +58,7 @@ type load struct {
 	sent, failed atomic.Int64
 	mu           sync.Mutex
 	errs         []string
-	pids         map[string]int // who answered, by pid
+	pids         map[string]int  // who answered, by pid
 	lat          []time.Duration // of each request that succeeded
 	cancel       context.CancelFunc
 	wg           sync.WaitGroup
