@@ -23,8 +23,12 @@ import (
 //
 // Files per process under shared/pids: <service>-<port>.pid names the
 // process that serves; <service>-<port>.next.pid names a new process
-// during a restart, until it is healthy and replaces the first (a restart
-// interrupted there leaves it behind, and the next start or restart stops it).
+// during a restart, until it is healthy and replaces the first. If the
+// drover restarting dies first, the supervisor stops the new process (its
+// control connection closed before "keep"); a next.pid left behind (by a
+// reuse_port restart, or a supervisor that died too) is stopped by the next
+// start, restart or stop. A ReusePort service (Spec.ReusePort) restarts the
+// same way, with a process that binds the port itself beside the old one.
 
 // supervisorWait bounds how long a new supervisor may take to answer.
 const supervisorWait = 10 * time.Second
