@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/drover/drover/internal/config"
@@ -148,7 +149,9 @@ func (a *App) StopServices(t testing.TB) {
 	StopPIDs(filepath.Join(a.DeployTo, "shared", "pids"))
 }
 
-// StopPIDs SIGKILLs the process of every PID file in dir.
+// StopPIDs SIGKILLs the process of every PID file in dir and its process
+// group: a start command that sh does not exec leaves the app a child of
+// the recorded sh, in its group.
 func StopPIDs(dir string) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
@@ -158,6 +161,7 @@ func StopPIDs(dir string) {
 		}
 		var pid int
 		if _, err := fmt.Sscan(strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0]), &pid); err == nil && pid > 1 {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
 			if p, err := os.FindProcess(pid); err == nil {
 				_ = p.Kill()
 			}
