@@ -5,18 +5,16 @@ package test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drover/drover/internal/testenv/httpload"
 )
 
 // TestAllAtOnceNoBalancer: an all-at-once (two-phase) push deploy to 4
@@ -33,10 +31,18 @@ func TestAllAtOnceNoBalancer(t *testing.T) {
 			if socket && slices.Contains(sups, 0) {
 				t.Fatalf("supervisors after the first deploy: %v; want one running on every host", sups)
 			}
-			l := p.loadEveryHost()
+			loads := p.loadEveryHost()
 			p.commit("v2")
 			rep, r := p.deployJSON()
-			sent, failed, first := l.stop()
+			var sent, failed int64
+			var first []string
+			for i, l := range loads {
+				l.Stop()
+				sent, failed = sent+l.Sent(), failed+l.Failed()
+				if errs := l.Errors(); len(errs) > 0 && first == nil {
+					first = []string{p.names[i], errs[0]}
+				}
+			}
 			t.Logf("deploy to 4 hosts under load: %d of %d requests failed (first: %v)", failed, sent, first)
 			if r.code != 0 {
 				t.Fatalf("deploy: %s", r)
@@ -73,70 +79,22 @@ func (p *push) supervisors() []int {
 	return out
 }
 
-// hostLoad sends requests to every host's web port from inside its
-// namespace (SSH direct-tcpip), two workers per host, one over a kept-alive
+// loadEveryHost starts a load on every host's web port from inside its
+// namespace (SSH direct-tcpip): 2 workers per host, one over a kept-alive
 // connection and one on a new connection each time; at most 50,000
-// requests or 3 minutes.
-type hostLoad struct {
-	sent, failed atomic.Int64
-	mu           sync.Mutex
-	first        error
-	cancel       context.CancelFunc
-	wg           sync.WaitGroup
-}
-
-func (p *push) loadEveryHost() *hostLoad {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	l := &hostLoad{cancel: cancel}
+// requests or 3 minutes per host.
+func (p *push) loadEveryHost() []*httpload.Load {
+	var loads []*httpload.Load
 	for i := range p.fleet.Hosts {
 		c := p.ssh(i)
-		for w := range 2 {
-			tr := &http.Transport{
-				DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-					return c.DialContext(ctx, network, addr)
-				},
-				DisableKeepAlives: w == 1,
-			}
-			client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
-				defer tr.CloseIdleConnections()
-				url := fmt.Sprintf("http://127.0.0.1:%d/", webPort)
-				for ctx.Err() == nil && l.sent.Add(1) <= 50_000 {
-					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-					resp, err := client.Do(req)
-					if err == nil {
-						_, err = io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-						if err == nil && resp.StatusCode != http.StatusOK {
-							err = fmt.Errorf("%s", resp.Status)
-						}
-					}
-					switch {
-					case err != nil && ctx.Err() != nil:
-						l.sent.Add(-1) // cut short by stop
-					case err != nil:
-						l.failed.Add(1)
-						l.mu.Lock()
-						if l.first == nil {
-							l.first = fmt.Errorf("%s: %w", p.names[i], err)
-						}
-						l.mu.Unlock()
-					}
-				}
-			}()
-		}
-		p.t.Cleanup(func() { c.Close() })
+		l := httpload.Start(httpload.Options{
+			URL: fmt.Sprintf("http://127.0.0.1:%d/", webPort), Workers: 2, Max: 50_000, Limit: 3 * time.Minute,
+			Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return c.DialContext(ctx, network, addr)
+			},
+		})
+		p.t.Cleanup(func() { l.Stop(); c.Close() })
+		loads = append(loads, l)
 	}
-	p.t.Cleanup(func() { l.stop() })
-	return l
-}
-
-func (l *hostLoad) stop() (sent, failed int64, first error) {
-	l.cancel()
-	l.wg.Wait()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return min(l.sent.Load(), 50_000), l.failed.Load(), l.first
+	return loads
 }

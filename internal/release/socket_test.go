@@ -3,15 +3,11 @@ package release_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/drover/drover/internal/testenv/apptest"
+	"github.com/drover/drover/internal/testenv/httpload"
 )
 
 // TestSocketDeploysLoseNothing: through the engine, a socket: true service
@@ -41,13 +37,14 @@ func deployUnderLoad(t *testing.T, socket bool) {
 	r3 := id(3, c3)
 	prepare(t, e, r3, c3)
 
-	sent, failed, stop := steadyLoad(t, a.Ports[0])
+	l := httpload.Start(httpload.Options{URL: fmt.Sprintf("http://127.0.0.1:%d/", a.Ports[0]), Workers: 4, Max: 100_000})
+	t.Cleanup(l.Stop)
 	if err := e.Activate(ctx, r2); err != nil {
-		stop()
+		l.Stop()
 		t.Fatal(err)
 	}
 	err := e.Activate(ctx, r3)
-	stop()
+	l.Stop()
 	if err == nil || !strings.Contains(err.Error(), "switched back to "+r2) {
 		t.Errorf("activate of a broken release: %v; want a failure switched back to %s", err, r2)
 	}
@@ -57,47 +54,13 @@ func deployUnderLoad(t *testing.T, socket bool) {
 	if body := get(t, a.Ports[0]); !strings.Contains(body, r2) {
 		t.Errorf("port answers %q, want release %s", body, r2)
 	}
-	t.Logf("%d of %d requests failed", failed.Load(), sent.Load())
+	t.Logf("load: %s", l)
 	switch {
-	case sent.Load() == 0:
+	case l.Sent() == 0:
 		t.Error("the load sent nothing")
-	case socket && failed.Load() != 0:
-		t.Errorf("%d of %d requests failed across a good and a failed deploy of a socket service", failed.Load(), sent.Load())
-	case !socket && failed.Load() == 0:
-		t.Errorf("no request of %d failed with plain restarts: the load cannot tell", sent.Load())
+	case socket && l.Failed() != 0:
+		t.Errorf("across a good and a failed deploy of a socket service: %s", l)
+	case !socket && l.Failed() == 0:
+		t.Errorf("no request of %d failed with plain restarts: the load cannot tell", l.Sent())
 	}
-}
-
-// steadyLoad sends requests to port from 4 goroutines (2 keep-alive, 2 new
-// connections each) until stop, at most 100,000 or for 2 minutes.
-func steadyLoad(t *testing.T, port int) (sent, failed *atomic.Int64, stop func()) {
-	sent, failed = new(atomic.Int64), new(atomic.Int64)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	var wg sync.WaitGroup
-	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	for i := range 4 {
-		tr := &http.Transport{DisableKeepAlives: i%2 == 1}
-		client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer tr.CloseIdleConnections()
-			for ctx.Err() == nil && sent.Add(1) <= 100_000 {
-				resp, err := client.Get(url)
-				if err == nil {
-					_, err = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != http.StatusOK {
-						err = fmt.Errorf("%s", resp.Status)
-					}
-				}
-				if err != nil && failed.Add(1) <= 3 {
-					t.Logf("request failed: %v", err)
-				}
-			}
-		}()
-	}
-	stop = func() { cancel(); wg.Wait() }
-	t.Cleanup(stop)
-	return sent, failed, stop
 }

@@ -4,19 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drover/drover/internal/testenv/httpload"
 )
 
 // helperSupervise runs in a child test binary as `drover node supervise`.
@@ -51,78 +49,20 @@ func socketSpec(ports ...int) Spec {
 	return s
 }
 
-// load sends requests to port from 8 goroutines, half over keep-alive
-// connections and half on a new connection each, until stop is called or
-// it has sent max requests or run for limit. It counts what failed.
-type load struct {
-	sent, failed atomic.Int64
-	mu           sync.Mutex
-	errs         []string
-	pids         map[string]int  // who answered, by pid
-	lat          []time.Duration // of each request that succeeded
-	cancel       context.CancelFunc
-	wg           sync.WaitGroup
-}
-
-func startLoad(t testing.TB, port int) *load {
-	t.Helper()
-	const workers, max, limit = 8, 200000, 2 * time.Minute
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	l := &load{cancel: cancel, pids: map[string]int{}}
-	url := fmt.Sprintf("http://127.0.0.1:%d/whoami", port)
-	for i := range workers {
-		tr := &http.Transport{DisableKeepAlives: i%2 == 1, MaxIdleConnsPerHost: 1}
-		client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			defer tr.CloseIdleConnections()
-			for ctx.Err() == nil && l.sent.Load() < max {
-				l.sent.Add(1)
-				began := time.Now()
-				resp, err := client.Get(url)
-				if err == nil {
-					body, rerr := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if rerr != nil || resp.StatusCode != http.StatusOK {
-						err = fmt.Errorf("status %s, body error %v", resp.Status, rerr)
-					} else {
-						l.mu.Lock()
-						l.pids[strings.Fields(string(body))[0]]++
-						l.lat = append(l.lat, time.Since(began))
-						l.mu.Unlock()
-					}
-				}
-				if err != nil {
-					l.failed.Add(1)
-					l.mu.Lock()
-					if len(l.errs) < 5 {
-						l.errs = append(l.errs, fmt.Sprintf("%s keep-alive %v: %v", time.Now().Format("05.000"), i%2 == 0, err))
-					}
-					l.mu.Unlock()
-				}
-			}
-		}()
-	}
-	t.Cleanup(l.stop)
+// startLoad starts a bounded load on port (httpload's defaults: 8 workers,
+// half over kept-alive connections), counting which pids answered /whoami.
+func startLoad(t testing.TB, port int) *httpload.Load {
+	l := httpload.Start(httpload.Options{
+		URL: fmt.Sprintf("http://127.0.0.1:%d/whoami", port),
+		Who: func(body []byte) string { return strings.Fields(string(body) + " ?")[0] },
+	})
+	t.Cleanup(l.Stop)
 	return l
-}
-
-// stop ends the load and waits for its goroutines.
-func (l *load) stop() {
-	l.cancel()
-	l.wg.Wait()
-}
-
-func (l *load) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return fmt.Sprintf("%d of %d requests failed (answered by %d processes); first errors: %q", l.failed.Load(), l.sent.Load(), len(l.pids), l.errs)
 }
 
 // restartUnderLoad restarts s n times between two releases under load and
 // returns the load's tally.
-func restartUnderLoad(t testing.TB, f *fixture, s Spec, n int) *load {
+func restartUnderLoad(t testing.TB, f *fixture, s Spec, n int) *httpload.Load {
 	t.Helper()
 	ctx := testCtx(t)
 	releases := []string{f.release, f.newRelease(t, "r2")}
@@ -133,20 +73,20 @@ func restartUnderLoad(t testing.TB, f *fixture, s Spec, n int) *load {
 	waitSent(t, l, 100)
 	for i := range n {
 		if err := f.m.Restart(ctx, s, releases[(i+1)%2]); err != nil {
-			l.stop()
+			l.Stop()
 			t.Fatalf("restart %d: %v", i+1, err)
 		}
 	}
-	waitSent(t, l, l.sent.Load()+100)
-	l.stop()
+	waitSent(t, l, l.Sent()+100)
+	l.Stop()
 	return l
 }
 
 // waitSent waits until the load has sent n requests.
-func waitSent(t testing.TB, l *load, n int64) {
+func waitSent(t testing.TB, l *httpload.Load, n int64) {
 	t.Helper()
-	if ok, _ := waitUntil(t.Context(), 30*time.Second, func() bool { return l.sent.Load() >= n }); !ok {
-		t.Fatalf("load sent only %d requests", l.sent.Load())
+	if ok, _ := waitUntil(t.Context(), 30*time.Second, func() bool { return l.Sent() >= n }); !ok {
+		t.Fatalf("load sent only %d requests", l.Sent())
 	}
 }
 
@@ -156,11 +96,11 @@ func TestSocketRestartsLoseNothing(t *testing.T) {
 	s := socketSpec(port)
 	l := restartUnderLoad(t, f, s, 20)
 	t.Logf("socket: true, 20 restarts: %s", l)
-	if l.failed.Load() != 0 {
+	if l.Failed() != 0 {
 		t.Errorf("socket: true lost requests: %s", l)
 	}
-	if len(l.pids) < 21 {
-		t.Errorf("requests were answered by %d processes; want all 21 releases' processes to have served", len(l.pids))
+	if l.Answerers() < 21 {
+		t.Errorf("requests were answered by %d processes; want all 21 releases' processes to have served", l.Answerers())
 	}
 	st := f.m.Status(s)
 	if len(st) != 1 || !st[0].Running || st[0].Supervisor == nil || !st[0].Supervisor.Running ||
@@ -180,7 +120,7 @@ func TestPlainRestartsLoseRequests(t *testing.T) {
 	s.StopGrace = 5 * time.Second
 	l := restartUnderLoad(t, f, s, 20)
 	t.Logf("plain restart, 20 restarts: %s", l)
-	if l.failed.Load() == 0 {
+	if l.Failed() == 0 {
 		t.Errorf("a plain stop-then-start restart lost no request (%s): the load test cannot tell", l)
 	}
 }
@@ -212,14 +152,14 @@ func TestSocketRestartFailureKeepsOldServing(t *testing.T) {
 			l := startLoad(t, port)
 			waitSent(t, l, 100)
 			err := f.m.Restart(ctx, s, bad)
-			waitSent(t, l, l.sent.Load()+100)
-			l.stop()
+			waitSent(t, l, l.Sent()+100)
+			l.Stop()
 			var he *HealthError
 			if !errors.As(err, &he) || !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), tc.want) ||
 				!strings.Contains(err.Error(), fmt.Sprintf("old process (pid %d", old.PID)) {
 				t.Errorf("Restart to a bad release: %v; want a *HealthError (%v) saying %q and that pid %d keeps serving", err, tc.wantErr, tc.want, old.PID)
 			}
-			if l.failed.Load() != 0 {
+			if l.Failed() != 0 {
 				t.Errorf("requests lost while the bad release failed: %s", l)
 			}
 			if rec := mustRecord(t, f.m.PIDFile("web", port)); rec.PID != old.PID || !alive(rec) {
@@ -368,8 +308,8 @@ func TestSupervisorDeadRestartRecovers(t *testing.T) {
 	if err := f.m.Restart(ctx, s, f.newRelease(t, "r2")); err != nil {
 		t.Fatalf("restart with a dead supervisor: %v", err)
 	}
-	waitSent(t, l, l.sent.Load()+100)
-	l.stop()
+	waitSent(t, l, l.Sent()+100)
+	l.Stop()
 	t.Logf("restart replacing an orphan: %s", l)
 	st = f.m.Status(s)[0]
 	if !st.Supervisor.Running || st.Orphan || st.PID == old.PID || !gone(old.PID) || !slices.Equal(st.Listeners, []int{st.PID}) {
@@ -396,7 +336,7 @@ func TestReusePortStartsBeforeStop(t *testing.T) {
 	releases := []string{f.release, f.newRelease(t, "r2")}
 	for i := range 5 {
 		if err := f.m.Restart(ctx, s, releases[(i+1)%2]); err != nil {
-			l.stop()
+			l.Stop()
 			t.Fatalf("restart %d: %v", i+1, err)
 		}
 	}
@@ -406,21 +346,19 @@ func TestReusePortStartsBeforeStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := f.m.Restart(ctx, s, bad)
-	waitSent(t, l, l.sent.Load()+100)
-	l.stop()
+	waitSent(t, l, l.Sent()+100)
+	l.Stop()
 	t.Logf("reuse_port, 5 restarts and a failed one: %s", l)
 	if !errors.Is(err, ErrExited) || !strings.Contains(err.Error(), fmt.Sprintf("old process (pid %d", old.PID)) {
 		t.Errorf("restart to a release that exits: %v; want ErrExited, the old pid %d keeping on", err, old.PID)
 	}
-	l.mu.Lock()
-	for _, e := range l.errs {
+	for _, e := range l.Errors() {
 		if strings.Contains(e, "connection refused") {
 			t.Errorf("a connection was refused: %s", e)
 		}
 	}
-	l.mu.Unlock()
-	if len(l.pids) < 6 {
-		t.Errorf("requests answered by %d processes; want the 6 releases' processes", len(l.pids))
+	if l.Answerers() < 6 {
+		t.Errorf("requests answered by %d processes; want the 6 releases' processes", l.Answerers())
 	}
 	if pid, _, _ := whoami(t, port); pid != old.PID {
 		t.Errorf("port answered by %d; want the old %d", pid, old.PID)
@@ -483,10 +421,10 @@ func TestDeployerKilledMidRestart(t *testing.T) {
 	if ok, _ := waitUntil(ctx, 40*time.Second, func() bool { return gone(cand.PID) }); !ok {
 		t.Fatalf("the new process %d of the killed restart still runs", cand.PID)
 	}
-	waitSent(t, l, l.sent.Load()+100)
-	l.stop()
+	waitSent(t, l, l.Sent()+100)
+	l.Stop()
 	t.Logf("restart killed mid-way: %s", l)
-	if l.failed.Load() != 0 {
+	if l.Failed() != 0 {
 		t.Errorf("requests lost: %s", l)
 	}
 	st := f.m.Status(s)[0]
@@ -536,18 +474,6 @@ func TestMinHealthyTime(t *testing.T) {
 	}
 }
 
-// p99 returns the 99th percentile latency of the successful requests.
-func (l *load) p99() time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.lat) == 0 {
-		return 0
-	}
-	lat := slices.Clone(l.lat)
-	slices.Sort(lat)
-	return lat[len(lat)*99/100]
-}
-
 // BenchmarkRestartUnderLoad: 20 restarts of a service under a load of 8
 // workers (keep-alive and new connections), with socket: true and with a
 // plain stop-then-start restart. Metrics: failed requests in percent of
@@ -574,12 +500,12 @@ func BenchmarkRestartUnderLoad(b *testing.B) {
 				}
 				base := startLoad(b, s.Ports[0])
 				waitSent(b, base, 2000) // a steady run to compare with
-				base.stop()
-				steady = max(steady, base.p99())
+				base.Stop()
+				steady = max(steady, base.P99())
 				l := restartUnderLoad(b, f, s, 20)
-				failed += float64(l.failed.Load())
-				sent += float64(l.sent.Load())
-				p99 = max(p99, l.p99())
+				failed += float64(l.Failed())
+				sent += float64(l.Sent())
+				p99 = max(p99, l.P99())
 				if err := f.m.StopAll(testCtx(b), s); err != nil {
 					b.Fatal(err)
 				}
