@@ -67,6 +67,10 @@ func (m *Manager) ensureSupervisor(ctx context.Context, s Spec) error {
 	if m.supervisorUp(ctx, s) {
 		return nil
 	}
+	if sock := supervisorSocket(m.pidsDir(), s.Name); len(sock) > maxSocketPath {
+		return fmt.Errorf("service %s: socket: true needs a control socket at %s, %d bytes, more than a unix socket takes (%d): use a shorter deploy_to",
+			s.Name, sock, len(sock), maxSocketPath)
+	}
 	for _, dir := range []string{m.pidsDir(), m.logsDir()} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("start supervisor of %s: %w", s.Name, err)

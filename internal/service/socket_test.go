@@ -517,3 +517,34 @@ func BenchmarkRestartUnderLoad(b *testing.B) {
 		})
 	}
 }
+
+// TestSupervisorControlSocket: only this user may talk to the supervisor
+// (it starts processes as this user), whatever the umask; a deploy_to too
+// long for a unix socket path is refused with what to do.
+func TestSupervisorControlSocket(t *testing.T) {
+	f := newSocketFixture(t)
+	ctx := testCtx(t)
+	old := syscall.Umask(0)
+	err := f.m.StartAll(ctx, socketSpec(freePort(t)), f.release)
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(supervisorSocket(f.m.pidsDir(), "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("control socket mode %v under umask 0; want 0600", perm)
+	}
+
+	deep := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
+	if err := os.MkdirAll(filepath.Join(deep, "releases", "r1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := &Manager{SharedDir: filepath.Join(deep, "shared"), Supervisor: testSupervisor}
+	err = m.StartAll(ctx, socketSpec(freePort(t)), filepath.Join(deep, "releases", "r1"))
+	if err == nil || !strings.Contains(err.Error(), "use a shorter deploy_to") {
+		t.Errorf("start under a %d-byte deploy_to: %v; want an error saying to shorten it", len(deep), err)
+	}
+}

@@ -100,12 +100,20 @@ func Supervise(ctx context.Context, c SupervisorConfig) error {
 
 	sockPath := supervisorSocket(c.PIDsDir, c.Service)
 	_ = os.Remove(sockPath) // left by a supervisor that died; we hold the lock
+	if len(sockPath) > maxSocketPath {
+		return fmt.Errorf("supervise %s: control socket path %s is %d bytes, more than a unix socket takes (%d): use a shorter deploy_to", c.Service, sockPath, len(sockPath), maxSocketPath)
+	}
 	ctl, err := net.Listen("unix", sockPath)
 	if err != nil {
 		return fmt.Errorf("supervise %s: control socket: %w", c.Service, err)
 	}
 	defer os.Remove(sockPath)
 	defer ctl.Close()
+	// Whoever can connect can have processes started as this user: only
+	// this user, whatever the umask.
+	if err := os.Chmod(sockPath, 0o600); err != nil {
+		return fmt.Errorf("supervise %s: control socket: %w", c.Service, err)
+	}
 	pidPath := supervisorPIDFile(c.PIDsDir, c.Service)
 	st, err := readStat(os.Getpid())
 	if err != nil {
@@ -367,6 +375,10 @@ func (sv *supervisor) spawn(req *supRequest) (*supResponse, error) {
 	sv.log.Info("process started", "pid", pid, "port", req.Port, "dir", req.Dir)
 	return &supResponse{PID: pid, StartTicks: st.startTicks}, nil
 }
+
+// maxSocketPath is the longest path a unix socket address holds on Linux
+// (sun_path is 108 bytes with its terminating NUL).
+const maxSocketPath = 107
 
 func supervisorSocket(pidsDir, service string) string {
 	return filepath.Join(pidsDir, service+".sock")
