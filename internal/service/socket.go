@@ -352,10 +352,13 @@ func (m *Manager) stopSocket(ctx context.Context, s Spec, port int) error {
 			return nil
 		}
 	}
-	rec, _ := readRecord(supervisorPIDFile(m.pidsDir(), s.Name))
-	if _, err := askSupervisor(ctx, m.pidsDir(), s.Name, &supRequest{Op: opExit}); err == nil {
-		if rec != nil {
-			_, _ = waitUntil(ctx, killWait, func() bool { return !alive(rec) })
+	rec, st, _ := inspect(supervisorPIDFile(m.pidsDir(), s.Name))
+	if _, err := askSupervisor(ctx, m.pidsDir(), s.Name, &supRequest{Op: opExit}); err != nil && st == stateRunning {
+		signal(rec, syscall.SIGTERM) // running but not answering
+	}
+	if st == stateRunning {
+		if gone, err := waitUntil(ctx, killWait, func() bool { return !alive(rec) }); err != nil || !gone {
+			return fmt.Errorf("stop the supervisor of %s (pid %d): still running after %s (%v)", s.Name, rec.PID, killWait, err)
 		}
 		m.log().Info("supervisor stopped; the sockets are closed", "service", s.Name)
 	}

@@ -227,7 +227,12 @@ func (sv *supervisor) serve(conn net.Conn) {
 	} else {
 		resp = sv.handle(&req)
 	}
-	if err := json.NewEncoder(conn).Encode(resp); err != nil && resp.PID != 0 && req.Op == opSpawn {
+	err := json.NewEncoder(conn).Encode(resp)
+	if req.Op == opExit {
+		sv.once.Do(func() { close(sv.exit) })
+		return
+	}
+	if err != nil && resp.PID != 0 && req.Op == opSpawn {
 		sv.drop(resp.PID, "its drover is gone before it heard of it")
 		return
 	}
@@ -285,8 +290,7 @@ func (sv *supervisor) handle(req *supRequest) *supResponse {
 			return &supResponse{Error: err.Error()}
 		}
 		return r
-	case opExit:
-		sv.once.Do(func() { close(sv.exit) })
+	case opExit: // serve exits once the answer is out
 		return &supResponse{PID: os.Getpid()}
 	}
 	return &supResponse{Error: fmt.Sprintf("unknown op %q", req.Op)}
