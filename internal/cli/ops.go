@@ -232,6 +232,12 @@ func socketLine(p service.Process) string {
 	if sup == nil {
 		return ""
 	}
+	if p.Unit != "" { // a systemd service: its .socket unit holds the sockets
+		if len(sup.Sockets) > 0 {
+			return fmt.Sprintf("%s, listening on %s", sup.State, strings.Join(sup.Sockets, ", "))
+		}
+		return sup.State
+	}
 	var b strings.Builder
 	switch {
 	case sup.Running:

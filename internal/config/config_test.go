@@ -105,9 +105,9 @@ func TestParseErrors(t *testing.T) {
 		{"host without address", func(s string) string {
 			return strings.Replace(s, "{host: 10.0.0.5, roles: [web, db]}", "{roles: [web, db]}", 1)
 		}, 20, "missing required key host"},
-		{"socket on a systemd unit", func(s string) string {
-			return strings.Replace(s, "    systemd: shop-worker.service\n", "    systemd: shop-worker.service\n    socket: true\n", 1)
-		}, 19, "socket applies to services drover starts"},
+		{"bind on a systemd unit", func(s string) string {
+			return strings.Replace(s, "    systemd: shop-worker.service\n", "    systemd: shop-worker.service\n    socket: true\n    bind: 127.0.0.1\n", 1)
+		}, 20, "ListenStream"},
 		{"socket without ports", func(s string) string {
 			return strings.Replace(s, "    systemd: shop-worker.service\n", "    start: ./bin/worker\n    socket: true\n", 1)
 		}, 19, "socket: true needs ports"},
@@ -169,6 +169,10 @@ func TestParseSocket(t *testing.T) {
 	}
 	if f.Services["worker"].Socket {
 		t.Error("socket defaults to true")
+	}
+	f, err = Parse("drover.yml", []byte(strings.Replace(valid, "    systemd: shop-worker.service\n", "    systemd: shop-worker.service\n    socket: true\n", 1)))
+	if err != nil || !f.Services["worker"].Socket {
+		t.Errorf("socket: true on a systemd unit (its .socket unit holds the sockets): %v", err)
 	}
 	f, err = Parse("drover.yml", []byte(strings.Replace(valid, "timeout: 5s}", "timeout: 5s, min_healthy_time: 2s}", 1)))
 	if err != nil || f.Services["web"].Health.MinHealthyTime.D() != 2*time.Second {

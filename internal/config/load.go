@@ -515,6 +515,8 @@ var shellOperators = []string{"&&", "||", ";", "|", "\n", "&"}
 func (v *validator) validateSocket(p string, s *Service) {
 	if s.Bind != "" && !s.Socket {
 		v.at(p+".bind", "bind applies only with socket: true (a service without it binds its own port)")
+	} else if s.Bind != "" && s.Systemd != "" {
+		v.at(p+".bind", "bind applies to services drover starts; a systemd unit's .socket unit says where it listens (ListenStream=)")
 	} else if s.Bind != "" && net.ParseIP(s.Bind) == nil {
 		v.at(p+".bind", "%q is not an IP address; give one like 127.0.0.1 or ::1, or leave bind out to listen on every address", s.Bind)
 	}
@@ -531,10 +533,10 @@ func (v *validator) validateSocket(p string, s *Service) {
 	if !s.Socket {
 		return
 	}
-	switch {
-	case s.Systemd != "":
-		v.at(p+".socket", "socket applies to services drover starts (start:); a systemd unit gets its sockets from a .socket unit")
-	case len(s.Ports) == 0:
+	if s.Systemd != "" {
+		return // its .socket unit holds the sockets; checked before each restart
+	}
+	if len(s.Ports) == 0 {
 		v.at(p+".socket", "socket: true needs ports: drover holds one listening socket per port")
 	}
 	for _, op := range shellOperators {

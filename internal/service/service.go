@@ -61,15 +61,18 @@ type Spec struct {
 
 // Restart kinds, as Process.Restart and `drover tasks` name them.
 const (
-	RestartSocket    = "socket handoff: new process on the held socket, healthy, then old one stopped"
-	RestartReusePort = "start before stop: new process beside the old (SO_REUSEPORT), healthy, then old one stopped"
-	RestartPlain     = "stop, then start (a port refuses connections in between)"
-	RestartUnit      = "systemctl restart"
+	RestartSocket     = "socket handoff: new process on the held socket, healthy, then old one stopped"
+	RestartReusePort  = "start before stop: new process beside the old (SO_REUSEPORT), healthy, then old one stopped"
+	RestartPlain      = "stop, then start (a port refuses connections in between)"
+	RestartUnit       = "systemctl restart"
+	RestartUnitSocket = "systemctl restart, its .socket unit holding the socket meanwhile (connections wait, none refused)"
 )
 
 // RestartKind says how Restart moves s to a new release.
 func (s Spec) RestartKind() string {
 	switch {
+	case s.Systemd != "" && s.Socket:
+		return RestartUnitSocket
 	case s.Systemd != "":
 		return RestartUnit
 	case s.Socket:
@@ -477,6 +480,11 @@ func (m *Manager) Restart(ctx context.Context, s Spec, releaseDir string) error 
 		return err
 	}
 	if s.Systemd != "" {
+		if s.Socket {
+			if err := m.checkSocketUnit(ctx, s); err != nil {
+				return err
+			}
+		}
 		if err := m.systemctl(ctx, "restart", s.Systemd); err != nil {
 			return err
 		}
@@ -528,7 +536,11 @@ func (m *Manager) Status(s Spec) []Process {
 	if s.Systemd != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return []Process{m.systemdStatus(ctx, s)}
+		p := m.systemdStatus(ctx, s)
+		if s.Socket {
+			p.Restart, p.Supervisor = s.RestartKind(), m.socketUnitStatus(ctx, s)
+		}
+		return []Process{p}
 	}
 	var out []Process
 	var sup *SupervisorState

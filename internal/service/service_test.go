@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -668,5 +669,50 @@ func TestSystemdReal(t *testing.T) {
 	}
 	if st := f.m.Status(s); st[0].Running {
 		t.Errorf("Status of a missing unit: %+v", st[0])
+	}
+}
+
+// TestSystemdSocketUnit: a systemd service with socket: true is restarted
+// only while its .socket unit is active; otherwise the error says how to
+// install the unit, and nothing is restarted. Status shows the socket unit.
+func TestSystemdSocketUnit(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	s := Spec{Name: "web", Systemd: "shop-web.service", Socket: true}
+	socketState := "inactive"
+	var calls []string
+	f.m.Run = func(_ context.Context, name string, args ...string) ([]byte, error) {
+		calls = append(calls, name+" "+strings.Join(args, " "))
+		switch {
+		case args[0] == "is-active" && args[1] == "shop-web.socket":
+			if socketState != "active" {
+				return []byte(socketState + "\n"), errors.New("exit status 3")
+			}
+			return []byte("active\n"), nil
+		case args[0] == "is-active":
+			return []byte("active\n"), nil
+		case args[0] == "show" && args[2] == "shop-web.socket":
+			return []byte("Listen=127.0.0.1:8000 (Stream)\n"), nil
+		}
+		return nil, nil
+	}
+	err := f.m.Restart(ctx, s, f.release)
+	if err == nil || !strings.Contains(err.Error(), "systemctl enable --now shop-web.socket") || !strings.Contains(err.Error(), `"inactive"`) {
+		t.Errorf("restart without the socket unit: %v; want how to install shop-web.socket", err)
+	}
+	if slices.Contains(calls, "systemctl restart shop-web.service") {
+		t.Errorf("restarted without the socket unit: %q", calls)
+	}
+	socketState = "active"
+	calls = nil
+	if err := f.m.Restart(ctx, s, f.release); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"systemctl is-active shop-web.socket", "systemctl restart shop-web.service"}; !slices.Equal(calls, want) {
+		t.Errorf("commands %q; want %q", calls, want)
+	}
+	st := f.m.Status(s)
+	if len(st) != 1 || st[0].Supervisor == nil || !st[0].Supervisor.Running || !slices.Equal(st[0].Supervisor.Sockets, []string{"127.0.0.1:8000 (Stream)"}) || st[0].Restart != RestartUnitSocket {
+		t.Errorf("Status: %+v (socket unit %+v)", st, st[0].Supervisor)
 	}
 }
