@@ -103,14 +103,16 @@ func Supervise(ctx context.Context, c SupervisorConfig) error {
 	if len(sockPath) > maxSocketPath {
 		return fmt.Errorf("supervise %s: control socket path %s is %d bytes, more than a unix socket takes (%d): use a shorter deploy_to", c.Service, sockPath, len(sockPath), maxSocketPath)
 	}
+	// Whoever can connect can have processes started as this user: only
+	// this user, whatever the umask, from the moment the socket exists.
+	umask := syscall.Umask(0o077)
 	ctl, err := net.Listen("unix", sockPath)
+	syscall.Umask(umask)
 	if err != nil {
 		return fmt.Errorf("supervise %s: control socket: %w", c.Service, err)
 	}
 	defer os.Remove(sockPath)
 	defer ctl.Close()
-	// Whoever can connect can have processes started as this user: only
-	// this user, whatever the umask.
 	if err := os.Chmod(sockPath, 0o600); err != nil {
 		return fmt.Errorf("supervise %s: control socket: %w", c.Service, err)
 	}
