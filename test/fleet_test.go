@@ -44,6 +44,7 @@ type appOptions struct {
 	Prepare   []string          // extra prepare commands, after copying the binary; @SHARED@ as in Hooks
 	Strategy  string            // environment strategy type
 	NoService bool              // no web service (benchmarks)
+	Socket    bool              // the web service has socket: true
 	NoHello   bool              // the prepare hook does not copy the example app
 	Extra     []string          // extra YAML host entries (flow mappings)
 	Files     map[string]string // more files in the first commit
@@ -115,6 +116,9 @@ func newPush(t testing.TB, o appOptions) *push {
 	}
 	if !o.NoService {
 		fmt.Fprintf(&y, "services:\n  web:\n    start: ./bin/hello --port {{port}}\n    ports: [%d]\n    health: {http: \"http://127.0.0.1:{{port}}/healthz\", timeout: 15s}\n    stop_grace: 5s\n", webPort)
+		if o.Socket {
+			y.WriteString("    socket: true\n    bind: 127.0.0.1\n")
+		}
 	}
 	fmt.Fprintf(&y, "environments:\n  %s:\n    branch: main\n", env)
 	if o.Strategy != "" {

@@ -145,5 +145,25 @@ one JSON request on stdin and answers with JSON lines on stdout.`,
 			return cli.NodeServe(cmd.Context(), Version)
 		},
 	})
+	var sup cli.SuperviseOptions
+	supCmd := &cobra.Command{
+		Use:   "supervise --pids DIR --service NAME",
+		Short: "Hold the listening sockets of a socket service across releases (started by drover)",
+		Long: `drover node supervise is the small long-lived process drover starts, in its own
+session, for each service with socket: true. It holds the service's listening
+sockets and starts the service's processes on them (LISTEN_FDS, LISTEN_PID,
+LISTEN_FDNAMES), as asked on its control socket DIR/NAME.sock. Exits on SIGTERM
+or when drover stops the service; the processes it started keep running.`,
+		Example: `  drover node supervise --pids /srv/shop/shared/pids --service web`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cli.NodeSupervise(cmd.Context(), &sup)
+		},
+	}
+	supCmd.Flags().StringVar(&sup.PIDsDir, "pids", "", "the app's shared/pids directory")
+	supCmd.Flags().StringVar(&sup.Service, "service", "", "the service whose sockets to hold")
+	_ = supCmd.MarkFlagRequired("pids")
+	_ = supCmd.MarkFlagRequired("service")
+	cmd.AddCommand(supCmd)
 	return cmd
 }

@@ -10,10 +10,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/drover/drover/examples"
 	"github.com/drover/drover/internal/lock"
+	"github.com/dustin/go-humanize"
 )
 
 // DemoOptions are the inputs of `drover demo`.
@@ -47,10 +50,23 @@ func Demo(ctx context.Context, o *DemoOptions) error {
 	fmt.Fprintf(o.IO.Out, "example app in %s (a git repository), deploying to %s\n", src, srv)
 	d := &DeployOptions{Common: o.Common, Lease: lock.DefaultLease}
 	d.File, d.Env, d.IO = filepath.Join(src, "drover.yml"), "demo", o.IO
-	if _, err := Deploy(ctx, d); err != nil {
+	url := fmt.Sprintf("http://127.0.0.1:%d/", o.Ports[0])
+	// A redeploy: show that the restart refuses nothing, under load.
+	var load *demoLoad
+	if _, err := get(ctx, url); err == nil {
+		load = startDemoLoad(url)
+	}
+	_, err := Deploy(ctx, d)
+	if load != nil {
+		sent, failed, first := load.stop()
+		fmt.Fprintf(o.IO.Out, "\nredeployed under load: %s of %s requests failed\n", humanize.Comma(failed), humanize.Comma(sent))
+		if first != nil {
+			fmt.Fprintf(o.IO.Out, "first failure: %v\n", first)
+		}
+	}
+	if err != nil {
 		return err
 	}
-	url := fmt.Sprintf("http://127.0.0.1:%d/", o.Ports[0])
 	body, err := get(ctx, url)
 	if err != nil {
 		return fmt.Errorf("demo: deployed, but %s does not answer: %w", url, err)
@@ -137,4 +153,76 @@ func writeExample(ctx context.Context, src, srv string, ports []int) error {
 		}
 	}
 	return nil
+}
+
+// demoLoad sends requests to the demo's URL from a few goroutines, half on
+// kept-alive connections and half on new ones, while a redeploy runs;
+// bounded in count and time.
+type demoLoad struct {
+	sent, failed atomic.Int64
+	mu           sync.Mutex
+	first        error
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+}
+
+const (
+	demoLoadWorkers = 4
+	demoLoadMax     = 200_000
+	demoLoadLimit   = 5 * time.Minute
+)
+
+func startDemoLoad(url string) *demoLoad {
+	ctx, cancel := context.WithTimeout(context.Background(), demoLoadLimit)
+	l := &demoLoad{cancel: cancel}
+	for i := range demoLoadWorkers {
+		tr := &http.Transport{DisableKeepAlives: i%2 == 1, Proxy: nil}
+		client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			defer tr.CloseIdleConnections()
+			for ctx.Err() == nil && l.sent.Add(1) <= demoLoadMax {
+				err := l.once(ctx, client, url)
+				if err != nil && ctx.Err() == nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					if l.first == nil {
+						l.first = err
+					}
+					l.mu.Unlock()
+				} else if err != nil {
+					l.sent.Add(-1) // cut short by stop: not counted
+				}
+			}
+		}()
+	}
+	return l
+}
+
+func (l *demoLoad) once(ctx context.Context, client *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// stop ends the load and returns how many requests it sent and how many
+// failed, with the first failure.
+func (l *demoLoad) stop() (sent, failed int64, first error) {
+	l.cancel()
+	l.wg.Wait()
+	return min(l.sent.Load(), demoLoadMax), l.failed.Load(), l.first
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -16,6 +17,7 @@ import (
 	"github.com/drover/drover/internal/progress"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
+	"github.com/drover/drover/internal/service"
 )
 
 // Releases lists every host's releases: active, prepared, failed, pinned,
@@ -241,6 +243,7 @@ func Service(ctx context.Context, o *ServiceOptions) error {
 	tw := tabwriter.NewWriter(o.IO.Out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tSERVICE\tPORT\tPID\tSTATE\tRELEASE")
 	failed := 0
+	var notes []string // socket services: supervisor, listeners
 	for i, t := range set.Targets {
 		r := resps[i]
 		if !r.OK {
@@ -254,13 +257,64 @@ func Service(ctx context.Context, o *ServiceOptions) error {
 				state = "running"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", t.Host().Name, p.Service, p.Port, p.PID, state, p.ReleaseDir)
+			if line := socketLine(p); line != "" {
+				notes = append(notes, fmt.Sprintf("%s %s port %d: %s", t.Host().Name, p.Service, p.Port, line))
+			}
 		}
 	}
 	tw.Flush()
+	for _, n := range notes {
+		fmt.Fprintln(o.IO.Out, n)
+	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d hosts failed", failed, len(set.Targets))
 	}
 	return nil
+}
+
+// socketLine says, for a process of a socket service, who holds its socket,
+// which processes listen on it and whether a restart is under way; the
+// empty string for other services.
+func socketLine(p service.Process) string {
+	sup := p.Supervisor
+	if sup == nil {
+		return ""
+	}
+	if p.Unit != "" { // a systemd service: its .socket unit holds the sockets
+		if len(sup.Sockets) > 0 {
+			return fmt.Sprintf("%s, listening on %s", sup.State, strings.Join(sup.Sockets, ", "))
+		}
+		return sup.State
+	}
+	var b strings.Builder
+	switch {
+	case sup.Running:
+		fmt.Fprintf(&b, "socket held by supervisor pid %d", sup.PID)
+		if len(sup.Sockets) > 0 {
+			fmt.Fprintf(&b, " (%s)", strings.Join(sup.Sockets, " "))
+		}
+	case sup.PID != 0:
+		fmt.Fprintf(&b, "supervisor pid %d %s: the socket is not held; `drover service start` or the next deploy starts a new one", sup.PID, sup.State)
+	default:
+		b.WriteString("no supervisor: the socket is not held")
+	}
+	pids := make([]string, len(p.Listeners))
+	for i, pid := range p.Listeners {
+		pids[i] = strconv.Itoa(pid)
+	}
+	switch {
+	case len(pids) == 0:
+		b.WriteString("; no process listens")
+	default:
+		fmt.Fprintf(&b, "; listening: pid %s", strings.Join(pids, ", "))
+	}
+	if p.Orphan {
+		b.WriteString("; the process was started by a supervisor that is gone: `drover service restart` replaces it")
+	}
+	if p.NewPID != 0 {
+		fmt.Fprintf(&b, "; new process pid %d from %s not yet healthy (a restart is under way or was interrupted)", p.NewPID, p.NewReleaseDir)
+	}
+	return b.String()
 }
 
 // Tasks lists the hooks, services and commands an app defines (fab -l).
@@ -311,7 +365,7 @@ func Tasks(o *Common) error {
 		if s.Health != nil {
 			health = s.Health.HTTP + s.Health.Command
 		}
-		fmt.Fprintf(tw, "  %s\tports %s\t%s\thealth %s\n", name, ports, what, health)
+		fmt.Fprintf(tw, "  %s\tports %s\t%s\thealth %s\trestart: %s\n", name, ports, what, health, service.Spec{Systemd: s.Systemd, Socket: s.Socket, ReusePort: s.ReusePort}.RestartKind())
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nEnvironments:")
@@ -345,4 +399,16 @@ func NodeServe(ctx context.Context, version string) error {
 	defer stop()
 	s := &node.Server{Version: version, CrashAt: os.Getenv("DROVER_CRASH_AT")}
 	return s.Serve(ctx, os.Stdin, os.Stdout)
+}
+
+// SuperviseOptions are the inputs of `drover node supervise`.
+type SuperviseOptions struct {
+	PIDsDir string
+	Service string
+}
+
+// NodeSupervise runs the supervisor of a socket service until it is told to
+// exit (`drover node supervise`).
+func NodeSupervise(ctx context.Context, o *SuperviseOptions) error {
+	return service.Supervise(ctx, service.SupervisorConfig{PIDsDir: o.PIDsDir, Service: o.Service})
 }

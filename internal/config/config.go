@@ -94,6 +94,14 @@ type Service struct {
 	Systemd   string   `yaml:"systemd" json:"systemd,omitempty"`
 	Health    *Health  `yaml:"health" json:"health,omitempty"`
 	StopGrace Duration `yaml:"stop_grace" json:"stop_grace,omitempty"`
+	// Socket makes drover hold the listening socket of each port and pass
+	// it to the process (systemd's LISTEN_FDS protocol), so a restart
+	// starts the new process before stopping the old and refuses nothing.
+	Socket bool   `yaml:"socket" json:"socket,omitempty"`
+	Bind   string `yaml:"bind" json:"bind,omitempty"` // address the held sockets listen on (default: every address)
+	// ReusePort says the app binds its port with SO_REUSEPORT, so drover
+	// starts the new process before stopping the old one.
+	ReusePort bool `yaml:"reuse_port" json:"reuse_port,omitempty"`
 }
 
 // Health says how to tell that a service is up: an HTTP URL answering 2xx,
@@ -103,6 +111,10 @@ type Health struct {
 	Command  string   `yaml:"command" json:"command,omitempty"`
 	Timeout  Duration `yaml:"timeout" json:"timeout,omitempty"`
 	Interval Duration `yaml:"interval" json:"interval,omitempty"`
+	// MinHealthyTime is how long a process must stay up once healthy, and
+	// pass once more at its end, before drover counts it (and, with socket
+	// or reuse_port, stops the old one).
+	MinHealthyTime Duration `yaml:"min_healthy_time" json:"min_healthy_time,omitempty"`
 }
 
 // Environment is a named target of the app: hosts with roles, a branch and

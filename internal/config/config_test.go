@@ -120,6 +120,30 @@ func TestParseErrors(t *testing.T) {
 		}, 20, "missing required key host"},
 		{"zero hook timeout", func(s string) string { return strings.Replace(s, "role: db,", "role: db, timeout: 0,", 1) }, 10, "must be more than 0"},
 		{"bad hook timeout", func(s string) string { return strings.Replace(s, "role: db,", "role: db, timeout: soon,", 1) }, 10, `"soon" is not a duration`},
+		{"bind on a systemd unit", func(s string) string {
+			return strings.Replace(s, "    systemd: shop-worker.service\n", "    systemd: shop-worker.service\n    socket: true\n    bind: 127.0.0.1\n", 1)
+		}, 20, "ListenStream"},
+		{"socket without ports", func(s string) string {
+			return strings.Replace(s, "    systemd: shop-worker.service\n", "    start: ./bin/worker\n    socket: true\n", 1)
+		}, 19, "socket: true needs ports"},
+		{"socket with a compound start", func(s string) string {
+			return strings.Replace(s, "    start: ./bin/server --port {{port}}\n", "    start: cd app && ./bin/server --port {{port}}\n    socket: true\n", 1)
+		}, 14, "one command"},
+		{"socket wrong type", func(s string) string {
+			return strings.Replace(s, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    socket: sure\n", 1)
+		}, 16, "socket"},
+		{"bind without socket", func(s string) string {
+			return strings.Replace(s, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    bind: 127.0.0.1\n", 1)
+		}, 16, "bind applies only with socket: true"},
+		{"bind not an address", func(s string) string {
+			return strings.Replace(s, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    socket: true\n    bind: localhost\n", 1)
+		}, 17, `"localhost" is not an IP address`},
+		{"reuse_port with socket", func(s string) string {
+			return strings.Replace(s, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    socket: true\n    reuse_port: true\n", 1)
+		}, 17, "not both"},
+		{"reuse_port without ports", func(s string) string {
+			return strings.Replace(s, "    systemd: shop-worker.service\n", "    start: ./bin/worker\n    reuse_port: true\n", 1)
+		}, 19, "reuse_port: true needs ports"},
 		{"bad spacing", func(s string) string { return s + "  broken:\n hosts: []\n" }, 30, ""},
 	}
 	for _, tc := range tests {
@@ -147,6 +171,31 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("error %q does not start with the file name", err)
 			}
 		})
+	}
+}
+
+func TestParseSocket(t *testing.T) {
+	f, err := Parse("drover.yml", []byte(strings.Replace(valid, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    socket: true\n    bind: 127.0.0.1\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := f.Services["web"]; !w.Socket || w.Bind != "127.0.0.1" {
+		t.Errorf("web service: socket %v bind %q; want true, 127.0.0.1", w.Socket, w.Bind)
+	}
+	if f.Services["worker"].Socket {
+		t.Error("socket defaults to true")
+	}
+	f, err = Parse("drover.yml", []byte(strings.Replace(valid, "    systemd: shop-worker.service\n", "    systemd: shop-worker.service\n    socket: true\n", 1)))
+	if err != nil || !f.Services["worker"].Socket {
+		t.Errorf("socket: true on a systemd unit (its .socket unit holds the sockets): %v", err)
+	}
+	f, err = Parse("drover.yml", []byte(strings.Replace(valid, "timeout: 5s}", "timeout: 5s, min_healthy_time: 2s}", 1)))
+	if err != nil || f.Services["web"].Health.MinHealthyTime.D() != 2*time.Second {
+		t.Errorf("min_healthy_time: 2s: %v", err)
+	}
+	f, err = Parse("drover.yml", []byte(strings.Replace(valid, "    ports: [8000, 8001]\n", "    ports: [8000, 8001]\n    reuse_port: true\n", 1)))
+	if err != nil || !f.Services["web"].ReusePort {
+		t.Errorf("reuse_port: true: %v", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path"
 	"reflect"
@@ -550,6 +551,7 @@ func (v *validator) validateServices(f *File) {
 		if s.Systemd != "" && v.present(p+".stop_grace") {
 			v.at(p+".stop_grace", "stop_grace applies only to services drover starts (start:); systemd stops the unit by its own TimeoutStopSec, set it in the unit")
 		}
+		v.validateSocket(p, s)
 		seen := map[int]bool{}
 		for i, port := range s.Ports {
 			if port < 1 || port > 65535 {
@@ -569,12 +571,50 @@ func (v *validator) validateServices(f *File) {
 			if s.Health.HTTP != "" && !strings.HasPrefix(s.Health.HTTP, "http://") && !strings.HasPrefix(s.Health.HTTP, "https://") {
 				v.at(p+".health.http", "%q must start with http:// or https://", s.Health.HTTP)
 			}
-			if s.Health.Timeout < 0 || s.Health.Interval < 0 {
-				v.at(p+".health", "timeout and interval must be positive")
+			if s.Health.Timeout < 0 || s.Health.Interval < 0 || s.Health.MinHealthyTime < 0 {
+				v.at(p+".health", "timeout, interval and min_healthy_time must be positive")
 			}
 		}
 		if usesPort && len(s.Ports) == 0 {
 			v.at(p, "uses {{port}} but lists no ports; add ports: [8000]")
+		}
+	}
+}
+
+// shellOperators are what makes a start command more than one command.
+var shellOperators = []string{"&&", "||", ";", "|", "\n", "&"}
+
+func (v *validator) validateSocket(p string, s *Service) {
+	if s.Bind != "" && !s.Socket {
+		v.at(p+".bind", "bind applies only with socket: true (a service without it binds its own port)")
+	} else if s.Bind != "" && s.Systemd != "" {
+		v.at(p+".bind", "bind applies to services drover starts; a systemd unit's .socket unit says where it listens (ListenStream=)")
+	} else if s.Bind != "" && net.ParseIP(s.Bind) == nil {
+		v.at(p+".bind", "%q is not an IP address; give one like 127.0.0.1 or ::1, or leave bind out to listen on every address", s.Bind)
+	}
+	if s.ReusePort {
+		switch {
+		case s.Socket:
+			v.at(p+".reuse_port", "give socket: true or reuse_port: true, not both (with socket: true drover already starts the new process first)")
+		case s.Systemd != "":
+			v.at(p+".reuse_port", "reuse_port applies to services drover starts (start:), not to systemd units")
+		case len(s.Ports) == 0:
+			v.at(p+".reuse_port", "reuse_port: true needs ports")
+		}
+	}
+	if !s.Socket {
+		return
+	}
+	if s.Systemd != "" {
+		return // its .socket unit holds the sockets; checked before each restart
+	}
+	if len(s.Ports) == 0 {
+		v.at(p+".socket", "socket: true needs ports: drover holds one listening socket per port")
+	}
+	for _, op := range shellOperators {
+		if strings.Contains(s.Start, op) {
+			v.at(p+".start", "with socket: true, start must be one command (drover execs it so that LISTEN_PID is the app's pid); %q makes it several: move them into a script that ends with exec", op)
+			break
 		}
 	}
 }

@@ -371,9 +371,10 @@ func (e *Engine) services() []service.Spec {
 	var out []service.Spec
 	for _, name := range e.App.ServiceNames() {
 		s := e.App.Services[name]
-		spec := service.Spec{Name: name, Start: s.Start, Ports: s.Ports, Systemd: s.Systemd, StopGrace: s.StopGrace.D()}
+		spec := service.Spec{Name: name, Start: s.Start, Ports: s.Ports, Systemd: s.Systemd, StopGrace: s.StopGrace.D(), Socket: s.Socket, Bind: s.Bind, ReusePort: s.ReusePort}
 		if s.Health != nil {
-			spec.Health = &service.Health{HTTP: s.Health.HTTP, Command: s.Health.Command, Timeout: s.Health.Timeout.D(), Interval: s.Health.Interval.D()}
+			spec.Health = &service.Health{HTTP: s.Health.HTTP, Command: s.Health.Command, Timeout: s.Health.Timeout.D(), Interval: s.Health.Interval.D(),
+				MinHealthyTime: s.Health.MinHealthyTime.D()}
 		}
 		out = append(out, spec)
 	}

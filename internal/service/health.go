@@ -63,6 +63,13 @@ var ErrExited = errors.New("process exited")
 // status or error seen. A managed process that dies meanwhile fails the
 // check at once. A service without a Health check passes.
 func (m *Manager) Check(ctx context.Context, s Spec, port int) error {
+	return m.check(ctx, s, port, nil)
+}
+
+// check is Check; with a new process cand (a restart on a held socket), only
+// answers from cand's process group count, and cand's release dir is where a
+// health command runs.
+func (m *Manager) check(ctx context.Context, s Spec, port int, cand *record) error {
 	h := s.Health
 	if h == nil {
 		return nil
@@ -85,7 +92,9 @@ func (m *Manager) Check(ctx context.Context, s Spec, port int) error {
 	pidPath, logPath := m.PIDFile(s.Name, port), m.LogFile(s.Name, port)
 	dir := filepath.Join(filepath.Dir(m.SharedDir), "current")
 	var rec *record
-	if managed {
+	if cand != nil {
+		rec, dir = cand, cand.ReleaseDir
+	} else if managed {
 		if r, _, _ := inspect(pidPath); r != nil {
 			rec, dir = r, r.ReleaseDir
 		}
@@ -97,6 +106,9 @@ func (m *Manager) Check(ctx context.Context, s Spec, port int) error {
 		client := &http.Client{Transport: tr}
 		url := expand(h.HTTP, port)
 		probe = func(ctx context.Context) error { return probeHTTP(ctx, client, url) }
+		if cand != nil {
+			probe = func(ctx context.Context) error { return probeHTTPFrom(ctx, url, cand.PID) }
+		}
 	}
 
 	log := m.log().With("service", s.Name, "port", port)
@@ -125,13 +137,17 @@ func (m *Manager) Check(ctx context.Context, s Spec, port int) error {
 		cutShort := err != nil && actx.Err() != nil && left < attempt
 		cancel()
 		// An attempt the overall deadline cut short says less than the one
-		// before it did.
-		if !cutShort || last == nil {
+		// before it did, and so does an answer from the old process on a
+		// held socket.
+		if (!cutShort && !errors.Is(err, errOtherAnswered)) || last == nil {
 			last = err
 		}
 		if err == nil {
 			log.Info("healthy", "attempts", n, "elapsed", time.Since(began).Round(time.Millisecond))
-			return nil
+			if h.MinHealthyTime <= 0 {
+				return nil
+			}
+			return m.stayHealthy(ctx, h.MinHealthyTime, rec, probe, func(last error) error { return fail(n, last) })
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("health check %s: %w (last: %v)", label(s.Name, port), ctx.Err(), last)
@@ -146,6 +162,33 @@ func (m *Manager) Check(ctx context.Context, s Spec, port int) error {
 		log.Debug("not healthy yet", "attempt", n, "last", last)
 		tick.Reset(min(interval, left))
 	}
+}
+
+// stayHealthy waits min, failing at once if the process of rec exits, and
+// probes once more at its end: a process that passes its check and then
+// crashes (a failed worker boot, a panic on first use) does not count.
+func (m *Manager) stayHealthy(ctx context.Context, min time.Duration, rec *record, probe func(context.Context) error, fail func(error) error) error {
+	began := time.Now()
+	died, err := waitUntil(ctx, min, func() bool { return rec != nil && !alive(rec) })
+	if err != nil {
+		return err
+	}
+	if died {
+		return fail(fmt.Errorf("%w: pid %d, %s after it became healthy (min_healthy_time %s)", ErrExited, rec.PID, time.Since(began).Round(time.Millisecond), min))
+	}
+	var last error
+	for range 100 { // the old process on the same socket may answer: ask again
+		pctx, cancel := context.WithTimeout(ctx, DefaultAttemptTimeout)
+		last = probe(pctx)
+		cancel()
+		if !errors.Is(last, errOtherAnswered) {
+			break
+		}
+	}
+	if last != nil {
+		return fail(fmt.Errorf("healthy, then not after min_healthy_time %s: %w", min, last))
+	}
+	return nil
 }
 
 func probeHTTP(ctx context.Context, client *http.Client, url string) error {

@@ -48,6 +48,40 @@ type Spec struct {
 	Systemd   string        // if set, the service is a systemd unit: systemctl, no PID files
 	Health    *Health       // optional
 	StopGrace time.Duration // SIGTERM then SIGKILL after this (default 10s)
+	// Socket makes drover's supervisor hold the listening socket of each
+	// port and hand it to the process (LISTEN_FDS=1, fd 3), so a restart
+	// starts the new process before it stops the old one (see socket.go).
+	Socket bool
+	Bind   string // address the held sockets listen on; empty: every address
+	// ReusePort says the app binds its port with SO_REUSEPORT, so a restart
+	// starts the new process beside the old one and stops the old one once
+	// the new one is healthy. Without Socket, the old process's queued
+	// connections may still be reset when it closes its socket.
+	ReusePort bool
+}
+
+// Restart kinds, as Process.Restart and `drover tasks` name them.
+const (
+	RestartSocket     = "socket handoff: new process on the held socket, healthy, then old one stopped"
+	RestartReusePort  = "start before stop: new process beside the old (SO_REUSEPORT), healthy, then old one stopped"
+	RestartPlain      = "stop, then start (a port refuses connections in between)"
+	RestartUnit       = "systemctl restart"
+	RestartUnitSocket = "systemctl restart, its .socket unit holding the socket meanwhile (connections wait, none refused)"
+)
+
+// RestartKind says how Restart moves s to a new release.
+func (s Spec) RestartKind() string {
+	switch {
+	case s.Systemd != "" && s.Socket:
+		return RestartUnitSocket
+	case s.Systemd != "":
+		return RestartUnit
+	case s.Socket:
+		return RestartSocket
+	case s.ReusePort:
+		return RestartReusePort
+	}
+	return RestartPlain
 }
 
 // Health says how to tell that one process of a service is ready.
@@ -57,6 +91,7 @@ type Health struct {
 	Timeout        time.Duration // total time to keep retrying (default 30s)
 	Interval       time.Duration // between attempts (default 200ms)
 	AttemptTimeout time.Duration // one attempt (default 5s, never longer than what is left of Timeout)
+	MinHealthyTime time.Duration // once healthy, the process must stay up this long and pass again at its end (default 0)
 }
 
 // Process is the state of one process of a service, as Status reports it.
@@ -71,6 +106,14 @@ type Process struct {
 	State      string    `json:"state,omitempty"`       // "running", "stopped", "stale" (PID file names a dead or reused PID), or systemd's ActiveState
 	Log        string    `json:"log,omitempty"`         // log file of a managed process
 	Error      string    `json:"error,omitempty"`       // why the state could not be read
+
+	// Socket services only (Spec.Socket).
+	Restart       string           `json:"restart,omitempty"`         // how a restart goes (RestartKind)
+	Supervisor    *SupervisorState `json:"supervisor,omitempty"`      // the process holding the sockets
+	NewPID        int              `json:"new_pid,omitempty"`         // a new process not yet healthy (restart in progress or interrupted)
+	NewReleaseDir string           `json:"new_release_dir,omitempty"` // its release
+	Listeners     []int            `json:"listeners,omitempty"`       // processes other than the supervisor holding the port's listening socket
+	Orphan        bool             `json:"orphan,omitempty"`          // running, but not started by the running supervisor: its socket is held by nobody else; the next start or restart replaces it
 }
 
 // Runner runs a program and returns its combined output. Manager uses it for
@@ -84,6 +127,10 @@ type Manager struct {
 	Env       []string     // extra env for the processes (DROVER_* vars), appended to os.Environ() minus drover's control and SSH session variables
 	Logger    *slog.Logger // nil discards
 	Run       Runner       // runs systemctl; nil runs the real program
+	// Supervisor returns the command that runs the supervisor of a socket
+	// service (`drover node supervise --pids DIR --service NAME`); nil runs
+	// this binary's.
+	Supervisor func(pidsDir, service string) *exec.Cmd
 }
 
 func (m *Manager) log() *slog.Logger {
@@ -128,6 +175,9 @@ func (s Spec) validate() error {
 	}
 	if strings.TrimSpace(s.Start) == "" {
 		return fmt.Errorf("%w: service %s has neither start nor systemd", ErrInvalidSpec, s.Name)
+	}
+	if s.Socket && len(s.Ports) == 0 {
+		return fmt.Errorf("%w: service %s: socket: true needs ports", ErrInvalidSpec, s.Name)
 	}
 	return nil
 }
@@ -203,11 +253,19 @@ func (m *Manager) Start(ctx context.Context, s Spec, releaseDir string, port int
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("start %s: %w", label(s.Name, port), err)
 	}
+
 	if s.Systemd != "" {
 		return m.systemctl(ctx, "start", s.Systemd)
 	}
+	if s.Socket {
+		return m.startSocket(ctx, s, releaseDir, port)
+	}
+	return m.start(ctx, s, releaseDir, port, m.PIDFile(s.Name, port))
+}
+
+// start starts one process of s and records it in the PID file pidPath.
+func (m *Manager) start(ctx context.Context, s Spec, releaseDir string, port int, pidPath string) error {
 	what := label(s.Name, port)
-	pidPath := m.PIDFile(s.Name, port)
 	rec, st, err := inspect(pidPath)
 	switch {
 	case err != nil:
@@ -288,6 +346,19 @@ func (m *Manager) Stop(ctx context.Context, s Spec, port int) error {
 	if s.Systemd != "" {
 		return m.systemctl(ctx, "stop", s.Systemd)
 	}
+	if s.Socket {
+		return m.stopSocket(ctx, s, port)
+	}
+	if s.ReusePort {
+		if err := m.dropCandidate(ctx, s, port); err != nil {
+			return err
+		}
+	}
+	return m.stopManaged(ctx, s, port)
+}
+
+// stopManaged stops the process the PID file of port names.
+func (m *Manager) stopManaged(ctx context.Context, s Spec, port int) error {
 	what := label(s.Name, port)
 	pidPath := m.PIDFile(s.Name, port)
 	rec, st, err := inspect(pidPath)
@@ -301,6 +372,16 @@ func (m *Manager) Stop(ctx context.Context, s Spec, port int) error {
 		m.log().Info("removing stale PID file", "service", s.Name, "port", port, "pid", rec.pid(), "file", pidPath)
 		return m.removeRecord(pidPath, rec)
 	}
+	if err := m.terminate(ctx, s, port, rec); err != nil {
+		return err
+	}
+	return m.removeRecord(pidPath, rec)
+}
+
+// terminate stops the process of rec: SIGTERM to its group, SIGKILL after
+// s.StopGrace, and returns once the group is gone.
+func (m *Manager) terminate(ctx context.Context, s Spec, port int, rec *record) error {
+	what := label(s.Name, port)
 	log := m.log().With("service", s.Name, "port", port, "pid", rec.PID)
 	began := time.Now()
 	signal(rec, syscall.SIGTERM)
@@ -320,7 +401,7 @@ func (m *Manager) Stop(ctx context.Context, s Spec, port int) error {
 		}
 	}
 	log.Info("service stopped", "elapsed", time.Since(began).Round(time.Millisecond))
-	return m.removeRecord(pidPath, rec)
+	return nil
 }
 
 // removeRecord removes the PID file if it still describes rec (a concurrent
@@ -424,6 +505,11 @@ func (m *Manager) Restart(ctx context.Context, s Spec, releaseDir string) error 
 		return err
 	}
 	if s.Systemd != "" {
+		if s.Socket {
+			if err := m.checkSocketUnit(ctx, s); err != nil {
+				return err
+			}
+		}
 		if err := m.systemctl(ctx, "restart", s.Systemd); err != nil {
 			return err
 		}
@@ -433,6 +519,14 @@ func (m *Manager) Restart(ctx context.Context, s Spec, releaseDir string) error 
 		for _, port := range s.ports() {
 			if err := m.Check(ctx, s, port); err != nil {
 				return fmt.Errorf("restart %s: %w", s.Name, err)
+			}
+		}
+		return nil
+	}
+	if s.Socket || s.ReusePort {
+		for _, port := range s.ports() {
+			if err := m.replace(ctx, s, releaseDir, port); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -467,9 +561,17 @@ func (m *Manager) Status(s Spec) []Process {
 	if s.Systemd != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return []Process{m.systemdStatus(ctx, s)}
+		p := m.systemdStatus(ctx, s)
+		if s.Socket {
+			p.Restart, p.Supervisor = s.RestartKind(), m.socketUnitStatus(ctx, s)
+		}
+		return []Process{p}
 	}
 	var out []Process
+	var sup *SupervisorState
+	if s.Socket {
+		sup = m.supervisorStatus(s)
+	}
 	for _, port := range s.ports() {
 		p := Process{Service: s.Name, Port: port, State: "stopped", Log: m.LogFile(s.Name, port)}
 		rec, st, err := inspect(m.PIDFile(s.Name, port))
@@ -484,6 +586,11 @@ func (m *Manager) Status(s Spec) []Process {
 			p.Running, p.State = true, "running"
 		case stateStale:
 			p.State = "stale"
+		}
+		if s.Socket {
+			m.socketStatus(s, &p, sup)
+		} else if s.ReusePort {
+			m.newStatus(s, &p)
 		}
 		out = append(out, p)
 	}

@@ -23,8 +23,13 @@ import (
 var appBin string
 
 func TestMain(m *testing.M) {
-	if os.Getenv("SERVICE_TEST_HELPER") == "start" {
+	switch os.Getenv("SERVICE_TEST_HELPER") {
+	case "start":
 		os.Exit(helperStart())
+	case "supervise":
+		os.Exit(helperSupervise())
+	case "restart":
+		os.Exit(helperRestart())
 	}
 	dir, err := os.MkdirTemp("", "service-test-")
 	if err != nil {
@@ -66,7 +71,7 @@ type fixture struct {
 
 // newFixture returns a Manager on a fresh deploy root whose shared dir does
 // not exist yet, and kills whatever its PID files name when the test ends.
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	root := t.TempDir()
 	f := &fixture{shared: filepath.Join(root, "shared"), release: filepath.Join(root, "releases", "r1")}
@@ -82,7 +87,7 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) newRelease(t *testing.T, name string) string {
+func (f *fixture) newRelease(t testing.TB, name string) string {
 	t.Helper()
 	dir := filepath.Join(filepath.Dir(f.release), name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -111,7 +116,7 @@ func webSpec(ports ...int) Spec {
 	}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -121,7 +126,7 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func testCtx(t *testing.T) context.Context {
+func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx
@@ -715,5 +720,50 @@ func TestCancelledSessionSparesService(t *testing.T) {
 	}
 	if err := f.m.Check(ctx, s, port); err != nil {
 		t.Fatalf("service does not serve after the cancel: %v", err)
+	}
+}
+
+// TestSystemdSocketUnit: a systemd service with socket: true is restarted
+// only while its .socket unit is active; otherwise the error says how to
+// install the unit, and nothing is restarted. Status shows the socket unit.
+func TestSystemdSocketUnit(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	s := Spec{Name: "web", Systemd: "shop-web.service", Socket: true}
+	socketState := "inactive"
+	var calls []string
+	f.m.Run = func(_ context.Context, name string, args ...string) ([]byte, error) {
+		calls = append(calls, name+" "+strings.Join(args, " "))
+		switch {
+		case args[0] == "is-active" && args[1] == "shop-web.socket":
+			if socketState != "active" {
+				return []byte(socketState + "\n"), errors.New("exit status 3")
+			}
+			return []byte("active\n"), nil
+		case args[0] == "is-active":
+			return []byte("active\n"), nil
+		case args[0] == "show" && args[2] == "shop-web.socket":
+			return []byte("Listen=127.0.0.1:8000 (Stream)\n"), nil
+		}
+		return nil, nil
+	}
+	err := f.m.Restart(ctx, s, f.release)
+	if err == nil || !strings.Contains(err.Error(), "systemctl enable --now shop-web.socket") || !strings.Contains(err.Error(), `"inactive"`) {
+		t.Errorf("restart without the socket unit: %v; want how to install shop-web.socket", err)
+	}
+	if slices.Contains(calls, "systemctl restart shop-web.service") {
+		t.Errorf("restarted without the socket unit: %q", calls)
+	}
+	socketState = "active"
+	calls = nil
+	if err := f.m.Restart(ctx, s, f.release); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"systemctl is-active shop-web.socket", "systemctl restart shop-web.service"}; !slices.Equal(calls, want) {
+		t.Errorf("commands %q; want %q", calls, want)
+	}
+	st := f.m.Status(s)
+	if len(st) != 1 || st[0].Supervisor == nil || !st[0].Supervisor.Running || !slices.Equal(st[0].Supervisor.Sockets, []string{"127.0.0.1:8000 (Stream)"}) || st[0].Restart != RestartUnitSocket {
+		t.Errorf("Status: %+v (socket unit %+v)", st, st[0].Supervisor)
 	}
 }

@@ -66,3 +66,45 @@ func (m *Manager) systemdStatus(ctx context.Context, s Spec) Process {
 	}
 	return p
 }
+
+// SocketUnit returns the socket unit that holds the sockets of a systemd
+// service with Socket set: the service's unit name with .socket for
+// .service (shop-web.service: shop-web.socket).
+func (s Spec) SocketUnit() string {
+	return strings.TrimSuffix(s.Systemd, ".service") + ".socket"
+}
+
+// checkSocketUnit fails, saying how to install it, unless the socket unit
+// of s is active: without it systemctl restart would refuse connections.
+func (m *Manager) checkSocketUnit(ctx context.Context, s Spec) error {
+	unit := s.SocketUnit()
+	out, err := m.runner()(ctx, "systemctl", "is-active", unit)
+	state := strings.TrimSpace(string(out))
+	if err == nil && state == "active" {
+		return nil
+	}
+	if state == "" {
+		state = fmt.Sprint(err)
+	}
+	return fmt.Errorf("service %s has socket: true, so its socket unit %s must be active, but systemctl is-active says %q.\n"+
+		"Install it: /etc/systemd/system/%s with [Socket] ListenStream=<port> (one line per port) and, when the names differ, Service=%s;\n"+
+		"then: systemctl daemon-reload && systemctl enable --now %s. %s then gets the sockets from fd 3 on (LISTEN_FDS, LISTEN_FDNAMES)",
+		s.Name, unit, state, unit, s.Systemd, unit, s.Systemd)
+}
+
+// socketUnitStatus reports the socket unit of s: active or not, and where
+// it listens.
+func (m *Manager) socketUnitStatus(ctx context.Context, s Spec) *SupervisorState {
+	unit := s.SocketUnit()
+	out, err := m.runner()(ctx, "systemctl", "is-active", unit)
+	st := &SupervisorState{State: "socket unit " + unit + ": " + strings.TrimSpace(string(out))}
+	st.Running = err == nil && strings.TrimSpace(string(out)) == "active"
+	if out, err := m.runner()(ctx, "systemctl", "show", "--property=Listen", unit); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Listen="); ok && v != "" {
+				st.Sockets = append(st.Sockets, v)
+			}
+		}
+	}
+	return st
+}

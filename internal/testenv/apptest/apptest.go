@@ -91,6 +91,7 @@ type Options struct {
 	Keep      int
 	DeployTo  string // default a temp dir
 	NoService bool
+	Socket    bool // the web service gets socket: true (drover holds its sockets)
 }
 
 // New makes a repository with the example app and a drover.yml, commits it
@@ -136,6 +137,9 @@ func New(t testing.TB, o Options) *App {
 	fmt.Fprintf(&b, "hooks:\n  prepare: [mkdir -p bin, cp %s bin/hello, 'if [ -f BROKEN ]; then printf \"#!/bin/sh\\nexit 3\\n\" > bin/hello; fi', 'if [ -f HANG ]; then printf \"#!/bin/sh\\nexec sleep 300\\n\" > bin/hello; fi']\n%s", bin, o.Extra)
 	if !o.NoService {
 		fmt.Fprintf(&b, "services:\n  web:\n    start: ./bin/hello --port {{port}}\n    ports: [%s]\n    health: {http: \"http://127.0.0.1:{{port}}/healthz\", timeout: 10s}\n    stop_grace: 5s\n", strings.Join(ports, ", "))
+		if o.Socket {
+			b.WriteString("    socket: true\n    bind: 127.0.0.1\n")
+		}
 	}
 	fmt.Fprintf(&b, "environments:\n  test:\n    branch: main\n    hosts:\n%s", o.Hosts)
 	a.YAML = b.String()
