@@ -3,7 +3,8 @@
 //
 // It serves the listening socket drover (or systemd) passes it in the
 // socket activation protocol (LISTEN_FDS, LISTEN_PID), which a service with
-// `socket: true` gets, and otherwise listens on 127.0.0.1:--port itself.
+// `socket: true` gets, and otherwise listens on --addr:--port itself
+// (127.0.0.1 unless --addr says otherwise).
 // On SIGTERM it stops accepting, answers every request it accepted, then
 // exits; with an inherited socket the next release accepts meanwhile.
 package main
@@ -24,7 +25,8 @@ import (
 )
 
 func main() {
-	port := flag.Int("port", 8000, "port to listen on (127.0.0.1) when no socket is passed in LISTEN_FDS")
+	port := flag.Int("port", 8000, "port to listen on when no socket is passed in LISTEN_FDS")
+	addr := flag.String("addr", "127.0.0.1", "address to listen on when no socket is passed in LISTEN_FDS (0.0.0.0: every interface, for a load balancer on another machine)")
 	flag.Parse()
 	release := os.Getenv("DROVER_RELEASE")
 	started := time.Now()
@@ -35,7 +37,7 @@ func main() {
 	mux.HandleFunc("GET /", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, "hello from drover's example app\nrelease: %s\npid: %d\nup: %s\n", release, os.Getpid(), time.Since(started).Round(time.Second))
 	})
-	ln, how, err := listen(*port)
+	ln, how, err := listen(*addr, *port)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -65,8 +67,8 @@ func main() {
 }
 
 // listen returns the socket passed in the socket activation protocol when
-// there is one for this process, or listens on 127.0.0.1:port.
-func listen(port int) (net.Listener, string, error) {
+// there is one for this process, or listens on addr:port.
+func listen(addr string, port int) (net.Listener, string, error) {
 	if os.Getenv("LISTEN_PID") == strconv.Itoa(os.Getpid()) {
 		if n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS")); n >= 1 {
 			for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
@@ -81,7 +83,7 @@ func listen(port int) (net.Listener, string, error) {
 			return ln, "socket passed by drover", nil
 		}
 	}
-	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	ln, err := net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(port)))
 	return ln, "own socket", err
 }
 
