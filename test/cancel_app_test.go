@@ -21,7 +21,7 @@ import (
 func TestCancelKeepsAppServing(t *testing.T) {
 	hook := `  after_activate: ["touch @SHARED@/hook-$DROVER_RELEASE; i=0; while [ ! -f @SHARED@/go ] && [ $i -lt 600 ]; do i=$((i+1)); sleep 0.1; done"]` + "\n"
 	p := newPush(t, appOptions{Hosts: 1, Hooks: hook})
-	t.Cleanup(func() { stopApp(p) })
+	t.Cleanup(func() { stopApp(p, 0) })
 	goFile := filepath.Join(p.shared, "go")
 	writeFile(t, goFile, "")
 	first, r := p.deployJSON()
@@ -74,9 +74,9 @@ func TestCancelKeepsAppServing(t *testing.T) {
 	}
 }
 
-// stopApp kills the processes the host's PID files name.
-func stopApp(p *push) {
-	dir := p.fleet.Hosts[0].Path(deployTo + "/shared/pids")
+// stopApp kills the processes host i's PID files name, as a crash would.
+func stopApp(p *push, i int) {
+	dir := p.fleet.Hosts[i].Path(deployTo + "/shared/pids")
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
 		data, err := os.ReadFile(filepath.Join(dir, e.Name()))

@@ -46,6 +46,7 @@ type appOptions struct {
 	NoService bool              // no web service (benchmarks)
 	Socket    bool              // the web service has socket: true
 	NoHello   bool              // the prepare hook does not copy the example app
+	Listen    string            // the address the web service binds (default the app's own, 127.0.0.1)
 	Extra     []string          // extra YAML host entries (flow mappings)
 	Files     map[string]string // more files in the first commit
 	StopGrace string            // the web service's stop_grace (default 5s)
@@ -115,7 +116,11 @@ func newPush(t testing.TB, o appOptions) *push {
 		o.StopGrace = "5s"
 	}
 	if !o.NoService {
-		fmt.Fprintf(&y, "services:\n  web:\n    start: ./bin/hello --port {{port}}\n    ports: [%d]\n    health: {http: \"http://127.0.0.1:{{port}}/healthz\", timeout: 15s}\n    stop_grace: 5s\n", webPort)
+		start := "./bin/hello --port {{port}}"
+		if o.Listen != "" {
+			start += " --addr " + o.Listen
+		}
+		fmt.Fprintf(&y, "services:\n  web:\n    start: %s\n    ports: [%d]\n    health: {http: \"http://127.0.0.1:{{port}}/healthz\", timeout: 15s}\n    stop_grace: 5s\n", start, webPort)
 		if o.Socket {
 			y.WriteString("    socket: true\n    bind: 127.0.0.1\n")
 		}

@@ -5,8 +5,8 @@
 // example app prints "release: ID"), and how long requests took.
 //
 // A run is always bounded: it ends at MaxRequests requests or after
-// MaxDuration, whichever comes first, or earlier when the caller stops it
-// or cancels its context.
+// MaxDuration (plus one request Timeout), whichever comes first, or earlier
+// when the caller stops it or cancels its context.
 //
 //	run := loadgen.Start(ctx, loadgen.Options{URL: url, Workers: 4})
 //	... deploy ...
@@ -44,14 +44,23 @@ type Options struct {
 	// URL is fetched with GET by every worker.
 	URL string
 	// Workers send requests concurrently, each waiting for its answer
-	// before the next; default DefaultWorkers.
+	// before its next; default DefaultWorkers. With Rate it is the most
+	// requests in flight at once.
 	Workers int
+	// Rate, when positive, starts this many requests per second in all,
+	// whether or not earlier ones have been answered (an open loop, as
+	// users arrive): requests stuck in a load balancer's retries then do
+	// not hold back the ones that would have failed meanwhile. While every
+	// worker waits for an answer the pace slows. 0: each worker sends its
+	// next request as soon as (Pause after) its last was answered.
+	Rate float64
 	// NewConnWorkers of the workers open a new connection for every
 	// request; the others keep theirs alive between requests. Default half
 	// of Workers (rounded down); negative: none.
 	NewConnWorkers int
-	// Pause is how long each worker waits between two of its requests, to
-	// bound the load on a small machine; 0 sends back to back.
+	// Pause is how long each worker waits between two of its requests
+	// without Rate, to bound the load on a small machine; 0 sends back to
+	// back.
 	Pause time.Duration
 	// Timeout bounds one request, from dial to the end of the body;
 	// default DefaultTimeout.
@@ -151,9 +160,11 @@ func (r Result) String() string {
 
 // Run is a load run in progress.
 type Run struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-	start  time.Time
+	stop  chan struct{} // closed by Stop or at MaxDuration: send no more requests
+	pace  chan struct{} // with Rate: one value per request to start
+	once  sync.Once
+	done  chan struct{}
+	start time.Time
 
 	mu      sync.Mutex
 	res     Result
@@ -162,7 +173,9 @@ type Run struct {
 }
 
 // Start begins sending requests and returns at once. The run ends at
-// MaxRequests, MaxDuration, Stop or when ctx ends.
+// MaxRequests, MaxDuration, Stop or when ctx ends. Only the end of ctx
+// cuts requests in flight short (and leaves them uncounted); the others
+// let every request in flight finish, within Timeout, and count it.
 func Start(ctx context.Context, o Options) *Run {
 	if o.Workers <= 0 {
 		o.Workers = DefaultWorkers
@@ -179,9 +192,14 @@ func Start(ctx context.Context, o Options) *Run {
 	if o.MaxDuration <= 0 {
 		o.MaxDuration = DefaultMaxDuration
 	}
-	ctx, cancel := context.WithTimeout(ctx, o.MaxDuration)
-	r := &Run{cancel: cancel, done: make(chan struct{}), start: time.Now()}
+	r := &Run{stop: make(chan struct{}), done: make(chan struct{}), start: time.Now()}
+	if o.Rate > 0 {
+		r.pace = make(chan struct{})
+		o.Pause = 0
+		go r.pacer(ctx, o.Rate)
+	}
 	r.res = Result{Failures: map[Kind]int{}, Status: map[int]int{}, Releases: map[string]int{}}
+	deadline := time.AfterFunc(o.MaxDuration, func() { r.once.Do(func() { close(r.stop) }) })
 	var wg sync.WaitGroup
 	for i := range o.Workers {
 		keepAlive := i >= o.NewConnWorkers
@@ -202,6 +220,7 @@ func Start(ctx context.Context, o Options) *Run {
 	}
 	go func() {
 		wg.Wait()
+		deadline.Stop()
 		r.mu.Lock()
 		r.res.Elapsed = time.Since(r.start)
 		switch {
@@ -209,13 +228,12 @@ func Start(ctx context.Context, o Options) *Run {
 			r.res.Ended = "stopped"
 		case r.sent >= o.MaxRequests:
 			r.res.Ended = "max requests"
-		case errors.Is(ctx.Err(), context.DeadlineExceeded) && time.Since(r.start) >= o.MaxDuration:
-			r.res.Ended = "max duration"
-		default:
+		case ctx.Err() != nil:
 			r.res.Ended = "context canceled"
+		default:
+			r.res.Ended = "max duration"
 		}
 		r.mu.Unlock()
-		cancel()
 		close(r.done)
 	}()
 	return r
@@ -224,9 +242,9 @@ func Start(ctx context.Context, o Options) *Run {
 // Done is closed when the run has ended and every worker returned.
 func (r *Run) Done() <-chan struct{} { return r.done }
 
-// Stop ends the run (requests in flight are cut short and not counted),
-// waits for every worker and returns the result. It may be called more
-// than once.
+// Stop ends the run: no new request starts, every request in flight
+// finishes (within Timeout) and counts. It waits for the workers and
+// returns the result, and may be called more than once.
 func (r *Run) Stop() Result {
 	r.mu.Lock()
 	select {
@@ -235,7 +253,7 @@ func (r *Run) Stop() Result {
 		r.stopped = true
 	}
 	r.mu.Unlock()
-	r.cancel()
+	r.once.Do(func() { close(r.stop) })
 	<-r.done
 	return r.Snapshot()
 }
@@ -271,6 +289,41 @@ func cloneMap[K comparable, V any](m map[K]V) map[K]V {
 	return c
 }
 
+// pacer hands out one request start every 1/rate seconds until the run
+// stops.
+func (r *Run) pacer(ctx context.Context, rate float64) {
+	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.stop:
+			return
+		case <-tick.C:
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.stop:
+			return
+		case r.pace <- struct{}{}:
+		}
+	}
+}
+
+// running reports whether new requests may start.
+func (r *Run) running(ctx context.Context) bool {
+	select {
+	case <-r.stop:
+		return false
+	case <-ctx.Done():
+		return false
+	default:
+		return true
+	}
+}
+
 // take reserves the next request, false once MaxRequests were sent.
 func (r *Run) take(max int) bool {
 	r.mu.Lock()
@@ -288,10 +341,21 @@ func (r *Run) work(ctx context.Context, client *http.Client, o Options) {
 		pause = time.NewTimer(0)
 		defer pause.Stop()
 	}
-	for ctx.Err() == nil && r.take(o.MaxRequests) {
+	for r.running(ctx) && r.take(o.MaxRequests) {
+		if r.pace != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.stop:
+				return
+			case <-r.pace:
+			}
+		}
 		if pause != nil {
 			select {
 			case <-ctx.Done():
+				return
+			case <-r.stop:
 				return
 			case <-pause.C:
 			}
@@ -300,7 +364,7 @@ func (r *Run) work(ctx context.Context, client *http.Client, o Options) {
 		began := time.Now()
 		release, fail := get(ctx, client, o.URL)
 		if ctx.Err() != nil && fail != nil {
-			return // cut short by the end of the run: not the site's doing
+			return // cut short by the caller's context: not the site's doing
 		}
 		r.record(time.Since(began), began.Sub(r.start), release, fail)
 	}

@@ -177,3 +177,84 @@ func TestStopAndMaxDuration(t *testing.T) {
 		t.Errorf("bounded run: %s", res)
 	}
 }
+
+// TestStopCountsRequestsInFlight: Stop lets the request in flight finish
+// and counts it (a deploy's last moments are not left unobserved); the end
+// of the caller's context cuts it short and leaves it out.
+func TestStopCountsRequestsInFlight(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var once sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		http.Error(w, "restarting", http.StatusBadGateway)
+	}))
+	defer srv.Close()
+	defer once.Do(func() { close(release) })
+
+	run := Start(context.Background(), Options{URL: srv.URL, Workers: 1, MaxDuration: 30 * time.Second})
+	<-entered
+	stopped := make(chan Result, 1)
+	go func() { stopped <- run.Stop() }()
+	select {
+	case res := <-stopped:
+		t.Fatalf("Stop returned with a request in flight: %s", res)
+	case <-time.After(100 * time.Millisecond):
+	}
+	once.Do(func() { close(release) })
+	res := <-stopped
+	if res.Total != 1 || res.Status[502] != 1 || res.Ended != "stopped" {
+		t.Errorf("the request in flight at Stop: %s", res)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	release2 := make(chan struct{})
+	defer close(release2)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release2:
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	run = Start(ctx, Options{URL: slow.URL, Workers: 1, MaxDuration: 30 * time.Second})
+	<-entered
+	cancel()
+	if res := run.Wait(); res.Total != 0 || res.Ended != "context canceled" {
+		t.Errorf("a request cut short by the context: %s", res)
+	}
+}
+
+// TestRateIsAnOpenLoop: with Rate, slow answers do not hold back the
+// requests that follow: 1 s at 200/s against a server that answers in
+// 100 ms makes about 200 requests, where one closed-loop worker makes 10.
+func TestRateIsAnOpenLoop(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+		app("a")(w, r)
+	}))
+	defer srv.Close()
+	res := Start(context.Background(), Options{URL: srv.URL, Workers: 64, Rate: 200, MaxDuration: time.Second}).Wait()
+	if res.Ended != "max duration" || res.Total < 100 || res.Total > 230 || res.Failed() != 0 {
+		t.Errorf("open loop at 200/s for 1s: %s", res)
+	}
+	closed := Start(context.Background(), Options{URL: srv.URL, Workers: 1, MaxDuration: time.Second}).Wait()
+	if closed.Total > 12 {
+		t.Errorf("one closed-loop worker made %d requests of 100 ms in 1 s", closed.Total)
+	}
+}
