@@ -5,13 +5,13 @@ package test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drover/drover/internal/testenv/apptest"
 )
 
 // TestCancelKeepsAppServing: Ctrl-C while after_activate hooks run, in the
@@ -76,18 +76,5 @@ func TestCancelKeepsAppServing(t *testing.T) {
 
 // stopApp kills the processes host i's PID files name, as a crash would.
 func stopApp(p *push, i int) {
-	dir := p.fleet.Hosts[i].Path(deployTo + "/shared/pids")
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue
-		}
-		var rec struct {
-			PID int `json:"pid"`
-		}
-		if json.Unmarshal(data, &rec) == nil && rec.PID > 1 {
-			_ = syscall.Kill(-rec.PID, syscall.SIGKILL)
-		}
-	}
+	apptest.StopPIDs(p.fleet.Hosts[i].Path(deployTo + "/shared/pids"))
 }
