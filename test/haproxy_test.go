@@ -22,7 +22,7 @@ import (
 // HAProxy from Debian in the root namespace, in front of the fleet's app
 // port on every host's namespace address. It is the one seam to swap for
 // internal/testenv/haproxytest once that lands: startHAProxy, URL, Socket,
-// Backend, servers and setState are all the tests use.
+// Backend, servers, waitServers and retries are all the tests use.
 
 // haproxyBin is Debian's HAProxy (scripts/test-deps.sh installs it).
 const haproxyBin = "haproxy"
@@ -274,16 +274,6 @@ func (h *haproxyFront) waitServers(t testing.TB, within time.Duration, what stri
 			t.Fatalf("haproxy: timed out after %s waiting for %s; servers %v", within, what, last)
 		case <-tick.C:
 		}
-	}
-}
-
-// setState sets a server's admin state (ready, drain, maint) as an
-// operator would.
-func (h *haproxyFront) setState(t testing.TB, server, state string) {
-	t.Helper()
-	out, err := h.admin(fmt.Sprintf("set server %s/%s state %s", h.Backend, server, state))
-	if err != nil || strings.TrimSpace(out) != "" {
-		t.Fatalf("haproxy set server %s/%s state %s: %v %s", h.Backend, server, state, err, out)
 	}
 }
 

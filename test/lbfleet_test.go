@@ -5,6 +5,7 @@ package test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -233,7 +234,11 @@ func (f *lbFleet) deployUnderLoad(t testing.TB, what string, args ...string) und
 	run := f.startLoad(t)
 	before := f.hap.retries(t)
 	var u underLoad
-	u.rep, u.run = f.deployJSON(args...)
+	u.run = f.drover(append([]string{"deploy", env, "-o", "json"}, args...)...)
+	// A deploy refused before it starts may print no report.
+	if err := json.Unmarshal([]byte(u.run.stdout), &u.rep); err != nil && u.run.code == 0 {
+		t.Fatalf("deploy -o json: %v\n%s", err, u.run)
+	}
 	f.hap.waitServers(t, 30*time.Second, "the hosts that served before the deploy to serve again", func(s serverStat) bool {
 		return !serving[s.Name] || s.Serving()
 	})
