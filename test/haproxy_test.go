@@ -20,12 +20,14 @@ import (
 
 // This file is a minimal real-HAProxy starter for the zero-downtime tests:
 // HAProxy from Debian in the root namespace, in front of the fleet's app
-// port on every host's namespace address. It is the one seam to swap for
-// internal/testenv/haproxytest once that lands: startHAProxy, URL, Socket,
-// Backend, servers, waitServers and retries are all the tests use.
+// port on every host's namespace address. startHAProxy, backendServer and
+// haproxyFront's URL, Socket and Backend mirror internal/testenv/haproxytest
+// (Start, Server, HAProxy) and its haproxy.cfg, so that swapping to it once
+// it lands changes newLBFleet alone; hapStats reads HAProxy's view through
+// the runtime socket of either.
 
-// haproxyBin is Debian's HAProxy (scripts/test-deps.sh installs it).
-const haproxyBin = "haproxy"
+// haproxyBin is Debian's HAProxy (make deps installs it).
+const haproxyBin = "/usr/sbin/haproxy"
 
 // Health checking as the tests configure it: a server is UP after rise
 // good checks inter apart, DOWN after fall bad ones.
@@ -36,15 +38,15 @@ const (
 )
 
 // backendServer is one server line: its name (the host's member name in
-// drover.yml) and the address HAProxy connects to.
+// drover.yml) and the address HAProxy connects to (haproxytest.Server).
 type backendServer struct {
 	Name string
 	Addr string // ip:port
 }
 
-// haproxyFront is a running HAProxy.
+// haproxyFront is a running HAProxy (haproxytest.HAProxy).
 type haproxyFront struct {
-	URL     string // http://127.0.0.1:PORT/ of the frontend
+	URL     string // http://127.0.0.1:PORT of the frontend
 	Socket  string // the runtime API socket, level admin
 	Backend string // the backend holding the fleet's servers
 	cfg     string
@@ -52,22 +54,27 @@ type haproxyFront struct {
 }
 
 // startHAProxy runs HAProxy with a frontend on a free 127.0.0.1 port and
-// one backend of servers, health-checked with GET /healthz, its admin
-// socket at socket. It stops HAProxy when the test ends.
-func startHAProxy(t testing.TB, socket, backend string, servers []backendServer) *haproxyFront {
+// one backend of servers, health-checked with GET /healthz, and an admin
+// socket. It stops HAProxy when the test ends, and skips the test when
+// HAProxy is not installed.
+func startHAProxy(t testing.TB, backend string, servers []backendServer) *haproxyFront {
 	t.Helper()
-	if _, err := exec.LookPath(haproxyBin); err != nil {
-		if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
-			t.Skipf("haproxy not installed (scripts/test-deps.sh installs it from Debian): %v", err)
-		}
+	if _, err := os.Stat(haproxyBin); err != nil {
+		t.Skipf("haproxy not installed (make deps installs it from Debian): %v", err)
 	}
-	dir := t.TempDir()
-	h := &haproxyFront{Socket: socket, Backend: backend, cfg: filepath.Join(dir, "haproxy.cfg"), log: filepath.Join(dir, "haproxy.log")}
+	// A unix socket path must stay under 108 bytes: not in a test's
+	// TempDir, whose name grows with the test's.
+	dir, err := os.MkdirTemp("", "drover-hap-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	h := &haproxyFront{Socket: filepath.Join(dir, "admin.sock"), Backend: backend, cfg: filepath.Join(dir, "haproxy.cfg"), log: filepath.Join(dir, "haproxy.log")}
 	var last error
 	for range 3 { // another process may take the free port before HAProxy binds it
 		port := apptest.FreePorts(t, 1)[0]
-		h.URL = fmt.Sprintf("http://127.0.0.1:%d/", port)
-		writeFile(t, h.cfg, haproxyConfig(port, socket, backend, servers))
+		h.URL = fmt.Sprintf("http://127.0.0.1:%d", port)
+		writeFile(t, h.cfg, haproxyConfig(port, h.Socket, backend, servers))
 		if last = h.start(t, port); last == nil {
 			return h
 		}
@@ -79,23 +86,23 @@ func startHAProxy(t testing.TB, socket, backend string, servers []backendServer)
 	return nil
 }
 
-// haproxyConfig is Debian's stock defaults (no redispatch, 3 retries)
-// plus one frontend and one health-checked backend.
+// haproxyConfig is haproxytest's: one frontend, one backend health
+// checked every hapInter, two connection retries, redispatched to another
+// server.
 func haproxyConfig(port int, socket, backend string, servers []backendServer) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `# written by drover's zero-downtime tests
 global
-  nbthread 1
-  maxconn 2000
   stats socket %s mode 600 level admin
-  stats timeout 1m
+  stats timeout 30s
 
 defaults
   mode http
-  option dontlognull
-  timeout connect 5s
+  timeout connect 2s
   timeout client 30s
   timeout server 30s
+  option redispatch
+  retries 2
 
 frontend web
   bind 127.0.0.1:%d
@@ -104,10 +111,10 @@ frontend web
 backend %s
   balance roundrobin
   option httpchk GET /healthz
-  default-server inter %dms rise %d fall %d
+  default-server check inter %[5]dms fastinter %[5]dms downinter %[5]dms rise %[6]d fall %[7]d
 `, socket, port, backend, backend, hapInter.Milliseconds(), hapRise, hapFall)
 	for _, s := range servers {
-		fmt.Fprintf(&b, "  server %s %s check\n", s.Name, s.Addr)
+		fmt.Fprintf(&b, "  server %s %s\n", s.Name, s.Addr)
 	}
 	return b.String()
 }
@@ -144,7 +151,7 @@ func (h *haproxyFront) start(t testing.TB, port int) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		_, serr := h.admin("show info")
+		_, serr := h.stats().admin("show info")
 		c, derr := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
 		if derr == nil {
 			c.Close()
@@ -165,7 +172,7 @@ func (h *haproxyFront) start(t testing.TB, port int) error {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			if st, err := h.admin("show stat"); err == nil {
+			if st, err := h.stats().admin("show stat"); err == nil {
 				t.Logf("haproxy show stat at the end:\n%s", st)
 			}
 			b, _ := os.ReadFile(h.log)
@@ -181,8 +188,17 @@ func mustRead(path string) string {
 	return string(b)
 }
 
+// stats returns the view of h through its runtime socket.
+func (h *haproxyFront) stats() hapStats { return hapStats{Socket: h.Socket, Backend: h.Backend} }
+
+// hapStats reads one backend's state through HAProxy's runtime socket.
+type hapStats struct {
+	Socket  string
+	Backend string
+}
+
 // admin sends one command to the runtime API and returns its answer.
-func (h *haproxyFront) admin(command string) (string, error) {
+func (h hapStats) admin(command string) (string, error) {
 	c, err := net.DialTimeout("unix", h.Socket, 2*time.Second)
 	if err != nil {
 		return "", err
@@ -218,7 +234,7 @@ type serverStat struct {
 func (s serverStat) Serving() bool { return s.Status == "UP" && s.Weight > 0 }
 
 // servers returns the backend's servers by name.
-func (h *haproxyFront) servers(t testing.TB) map[string]serverStat {
+func (h hapStats) servers(t testing.TB) map[string]serverStat {
 	t.Helper()
 	out, err := h.admin("show stat")
 	if err != nil {
@@ -253,7 +269,7 @@ func (h *haproxyFront) servers(t testing.TB) map[string]serverStat {
 }
 
 // waitServers waits until every server satisfies cond.
-func (h *haproxyFront) waitServers(t testing.TB, within time.Duration, what string, cond func(serverStat) bool) {
+func (h hapStats) waitServers(t testing.TB, within time.Duration, what string, cond func(serverStat) bool) {
 	t.Helper()
 	var last map[string]serverStat
 	deadline := time.NewTimer(within)
@@ -278,7 +294,7 @@ func (h *haproxyFront) waitServers(t testing.TB, within time.Duration, what stri
 }
 
 // retries sums Retries over the backend's servers.
-func (h *haproxyFront) retries(t testing.TB) int {
+func (h hapStats) retries(t testing.TB) int {
 	t.Helper()
 	n := 0
 	for _, s := range h.servers(t) {

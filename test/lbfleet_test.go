@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -44,9 +43,10 @@ type lbOptions struct {
 // lbFleet is a push fleet serving release v1 behind a running HAProxy.
 type lbFleet struct {
 	*push
-	hap    *haproxyFront
-	socket string
-	v1     string // the release every host serves when newLBFleet returns
+	url    string   // HAProxy's frontend: GET it as a user would
+	hap    hapStats // HAProxy's own view of the backend
+	socket string   // HAProxy's admin socket, for drover.yml
+	v1     string   // the release every host serves when newLBFleet returns
 }
 
 // newLBFleet starts the fleet, deploys v1 with the default strategy and no
@@ -69,14 +69,7 @@ func newLBFleet(t testing.TB, o lbOptions) *lbFleet {
 			"chmod +x bin/hello")
 	}
 	p := newPush(t, appOptions{Hosts: o.Hosts, Roles: roles, Listen: "0.0.0.0", Prepare: prepare})
-	// A unix socket path must stay under 108 bytes: not in a test's
-	// TempDir, whose name grows with the test's.
-	dir, err := os.MkdirTemp("", "drover-hap-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &lbFleet{push: p, socket: filepath.Join(dir, "admin.sock")}
+	f := &lbFleet{push: p}
 
 	rep, r := p.deployJSON()
 	if r.code != 0 {
@@ -87,7 +80,8 @@ func newLBFleet(t testing.TB, o lbOptions) *lbFleet {
 	for i, h := range p.fleet.Hosts {
 		servers = append(servers, backendServer{Name: p.names[i], Addr: net.JoinHostPort(h.Addr, strconv.Itoa(webPort))})
 	}
-	f.hap = startHAProxy(t, f.socket, lbBackend, servers)
+	h := startHAProxy(t, lbBackend, servers)
+	f.url, f.socket, f.hap = h.URL+"/", h.Socket, hapStats{Socket: h.Socket, Backend: h.Backend}
 	f.waitAllServing(t)
 	return f
 }
@@ -133,7 +127,7 @@ func (f *lbFleet) commitEnv(msg, strategy string, balancer bool, files map[strin
 func (f *lbFleet) startLoad(t testing.TB) *loadgen.Run {
 	t.Helper()
 	run := loadgen.Start(context.Background(), loadgen.Options{
-		URL: f.hap.URL, Workers: 128, Rate: 100, Timeout: 5 * time.Second,
+		URL: f.url, Workers: 128, Rate: 100, Timeout: 5 * time.Second,
 		MaxRequests: 20000, MaxDuration: 100 * time.Second,
 	})
 	t.Cleanup(func() { run.Stop() })
@@ -160,7 +154,7 @@ func stopLoad(t testing.TB, run *loadgen.Run, what string) loadgen.Result {
 func (f *lbFleet) wantAnswers(t testing.TB, releases ...string) {
 	t.Helper()
 	res := loadgen.Start(context.Background(), loadgen.Options{
-		URL: f.hap.URL, Workers: 2, MaxRequests: 40, Timeout: 5 * time.Second, MaxDuration: 30 * time.Second,
+		URL: f.url, Workers: 2, MaxRequests: 40, Timeout: 5 * time.Second, MaxDuration: 30 * time.Second,
 	}).Wait()
 	if res.Total != 40 || res.Failed() != 0 {
 		t.Errorf("after the deploy, 40 requests through haproxy: %s", res)

@@ -43,6 +43,26 @@ func TestTwoPhaseBehindHAProxyLosesRequests(t *testing.T) {
 	f.wantAnswers(t, last)
 }
 
+// TestSerialWithoutDrainFailsTheNoLossCheck: the same one-host-at-a-time
+// deploy as rolling, batch 1, but with no load balancer named, so no drain
+// (today's serial strategy): HAProxy keeps sending requests to each host
+// while it restarts. Its retries and redispatches may hide the failures
+// from the load, but not from its own counters: the check the rolling
+// tests make (wantNoLoss) must fail.
+func TestSerialWithoutDrainFailsTheNoLossCheck(t *testing.T) {
+	f := newLBFleet(t, lbOptions{Boot: appBoot})
+	f.commitEnv("v2", "{type: serial}", false, nil)
+	u := f.deployUnderLoad(t, "the serial deploy without drain")
+	if u.run.code != 0 {
+		t.Fatalf("serial deploy: %s", u.run)
+	}
+	if u.load.Failed() == 0 && u.retries == 0 {
+		t.Errorf("a serial deploy without drain behind haproxy neither lost a request nor made haproxy retry one: the rolling tests' check cannot fail: %s", u.load)
+	}
+	f.wantServing(u.rep.Release)
+	f.wantAnswers(t, u.rep.Release)
+}
+
 // rollingLB is the agreed rolling strategy of the zero-downtime tests.
 const rollingLB = "{type: rolling, batch: 1, min_healthy: 3}"
 
