@@ -4,6 +4,7 @@ package test
 
 import (
 	"fmt"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -59,6 +60,43 @@ func TestSerialWithoutDrainFailsTheNoLossCheck(t *testing.T) {
 	if u.load.Failed() == 0 && u.retries == 0 {
 		t.Errorf("a serial deploy without drain behind haproxy neither lost a request nor made haproxy retry one: the rolling tests' check cannot fail: %s", u.load)
 	}
+	f.wantServing(u.rep.Release)
+	f.wantAnswers(t, u.rep.Release)
+}
+
+// TestSerialWithHookDrainsLosesNothing calibrates the no-loss check the
+// other way: the same serial deploy, with before_activate and
+// after_activate hooks that drain the host in HAProxy, wait until its
+// sessions reach zero, and after the restart set it ready and wait until
+// HAProxy reports it UP (what a team does by hand today), passes it: no
+// failure, no HAProxy retry.
+func TestSerialWithHookDrainsLosesNothing(t *testing.T) {
+	if _, err := exec.LookPath("socat"); err != nil {
+		t.Skipf("socat not installed (make deps installs it): %v", err)
+	}
+	f := newLBFleet(t, lbOptions{Boot: appBoot})
+	api := func(cmd string) string { return fmt.Sprintf(`echo "%s" | socat - UNIX-CONNECT:%s`, cmd, f.socket) }
+	// "STATUS SESSIONS" of this host's server in show stat.
+	state := api("show stat") + ` | awk -F, -v s="$DROVER_HOST" '$1=="` + lbBackend + `" && $2==s {print $18, $5}'`
+	until := func(cond string) string {
+		return `i=0; until ` + cond + `; do i=$((i+1)); if [ $i -gt 400 ]; then echo "haproxy: $(` + state + `)" >&2; exit 9; fi; sleep 0.05; done`
+	}
+	hooks := fmt.Sprintf("  before_activate: %s\n  after_activate: %s\n",
+		yamlList([]string{api("set server " + lbBackend + "/$DROVER_HOST state drain"), until(`[ "$(` + state + `)" = "DRAIN 0" ]`)}),
+		yamlList([]string{api("set server " + lbBackend + "/$DROVER_HOST state ready"), until(`[ "$(` + state + ` | cut -d' ' -f1)" = UP ]`)}))
+	y := f.repo.Git("show", "HEAD:drover.yml")
+	if !strings.Contains(y, "\nservices:\n") {
+		t.Fatalf("drover.yml has no services: to add hooks before:\n%s", y)
+	}
+	y = strings.Replace(y, "\nservices:\n", "\n"+hooks+"services:\n", 1)
+	f.repo.Commit("hooks drain", map[string]string{"drover.yml": y})
+	f.commitEnv("v2", "{type: serial}", false, nil)
+
+	u := f.deployUnderLoad(t, "the serial deploy with drain hooks")
+	if u.run.code != 0 {
+		t.Fatalf("serial deploy with drain hooks: %s", u.run)
+	}
+	wantNoLoss(t, "the serial deploy with drain hooks", u)
 	f.wantServing(u.rep.Release)
 	f.wantAnswers(t, u.rep.Release)
 }
