@@ -61,7 +61,7 @@ func newLBFleet(t testing.TB, o lbOptions) *lbFleet {
 	for i := range o.Hosts {
 		roles[i] = []string{"web"}
 	}
-	prepare := o.Prepare
+	prepare := slices.Clone(o.Prepare)
 	if o.Boot > 0 {
 		// bin/hello becomes a script that waits, then execs the app.
 		prepare = append(prepare, "mv bin/hello bin/hello.real",
