@@ -120,7 +120,7 @@ func newPush(t testing.TB, o appOptions) *push {
 		if o.Listen != "" {
 			start += " --addr " + o.Listen
 		}
-		fmt.Fprintf(&y, "services:\n  web:\n    start: %s\n    ports: [%d]\n    health: {http: \"http://127.0.0.1:{{port}}/healthz\", timeout: 15s}\n    stop_grace: 5s\n", start, webPort)
+		fmt.Fprintf(&y, "services:\n  web:\n    start: %s\n    ports: [%d]\n    health: {http: \"http://127.0.0.1:{{port}}/healthz\", timeout: 15s}\n    stop_grace: %s\n", start, webPort, o.StopGrace)
 		if o.Socket {
 			y.WriteString("    socket: true\n    bind: 127.0.0.1\n")
 		}
