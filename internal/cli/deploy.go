@@ -11,6 +11,7 @@ import (
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
+	"github.com/drover/drover/internal/transport"
 )
 
 // DeployOptions are the inputs of `drover deploy`, `prepare` and `activate`.
@@ -100,7 +101,7 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	defer set.Close()
 	switch verb {
 	case "activate":
-		hosts := rollout.Releases(ctx, e.plan, set.Targets)
+		hosts := rollout.Releases(ctx, e.plan, set.Targets())
 		var missing []string
 		for _, h := range hosts {
 			found := false
@@ -121,7 +122,7 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 			return nil, err
 		}
 	case "resume":
-		id, commit, spec, err := rollout.Resumable(rollout.Releases(ctx, e.plan, set.Targets))
+		id, commit, spec, err := rollout.Resumable(rollout.Releases(ctx, e.plan, set.Targets()))
 		if err != nil {
 			return nil, err
 		}
@@ -137,10 +138,10 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	}
 	if o.IO.Output != "json" {
 		fmt.Fprintf(o.IO.Out, "%s %s %s to %s: release %s (commit %s), %d hosts, strategy %s\n",
-			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Targets), e.plan.Strategy)
+			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Nodes), e.plan.Strategy)
 	}
 	rep, err := observe(&o.Common, e, e.plan.ID, func(obs rollout.Observer) (*rollout.Report, error) {
-		return rollout.Deploy(ctx, e.plan, set.Targets, obs)
+		return rollout.Deploy(ctx, e.plan, set.Targets(), obs)
 	})
 	if err == nil && verb == "prepare" && o.IO.Output != "json" {
 		// Seed 003's private release: say where it is and how to go on.
@@ -202,7 +203,7 @@ func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) 
 		return nil, err
 	}
 	defer set.Close()
-	hosts := rollout.Releases(ctx, e.plan, set.Targets)
+	hosts := rollout.Releases(ctx, e.plan, set.Targets())
 	to, err := rollout.RollbackTarget(hosts, o.To)
 	if err != nil {
 		return nil, err
@@ -213,10 +214,10 @@ func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) 
 	}
 	e.plan.ID, e.plan.Lease, e.plan.Command = to, o.Lease, "rollback "+e.env.Name
 	if o.IO.Output != "json" {
-		fmt.Fprintf(o.IO.Out, "rollback %s %s to %s on %d hosts\n", e.app.App, e.env.Name, to, len(set.Targets))
+		fmt.Fprintf(o.IO.Out, "rollback %s %s to %s on %d hosts\n", e.app.App, e.env.Name, to, len(set.Nodes))
 	}
 	return observe(&o.Common, e, to, func(obs rollout.Observer) (*rollout.Report, error) {
-		return rollout.Rollback(ctx, e.plan, set.Targets, obs)
+		return rollout.Rollback(ctx, e.plan, set.Targets(), obs)
 	})
 }
 
@@ -237,17 +238,17 @@ func Unlock(ctx context.Context, o *LockOptions) error {
 }
 
 func lockVerb(ctx context.Context, o *LockOptions, op string) error {
-	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
+	return withHosts(ctx, &o.Common, func(e *env, nodes []*transport.Node) error {
 		cmd := "drover lock"
 		if o.Reason != "" {
 			cmd += ": " + o.Reason
 		}
 		holder := &lock.Holder{Owner: e.plan.By, Command: cmd}
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Holder = op, holder }, nil)
+		resps := transport.Each(ctx, e.plan, nodes, func(r *node.Request) { r.Op, r.Holder = op, holder }, nil)
 		failed := 0
-		for i, t := range targets {
+		for i, t := range nodes {
 			resp := resps[i]
-			name := t.Host().Name
+			name := t.Name()
 			switch {
 			case !resp.OK:
 				failed++
@@ -261,7 +262,7 @@ func lockVerb(ctx context.Context, o *LockOptions, op string) error {
 			}
 		}
 		if failed > 0 {
-			return fmt.Errorf("%d of %d hosts failed", failed, len(targets))
+			return fmt.Errorf("%d of %d hosts failed", failed, len(nodes))
 		}
 		return nil
 	})

@@ -19,16 +19,8 @@ import (
 
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/lock"
-	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 )
-
-// Target is one host a rollout moves to a release.
-type Target interface {
-	node.Conn
-	// Host is the host's entry in drover.yml.
-	Host() *config.Host
-}
 
 // Observer receives a rollout's progress. Calls come from many goroutines.
 type Observer interface {
@@ -160,49 +152,55 @@ func (r *run) finish(rep *Report) {
 func (r *run) result(t Target) *HostResult {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	name := t.Host().Name
+	name := t.Name()
 	if r.results[name] == nil {
 		r.results[name] = &HostResult{Host: name, State: StateOK}
 	}
 	return r.results[name]
 }
 
-func (r *run) request(t Target, op string) *node.Request {
-	h := t.Host()
+// call is what every request of the run carries to t.
+func (r *run) call(t Target) Call {
+	name := t.Name()
 	r.mu.Lock()
-	token := r.tokens[h.Name]
+	token := r.tokens[name]
 	r.mu.Unlock()
-	return &node.Request{Op: op, App: r.plan.App, Env: r.plan.Env.Name, Host: h.Name, Roles: h.Roles, Token: token,
-		ID: r.plan.ID, Commit: r.plan.Commit, Spec: r.plan.Spec, By: r.plan.By, Export: r.plan.Export}
+	return r.plan.call(token, func(ev release.Event) { r.obs.Event(name, ev) })
 }
 
-// call runs req on t and records a failure in t's result.
-func (r *run) call(ctx context.Context, t Target, phase string, req *node.Request) (*node.Response, bool) {
-	name := t.Host().Name
+// call is what a request of plan carries to a node holding token.
+func (p *Plan) call(token int64, events func(release.Event)) Call {
+	return Call{App: p.App, Env: p.Env.Name, Release: p.ID, Commit: p.Commit, Spec: p.Spec, By: p.By, Export: p.Export, Token: token, Events: events}
+}
+
+// do runs op on t in phase and records a failure in t's result. op gets
+// the Call the request carries.
+func (r *run) do(ctx context.Context, t Target, phase string, op func(context.Context, Call) error) bool {
 	if err := ctx.Err(); err != nil {
 		// Interrupted before this host was asked: it was not touched.
 		res := r.result(t)
 		res.Phase, res.State, res.Error = phase, StateFailed, "interrupted before "+phase+": "+err.Error()
-		return nil, false
+		return false
 	}
-	resp, err := node.Call(ctx, t, req, func(ev release.Event) { r.obs.Event(name, ev) })
+	err := op(ctx, r.call(t))
 	res := r.result(t)
 	res.Phase = phase
+	var ne *NodeError
 	switch {
-	case err != nil:
+	case err == nil:
+		return true
+	case errors.As(err, &ne):
+		res.State, res.Error, res.Step, res.Tail = StateFailed, ne.Error(), ne.Step, ne.Tail
+		if ne.Serving != nil {
+			res.Release, res.Serving = ne.Serving.Release, ne.Serving
+		}
+	default:
 		res.State, res.Error, res.unknown = StateUnreachable, err.Error(), true
 		if ctx.Err() != nil {
 			res.State, res.Error = StateFailed, "interrupted: "+ctx.Err().Error()
 		}
-	case !resp.OK:
-		res.State, res.Error, res.Step, res.Tail = StateFailed, resp.Error, resp.Step, resp.Tail
-		if resp.Serving != nil {
-			res.Release, res.Serving = resp.Serving.Release, resp.Serving
-		}
-	default:
-		return resp, true
 	}
-	return resp, false
+	return false
 }
 
 // Deploy runs plan on targets and reports per host. It returns an error only
@@ -270,13 +268,11 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 	holder := lock.Holder{Owner: r.plan.By, PID: os.Getpid(), Command: r.plan.Command, Lease: r.plan.Lease}
 	var (
 		mu    sync.Mutex
-		helds []*node.Held
+		helds []Lease
 		errs  []error
 	)
 	lockOne := func(ctx context.Context, t Target) {
-		req := r.request(t, node.OpLock)
-		req.Holder = &holder
-		h, err := node.Hold(ctx, t, req)
+		h, err := t.Lock(ctx, r.call(t), holder)
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -286,12 +282,12 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 			if !errors.As(err, &he) {
 				res.State = StateUnreachable
 			}
-			errs = append(errs, fmt.Errorf("%s: %w", t.Host().Name, err))
+			errs = append(errs, fmt.Errorf("%s: %w", t.Name(), err))
 			return
 		}
 		helds = append(helds, h)
 		r.mu.Lock()
-		r.tokens[t.Host().Name] = h.Holder.Token
+		r.tokens[t.Name()] = h.Token()
 		r.mu.Unlock()
 		go func() {
 			select {
@@ -363,17 +359,13 @@ func (r *run) prepareAll(ctx context.Context) bool {
 	chosen := r.runOnceHosts(config.StagePrepare)
 	r.each(ctx, r.plan.Parallel, func(ctx context.Context, t Target) {
 		start := time.Now()
-		req := r.request(t, node.OpPrepare)
-		req.RunOnce = chosen[t]
-		req.KeepFor = r.plan.KeepFor
-		_, ok := r.call(ctx, t, "prepare", req)
+		r.do(ctx, t, "prepare", func(ctx context.Context, c Call) error {
+			_, err := t.Prepare(ctx, c, chosen[t], r.plan.KeepFor)
+			return err
+		})
 		res := r.result(t)
 		res.Prepare = time.Since(start)
-		if ok {
-			r.obs.Done(t.Host().Name, res)
-		} else {
-			r.obs.Done(t.Host().Name, res)
-		}
+		r.obs.Done(t.Name(), res)
 	})
 	return !r.failed()
 }
@@ -389,10 +381,11 @@ func (r *run) runOnce(ctx context.Context, stage string) bool {
 		if len(hooks) == 0 {
 			continue
 		}
-		req := r.request(t, node.OpHooks)
-		req.Stage, req.RunOnce = stage, hooks
-		if _, ok := r.call(ctx, t, "run_once", req); !ok {
-			r.obs.Done(t.Host().Name, r.result(t))
+		ok := r.do(ctx, t, "run_once", func(ctx context.Context, c Call) error {
+			return t.RunHooks(ctx, c, stage, hooks)
+		})
+		if !ok {
+			r.obs.Done(t.Name(), r.result(t))
 			return false
 		}
 	}
@@ -405,15 +398,18 @@ func (r *run) activate(ctx context.Context) time.Duration {
 	start := time.Now()
 	one := func(ctx context.Context, t Target) {
 		t0 := time.Now()
-		req := r.request(t, node.OpActivate)
-		req.Keep = r.plan.App.KeepReleases // each host cleans up once it runs the release
-		resp, ok := r.call(ctx, t, "activate", req)
+		var sv *release.Serving
+		ok := r.do(ctx, t, "activate", func(ctx context.Context, c Call) (err error) {
+			// Each host cleans up once it runs the release.
+			sv, err = t.Activate(ctx, c, r.plan.App.KeepReleases)
+			return err
+		})
 		res := r.result(t)
 		res.Activate = time.Since(t0)
 		if ok {
-			res.Release, res.Serving = resp.Active, &release.Serving{Release: resp.Active, Healthy: true}
+			res.Release, res.Serving = sv.Release, sv
 		}
-		r.obs.Done(t.Host().Name, res)
+		r.obs.Done(t.Name(), res)
 	}
 	switch r.plan.Strategy {
 	case config.StrategySerial, config.StrategyRolling:
