@@ -119,7 +119,7 @@ func loadEnv(c *Common) (*env, error) {
 		}
 		e = &filtered
 	}
-	plan := &rollout.Plan{App: app, Env: e, By: rollout.Deployer(), Strategy: e.Strategy.Type, Batch: e.Strategy.Batch, Parallel: e.Strategy.Parallel}
+	plan := &rollout.Plan{App: app, Env: e, By: rollout.Deployer(), Strategy: e.Strategy, Fleet: len(app.Environments[c.Env].Hosts), Parallel: e.Strategy.Parallel}
 	return &env{app: app, env: e, plan: plan}, nil
 }
 

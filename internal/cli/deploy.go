@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/lb"
 	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
@@ -59,10 +61,14 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	}
 	if o.Strategy != "" {
 		switch o.Strategy {
-		case config.StrategyTwoPhase, config.StrategySerial, config.StrategyRolling:
-			e.plan.Strategy = o.Strategy
+		case config.StrategyAllAtOnce, config.StrategyTwoPhase:
+			e.plan.Strategy.Type = config.StrategyAllAtOnce
+		case config.StrategySerial, config.StrategyRolling:
+			// The environment's rolling settings (min_healthy, max_fail...)
+			// still hold; serial is rolling one host at a time.
+			e.plan.Strategy.Type = o.Strategy
 		default:
-			return nil, &UsageError{fmt.Errorf("unknown --strategy %q; use two-phase, serial or rolling", o.Strategy)}
+			return nil, &UsageError{fmt.Errorf("unknown --strategy %q; use all-at-once (or two-phase), rolling or serial", o.Strategy)}
 		}
 	}
 	if o.Parallel > 0 {
@@ -93,6 +99,15 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 			return nil, &UsageError{err}
 		}
 		e.plan.ID, e.plan.ActivateOnly = o.Release, true
+	}
+	if e.env.LoadBalancer != nil && verb != "prepare" {
+		// A failure to reach the load balancer stops the deploy before any
+		// host is touched.
+		b, err := openBalancer(ctx, e.env.LoadBalancer)
+		if err != nil {
+			return nil, fmt.Errorf("%s: environments.%s.load_balancer: %w; nothing was changed", e.app.Path, e.env.Name, err)
+		}
+		e.plan.Balancer = b
 	}
 	set, err := e.open(ctx, &o.Common)
 	if err != nil {
@@ -138,7 +153,7 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	}
 	if o.IO.Output != "json" {
 		fmt.Fprintf(o.IO.Out, "%s %s %s to %s: release %s (commit %s), %d hosts, strategy %s\n",
-			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Nodes), e.plan.Strategy)
+			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Nodes), e.plan.Strategy.Type)
 	}
 	rep, err := observe(&o.Common, e, e.plan.ID, func(obs rollout.Observer) (*rollout.Report, error) {
 		return rollout.Deploy(ctx, e.plan, set.Targets(), obs)
@@ -152,6 +167,12 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		fmt.Fprintf(o.IO.Out, "\nrun a command in it: cd there on a host, or activate it: drover activate %s %s\n", e.env.Name, e.plan.ID)
 	}
 	return rep, err
+}
+
+// openBalancer builds the load balancer an environment names. The backends
+// (internal/lb/lbopen) are not part of this branch.
+func openBalancer(ctx context.Context, c *config.LoadBalancer) (lb.Balancer, error) {
+	return nil, errors.New("load_balancer: not built in this branch")
 }
 
 // checkLease refuses a --lock-lease the deploy lock cannot work with.

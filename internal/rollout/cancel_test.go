@@ -25,7 +25,7 @@ func TestInterruptedActivateSummarySaysWhatRuns(t *testing.T) {
 	targets := []rollout.Target{rootedTarget(apptest.DroverBinary(t), env.Hosts[0], a.DeployTo)}
 	plan := func(commit string, n int) *rollout.Plan {
 		return &rollout.Plan{App: a.Config, Env: env, ID: release.NewID(time.Unix(int64(n)*1000, 0), commit), Commit: commit,
-			Spec: "branch:main", By: "test@here", Strategy: config.StrategyTwoPhase, Lease: 10 * time.Second}
+			Spec: "branch:main", By: "test@here", Strategy: config.Strategy{Type: config.StrategyAllAtOnce}, Lease: 10 * time.Second}
 	}
 	first := plan(a.Repo.Head(), 1)
 	if rep, err := rollout.Deploy(context.Background(), first, targets, &nopObserver{}); err != nil || !rep.OK() {

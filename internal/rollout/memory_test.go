@@ -47,7 +47,7 @@ func newMemFleet(t *testing.T, n int, strategy string) *memFleet {
 		h.Start("R1")
 	}
 	f.plan = &rollout.Plan{App: app, Env: env, ID: "R2", Commit: "c2", Spec: "branch:main", By: "test@here",
-		Strategy: env.Strategy.Type, Batch: env.Strategy.Batch, Lease: 10 * time.Second}
+		Strategy: env.Strategy, Fleet: len(env.Hosts), Lease: 10 * time.Second}
 	return f
 }
 

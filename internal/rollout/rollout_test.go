@@ -102,7 +102,7 @@ func newFleet(t *testing.T, n int, extraHooks string) *fleet {
 
 func (f *fleet) plan(commit string, n int) *rollout.Plan {
 	return &rollout.Plan{App: f.app.Config, Env: f.env, ID: release.NewID(time.Unix(int64(n)*1000, 0), commit), Commit: commit,
-		Spec: "branch:main", By: "test@here", Strategy: config.StrategyTwoPhase, Lease: 10 * time.Second}
+		Spec: "branch:main", By: "test@here", Strategy: config.Strategy{Type: config.StrategyAllAtOnce}, Lease: 10 * time.Second}
 }
 
 func (f *fleet) current(i int) string {

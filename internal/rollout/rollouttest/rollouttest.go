@@ -290,6 +290,9 @@ func (h *Host) Activate(ctx context.Context, c rollout.Call, keep int) (*release
 	if prev := h.record(before); prev != nil {
 		prev.Status = release.StatusGood
 	}
+	if c.Events != nil {
+		c.Events(release.Event{Kind: release.EventStepEnd, Step: "switch", Time: time.Now()})
+	}
 	r.Status, r.Previous = release.StatusActive, before
 	h.active, h.serving = c.Release, true
 	h.journal.Add("%s activate %s", h.Name(), c.Release)
