@@ -67,9 +67,17 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 			// The environment's rolling settings (min_healthy, max_fail...)
 			// still hold; serial is rolling one host at a time.
 			e.plan.Strategy.Type = o.Strategy
+		case config.StrategyCanary:
+			if e.env.Strategy.Canary == nil {
+				return nil, &UsageError{fmt.Errorf("--strategy canary: environment %s has no strategy.canary in %s (canary: {wait: 5m, command: ...} or {wait: 5m, url: ...}) to decide when the canary is promoted", e.env.Name, e.app.Path)}
+			}
+			e.plan.Strategy.Type = o.Strategy
 		default:
-			return nil, &UsageError{fmt.Errorf("unknown --strategy %q; use all-at-once (or two-phase), rolling or serial", o.Strategy)}
+			return nil, &UsageError{fmt.Errorf("unknown --strategy %q; use all-at-once (or two-phase), rolling, serial or canary", o.Strategy)}
 		}
+	}
+	if e.plan.Strategy.Type == config.StrategyCanary {
+		e.plan.Gate = newCanaryGate(e.plan.Strategy.Canary, o.IO.Err)
 	}
 	if o.Parallel > 0 {
 		e.plan.Parallel = o.Parallel

@@ -123,6 +123,7 @@ const (
 	StrategyTwoPhase  = "two-phase"   // the former name of all-at-once, still accepted
 	StrategySerial    = "serial"      // rolling one host at a time
 	StrategyRolling   = "rolling"     // prepare everywhere, then activate in batches, through the load balancer when there is one
+	StrategyCanary    = "canary"      // rolling that pauses after the first batch until its gate passes
 )
 
 // Strategy says how a rollout activates the hosts of an environment.
@@ -150,10 +151,21 @@ type Strategy struct {
 	// RollbackOnFailure switches every host that moved back when the
 	// rollout stops on failures, through the same drain and enable steps.
 	RollbackOnFailure bool `yaml:"rollback_on_failure" json:"rollback_on_failure,omitempty"`
+	// Canary is the gate of the canary strategy.
+	Canary *Canary `yaml:"canary" json:"canary,omitempty"`
 	// MaxUnavailable is decoded so that Parse can refuse it by line: no
 	// strategy honours it yet.
 	MaxUnavailable int `yaml:"max_unavailable" json:"max_unavailable,omitempty"`
 	Parallel       int `yaml:"parallel" json:"parallel,omitempty"`
+}
+
+// Canary is how a paused canary is promoted: its check (a command that
+// exits 0, or a URL that answers 2xx) must keep passing for Wait; a failure
+// rolls the canary back.
+type Canary struct {
+	Wait    Duration `yaml:"wait" json:"wait"`
+	Command string   `yaml:"command" json:"command,omitempty"`
+	URL     string   `yaml:"url" json:"url,omitempty"`
 }
 
 // DefaultDrainTimeout bounds the wait for a drained host when drain_timeout

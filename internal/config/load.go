@@ -455,7 +455,7 @@ func (v *validator) validateStrategy(p string, e *Environment) {
 	}
 	switch s.Type {
 	case StrategyAllAtOnce:
-		for _, k := range []string{"batch", "min_healthy", "max_fail", "drain_timeout", "min_healthy_time", "rollback_on_failure"} {
+		for _, k := range []string{"batch", "min_healthy", "max_fail", "drain_timeout", "min_healthy_time", "rollback_on_failure", "canary"} {
 			if v.present(sp + "." + k) {
 				v.at(sp+"."+k, "applies to the rolling and serial strategies; all-at-once activates every host at once. Remove it, or set type: rolling")
 			}
@@ -466,16 +466,17 @@ func (v *validator) validateStrategy(p string, e *Environment) {
 			v.at(sp+".batch", "serial activates one host at a time; remove batch, or use type: rolling with batch")
 		}
 		s.Batch = Count(1)
-	case StrategyRolling:
+	case StrategyRolling, StrategyCanary:
 		if !v.present(sp + ".batch") {
 			s.Batch = Count(1)
 		} else if s.Batch.IsZero() {
 			v.at(sp+".batch", "must be at least 1 host (or 1%%)")
 		}
 	default:
-		v.at(sp+".type", "unknown strategy %q; use all-at-once (also called two-phase), rolling or serial", s.Type)
+		v.at(sp+".type", "unknown strategy %q; use all-at-once (also called two-phase), rolling, serial or canary", s.Type)
 		return
 	}
+	v.validateCanary(sp, s)
 	if n == 0 {
 		return
 	}
@@ -496,6 +497,30 @@ func (v *validator) validateStrategy(p string, e *Environment) {
 	}
 	if s.DrainTimeout == 0 {
 		s.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+}
+
+// validateCanary checks the canary gate of strategy sp.
+func (v *validator) validateCanary(sp string, s *Strategy) {
+	if s.Type != StrategyCanary {
+		if s.Canary != nil || v.present(sp+".canary") {
+			v.at(sp+".canary", "applies to type: canary; remove it, or set type: canary")
+		}
+		return
+	}
+	c := s.Canary
+	if c == nil {
+		v.at(sp, "type canary needs canary: {wait: 5m, command: ...} or {wait: 5m, url: ...}: the check that must keep passing before the other hosts follow")
+		return
+	}
+	if c.Wait <= 0 {
+		v.at(sp+".canary", "missing wait: how long the check must keep passing, like wait: 5m")
+	}
+	if c.Command == "" && c.URL == "" {
+		v.at(sp+".canary", "needs command (exits 0 while the canary is good) or url (answers 2xx while it is good)")
+	}
+	if c.URL != "" && !strings.HasPrefix(c.URL, "http://") && !strings.HasPrefix(c.URL, "https://") {
+		v.at(sp+".canary.url", "%q is not an http:// or https:// URL", c.URL)
 	}
 }
 

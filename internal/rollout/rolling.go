@@ -90,67 +90,89 @@ func memberName(t Target) string {
 }
 
 func (s *rolling) activate(ctx context.Context, r *run, rep *Report) {
+	prev, ok := s.start(ctx, r, rep, s.rollback)
+	if !ok {
+		return
+	}
+	var t tally
+	batches := s.batches(r.targets)
+	stop := s.roll(ctx, r, rep, batches, 0, len(batches), &t, prev)
+	s.finish(ctx, r, rep, &t, stop, prev)
+}
+
+// tally is what the batches of a rollout did so far.
+type tally struct {
+	failed []string // hosts that failed
+	moved  []Target // hosts that run the release
+}
+
+// start checks the load balancer and, when hosts may have to be switched
+// back (back, or min_healthy_time), asks each host what it runs now. It
+// reports false when the rollout cannot start (rep.Err says why).
+func (s *rolling) start(ctx context.Context, r *run, rep *Report, back bool) (map[string]string, bool) {
 	rep.MaxFail = s.maxFail
 	if s.lb != nil {
 		if err := s.checkMembers(ctx, r); err != nil {
 			rep.Err = err.Error()
 			r.skipRest("activate")
-			return
+			return nil, false
 		}
 	}
-	var prev map[string]string
-	if s.rollback || (s.lb != nil && s.healthyTime > 0) {
-		prev = s.previous(ctx, r, rep)
+	if back || (s.lb != nil && s.healthyTime > 0) {
+		return s.previous(ctx, r, rep), true
 	}
-	var (
-		failed []string
-		moved  []Target
-		stop   string
-	)
-	batches := s.batches(r.targets)
+	return nil, true
+}
+
+// roll runs batches one after another (numbered from first, of total) and
+// returns why it stopped early, or "".
+func (s *rolling) roll(ctx context.Context, r *run, rep *Report, batches [][]Target, first, total int, t *tally, prev map[string]string) string {
 	for i, b := range batches {
-		if len(batches) > 1 {
-			r.obs.Phase(fmt.Sprintf("activate batch %d/%d", i+1, len(batches)))
+		if total > 1 {
+			r.obs.Phase(fmt.Sprintf("activate batch %d/%d", first+i+1, total))
 		}
 		if err := ctx.Err(); err != nil {
-			stop = "interrupted: " + err.Error()
-			break
+			return "interrupted: " + err.Error()
 		}
 		if err := s.checkHealthy(ctx, r, b); err != nil {
-			stop = err.Error()
-			break
+			return err.Error()
 		}
 		ok := make([]bool, len(b))
 		var wg sync.WaitGroup
-		for j, t := range b {
+		for j, tg := range b {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				ok[j] = s.node(ctx, r, rep, t, prev[t.Name()])
+				ok[j] = s.node(ctx, r, rep, tg, prev[tg.Name()])
 			}()
 		}
 		wg.Wait()
-		for j, t := range b {
+		for j, tg := range b {
 			if ok[j] {
-				moved = append(moved, t)
+				t.moved = append(t.moved, tg)
 			} else {
-				failed = append(failed, t.Name())
+				t.failed = append(t.failed, tg.Name())
 			}
 		}
-		if len(failed) > s.maxFail {
-			stop = fmt.Sprintf("%d host(s) failed (%s), more than max_fail %d allows", len(failed), strings.Join(failed, ", "), s.maxFail)
-			break
+		if len(t.failed) > s.maxFail {
+			return fmt.Sprintf("%d host(s) failed (%s), more than max_fail %d allows", len(t.failed), strings.Join(t.failed, ", "), s.maxFail)
 		}
 	}
+	return ""
+}
+
+// finish writes the outcome: a note for failures within max_fail, or the
+// stop, after switching the moved hosts back with rollback_on_failure.
+func (s *rolling) finish(ctx context.Context, r *run, rep *Report, t *tally, stop string, prev map[string]string) {
 	if stop == "" {
-		if len(failed) > 0 {
-			r.note(rep, "", fmt.Sprintf("%d host(s) failed within max_fail %d: %s; they run their previous release", len(failed), s.maxFail, strings.Join(failed, ", ")))
+		if len(t.failed) > 0 {
+			r.note(rep, "", fmt.Sprintf("%d host(s) failed within max_fail %d: %s; they run their previous release", len(t.failed), s.maxFail, strings.Join(t.failed, ", ")))
 		}
 		return
 	}
 	r.skipRest("activate")
-	if ctx.Err() == nil && s.rollback && len(moved) > 0 {
-		rep.Err = "the rollout stopped: " + stop + "; " + s.rollBack(ctx, r, rep, moved, prev)
+	if ctx.Err() == nil && s.rollback && len(t.moved) > 0 {
+		rep.Err = "the rollout stopped: " + stop + "; " + s.rollBack(ctx, r, rep, t.moved, prev)
 		return
 	}
 	rep.Err = "the rollout stopped: " + stop + "; " + r.mixedSummary()

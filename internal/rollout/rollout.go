@@ -108,6 +108,8 @@ type Plan struct {
 	By     string
 	// Strategy is how the hosts activate: its type and settings.
 	Strategy config.Strategy
+	// Gate decides whether a canary is promoted (strategy canary).
+	Gate Gate
 	// Balancer is the load balancer in front of the environment; nil when
 	// there is none (then no host is drained).
 	Balancer lb.Balancer

@@ -26,6 +26,11 @@ func newStrategy(plan *Plan, n int) (strategy, error) {
 		return newRolling(plan, s, n), nil
 	case config.StrategyRolling:
 		return newRolling(plan, s, n), nil
+	case config.StrategyCanary:
+		if plan.Gate == nil {
+			return nil, fmt.Errorf("strategy canary needs a gate that decides when the canary is promoted (canary.wait with a command or url)")
+		}
+		return &canary{rolling: newRolling(plan, s, n), gate: plan.Gate}, nil
 	}
-	return nil, fmt.Errorf("unknown strategy %q; use all-at-once (also called two-phase), rolling or serial", s.Type)
+	return nil, fmt.Errorf("unknown strategy %q; use all-at-once (also called two-phase), rolling, serial or canary", s.Type)
 }
