@@ -73,3 +73,18 @@ func TestStrategyRefusals(t *testing.T) {
 		})
 	}
 }
+
+// TestQuotedDurations: a duration in single or double quotes reads like a
+// bare one ('30s' was refused as "'30s'" is not a duration).
+func TestQuotedDurations(t *testing.T) {
+	for _, q := range []string{"30s", "'30s'", `"30s"`} {
+		f, err := Parse("drover.yml", []byte(head+"services:\n  web: {start: x, health: {http: 'http://x/', timeout: "+q+"}}\nenvironments:\n  p: {hosts: [{host: a}]}\n"))
+		if err != nil {
+			t.Errorf("timeout: %s: %v", q, err)
+			continue
+		}
+		if got := time.Duration(f.Services["web"].Health.Timeout); got != 30*time.Second {
+			t.Errorf("timeout: %s reads as %s", q, got)
+		}
+	}
+}
