@@ -101,7 +101,8 @@ func TestRollingBatches(t *testing.T) {
 	}
 }
 
-// TestRollingLBStepsInOrder: each host is drained, activated, enabled and
+// TestRollingLBStepsInOrder: the run_once hook runs once, before any host
+// is taken out; then each host is drained, activated, enabled and
 // waited for before the next is drained.
 func TestRollingLBStepsInOrder(t *testing.T) {
 	f := newMemFleet(t, 3, "{type: rolling}")
@@ -111,11 +112,11 @@ func TestRollingLBStepsInOrder(t *testing.T) {
 	}
 	var steps []string
 	for _, l := range f.journal.Lines() {
-		if strings.HasPrefix(l, "lb ") || strings.Contains(l, " activate ") {
+		if strings.HasPrefix(l, "lb ") || strings.Contains(l, " activate ") || strings.Contains(l, " hook ") {
 			steps = append(steps, l)
 		}
 	}
-	want := []string{"lb drain h1", "h1 activate R2", "lb enable h1", "lb drain h2", "h2 activate R2", "lb enable h2", "lb drain h3", "h3 activate R2", "lb enable h3"}
+	want := []string{"h1 hook migrate", "lb drain h1", "h1 activate R2", "lb enable h1", "lb drain h2", "h2 activate R2", "lb enable h2", "lb drain h3", "h3 activate R2", "lb enable h3"}
 	if !slices.Equal(steps, want) {
 		t.Errorf("steps:\n  %s\nwant:\n  %s", strings.Join(steps, "\n  "), strings.Join(want, "\n  "))
 	}
@@ -366,5 +367,40 @@ func TestAllAtOnceWindow(t *testing.T) {
 	// exactly the hosts' own figure, but never zero and within the rollout.
 	if rep.Window <= 0 || rep.Window > rep.Elapsed || last.Sub(first) <= 0 {
 		t.Errorf("window %s (switches %s apart, elapsed %s)", rep.Window, last.Sub(first), rep.Elapsed)
+	}
+}
+
+// TestRollingInterruptedReenables: a deploy interrupted (Ctrl-C) while h2
+// is out of the load balancer puts h2 back in and moves no further host.
+func TestRollingInterruptedReenables(t *testing.T) {
+	f := newMemFleet(t, 4, "{type: rolling}")
+	b := f.withLB()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f.hosts[1].OnActivate = func(*rollouttest.Host) { cancel() }
+	rep, _ := rollout.Deploy(ctx, f.plan, rollouttest.Targets(f.hosts), &nopObserver{})
+	if rep.OK() || !strings.Contains(rep.Err, "interrupted") {
+		t.Fatalf("report error %q, want an interruption", rep.Err)
+	}
+	for _, h := range f.hosts {
+		if !b.Enabled(h.Name()) {
+			t.Errorf("%s left out of the load balancer after the interruption", h.Name())
+		}
+	}
+	if got := f.journal.Matching("lb drain h3"); len(got) != 0 {
+		t.Errorf("h3 drained after the interruption: %v", got)
+	}
+}
+
+// TestRollingMinHealthyWithoutLB: without a load balancer, min_healthy is
+// checked against what the rollout knows: after h1 stopped answering while
+// it switched (and max_fail let it), a batch of two of five would leave
+// two serving, fewer than 3.
+func TestRollingMinHealthyWithoutLB(t *testing.T) {
+	f := newMemFleet(t, 5, "{type: rolling, batch: 2, min_healthy: 3, max_fail: 2}")
+	f.hosts[0].OnActivate = func(h *rollouttest.Host) { h.Unreachable = true }
+	rep := f.deploy(t)
+	if rep.OK() || !strings.Contains(rep.Err, "refusing to activate h3, h4: that would leave 2 of 5 hosts serving, fewer than min_healthy 3") {
+		t.Fatalf("report error %q", rep.Err)
 	}
 }
