@@ -18,8 +18,12 @@ const (
 	// DefaultUpTimeout bounds the wait for the load balancer to report a
 	// re-enabled host UP.
 	DefaultUpTimeout = 2 * time.Minute
-	// DefaultPoll is how often the load balancer is asked while waiting.
-	DefaultPoll = 250 * time.Millisecond
+	// DefaultPoll is how soon the load balancer is asked again while
+	// waiting; the interval grows by half each time up to MaxPoll, so a
+	// quick change is seen quickly and a long wait asks rarely.
+	DefaultPoll = 50 * time.Millisecond
+	// MaxPoll is the longest interval between two questions.
+	MaxPoll = time.Second
 )
 
 // rolling activates the hosts batch by batch (serial is a batch of one).
@@ -499,13 +503,15 @@ func (s *rolling) member(ctx context.Context, m string) (lb.Member, error) {
 // errTimeout is a wait that ran out of time.
 var errTimeout = fmt.Errorf("timed out")
 
-// wait calls done every poll until it returns true (nil), d passes
-// (errTimeout) or ctx ends (its error).
+// wait calls done, then again after the poll interval (growing to
+// MaxPoll), until it returns true (nil), d passes (errTimeout) or ctx ends
+// (its error).
 func (s *rolling) wait(ctx context.Context, d time.Duration, done func() bool) error {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
-	tick := time.NewTicker(s.poll)
-	defer tick.Stop()
+	every := s.poll
+	next := time.NewTimer(every)
+	defer next.Stop()
 	for {
 		if done() {
 			return nil
@@ -515,7 +521,9 @@ func (s *rolling) wait(ctx context.Context, d time.Duration, done func() bool) e
 			return ctx.Err()
 		case <-deadline.C:
 			return errTimeout
-		case <-tick.C:
+		case <-next.C:
+			every = min(every*3/2+time.Millisecond, max(MaxPoll, s.poll))
+			next.Reset(every)
 		}
 	}
 }
