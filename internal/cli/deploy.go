@@ -87,6 +87,11 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	if o.Version != "" {
 		e.plan.Command += " --version " + o.Version
 	}
+	if c := e.plan.Strategy.Canary; e.plan.Strategy.Type == config.StrategyCanary && c != nil {
+		// Whoever finds the lock held learns that a canary may be paused
+		// behind it, and for how long at most.
+		e.plan.Command += fmt.Sprintf(" (canary: pauses after the first batch while its check runs for %s)", time.Duration(c.Wait))
+	}
 	switch verb {
 	case "deploy", "prepare":
 		specText := o.Version
