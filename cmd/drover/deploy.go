@@ -41,7 +41,7 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.Version, "version", "", "version spec: branch:NAME, tag:NAME or commit:SHA (default branch:<env's branch>)")
-	f.StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
+	f.StringVar(&o.Strategy, "strategy", "", "all-at-once (default; also two-phase), rolling, serial or canary")
 	f.IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
 	f.StringVar(&o.Export, "export", "", "how to write a commit into a release: archive or checkout")
 	leaseFlag(cmd, &o.Lease)
@@ -69,7 +69,7 @@ func newActivateCmd(g *globals) *cobra.Command {
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
+	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "all-at-once (default; also two-phase), rolling, serial or canary")
 	leaseFlag(cmd, &o.Lease)
 	skipFlag(cmd, o)
 	return cmd
@@ -90,7 +90,7 @@ host runs, and finishes it: hosts and steps already done are skipped.`,
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "two-phase (default), serial or rolling")
+	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "all-at-once (default; also two-phase), rolling, serial or canary")
 	cmd.Flags().IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
 	leaseFlag(cmd, &o.Lease)
 	skipFlag(cmd, o)

@@ -119,7 +119,7 @@ func loadEnv(c *Common) (*env, error) {
 		}
 		e = &filtered
 	}
-	plan := &rollout.Plan{App: app, Env: e, By: rollout.Deployer(), Strategy: e.Strategy.Type, Batch: e.Strategy.Batch, Parallel: e.Strategy.Parallel}
+	plan := &rollout.Plan{App: app, Env: e, By: rollout.Deployer(), Strategy: e.Strategy, Fleet: len(app.Environments[c.Env].Hosts), Parallel: e.Strategy.Parallel}
 	return &env{app: app, env: e, plan: plan}, nil
 }
 
@@ -140,7 +140,7 @@ func (e *env) open(ctx context.Context, c *Common) (*transport.Set, error) {
 
 // withHosts loads the environment, reaches every host, runs fn and closes
 // the connections.
-func withHosts(ctx context.Context, c *Common, fn func(e *env, targets []rollout.Target) error) error {
+func withHosts(ctx context.Context, c *Common, fn func(e *env, nodes []*transport.Node) error) error {
 	e, err := loadEnv(c)
 	if err != nil {
 		return err
@@ -150,7 +150,7 @@ func withHosts(ctx context.Context, c *Common, fn func(e *env, targets []rollout
 		return err
 	}
 	defer set.Close()
-	return fn(e, set.Targets)
+	return fn(e, set.Nodes)
 }
 
 // resolve turns the spec into a commit once, from a mirror of the repo kept

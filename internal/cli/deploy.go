@@ -2,15 +2,18 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/lb"
 	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
+	"github.com/drover/drover/internal/transport"
 )
 
 // DeployOptions are the inputs of `drover deploy`, `prepare` and `activate`.
@@ -58,11 +61,23 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	}
 	if o.Strategy != "" {
 		switch o.Strategy {
-		case config.StrategyTwoPhase, config.StrategySerial, config.StrategyRolling:
-			e.plan.Strategy = o.Strategy
+		case config.StrategyAllAtOnce, config.StrategyTwoPhase:
+			e.plan.Strategy.Type = config.StrategyAllAtOnce
+		case config.StrategySerial, config.StrategyRolling:
+			// The environment's rolling settings (min_healthy, max_fail...)
+			// still hold; serial is rolling one host at a time.
+			e.plan.Strategy.Type = o.Strategy
+		case config.StrategyCanary:
+			if e.env.Strategy.Canary == nil {
+				return nil, &UsageError{fmt.Errorf("--strategy canary: environment %s has no strategy.canary in %s (canary: {wait: 5m, command: ...} or {wait: 5m, url: ...}) to decide when the canary is promoted", e.env.Name, e.app.Path)}
+			}
+			e.plan.Strategy.Type = o.Strategy
 		default:
-			return nil, &UsageError{fmt.Errorf("unknown --strategy %q; use two-phase, serial or rolling", o.Strategy)}
+			return nil, &UsageError{fmt.Errorf("unknown --strategy %q; use all-at-once (or two-phase), rolling, serial or canary", o.Strategy)}
 		}
+	}
+	if e.plan.Strategy.Type == config.StrategyCanary {
+		e.plan.Gate = newCanaryGate(e.plan.Strategy.Canary, o.IO.Err)
 	}
 	if o.Parallel > 0 {
 		e.plan.Parallel = o.Parallel
@@ -71,6 +86,11 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	e.plan.Command = "drover " + verb + " " + e.env.Name
 	if o.Version != "" {
 		e.plan.Command += " --version " + o.Version
+	}
+	if c := e.plan.Strategy.Canary; e.plan.Strategy.Type == config.StrategyCanary && c != nil {
+		// Whoever finds the lock held learns that a canary may be paused
+		// behind it, and for how long at most.
+		e.plan.Command += fmt.Sprintf(" (canary: pauses after the first batch while its check runs for %s)", time.Duration(c.Wait))
 	}
 	switch verb {
 	case "deploy", "prepare":
@@ -93,6 +113,15 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		}
 		e.plan.ID, e.plan.ActivateOnly = o.Release, true
 	}
+	if e.env.LoadBalancer != nil && verb != "prepare" {
+		// A failure to reach the load balancer stops the deploy before any
+		// host is touched.
+		b, err := openBalancer(ctx, e.env.LoadBalancer)
+		if err != nil {
+			return nil, fmt.Errorf("%s: environments.%s.load_balancer: %w; nothing was changed", e.app.Path, e.env.Name, err)
+		}
+		e.plan.Balancer = b
+	}
 	set, err := e.open(ctx, &o.Common)
 	if err != nil {
 		return nil, err
@@ -100,7 +129,7 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	defer set.Close()
 	switch verb {
 	case "activate":
-		hosts := rollout.Releases(ctx, e.plan, set.Targets)
+		hosts := rollout.Releases(ctx, e.plan, set.Targets())
 		var missing []string
 		for _, h := range hosts {
 			found := false
@@ -121,7 +150,7 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 			return nil, err
 		}
 	case "resume":
-		id, commit, spec, err := rollout.Resumable(rollout.Releases(ctx, e.plan, set.Targets))
+		id, commit, spec, err := rollout.Resumable(rollout.Releases(ctx, e.plan, set.Targets()))
 		if err != nil {
 			return nil, err
 		}
@@ -137,10 +166,10 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	}
 	if o.IO.Output != "json" {
 		fmt.Fprintf(o.IO.Out, "%s %s %s to %s: release %s (commit %s), %d hosts, strategy %s\n",
-			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Targets), e.plan.Strategy)
+			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Nodes), e.plan.Strategy.Type)
 	}
 	rep, err := observe(&o.Common, e, e.plan.ID, func(obs rollout.Observer) (*rollout.Report, error) {
-		return rollout.Deploy(ctx, e.plan, set.Targets, obs)
+		return rollout.Deploy(ctx, e.plan, set.Targets(), obs)
 	})
 	if err == nil && verb == "prepare" && o.IO.Output != "json" {
 		// Seed 003's private release: say where it is and how to go on.
@@ -151,6 +180,12 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		fmt.Fprintf(o.IO.Out, "\nrun a command in it: cd there on a host, or activate it: drover activate %s %s\n", e.env.Name, e.plan.ID)
 	}
 	return rep, err
+}
+
+// openBalancer builds the load balancer an environment names. The backends
+// (internal/lb/lbopen) are not part of this branch.
+func openBalancer(ctx context.Context, c *config.LoadBalancer) (lb.Balancer, error) {
+	return nil, errors.New("load_balancer: not built in this branch")
 }
 
 // checkLease refuses a --lock-lease the deploy lock cannot work with.
@@ -202,7 +237,7 @@ func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) 
 		return nil, err
 	}
 	defer set.Close()
-	hosts := rollout.Releases(ctx, e.plan, set.Targets)
+	hosts := rollout.Releases(ctx, e.plan, set.Targets())
 	to, err := rollout.RollbackTarget(hosts, o.To)
 	if err != nil {
 		return nil, err
@@ -213,10 +248,10 @@ func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) 
 	}
 	e.plan.ID, e.plan.Lease, e.plan.Command = to, o.Lease, "rollback "+e.env.Name
 	if o.IO.Output != "json" {
-		fmt.Fprintf(o.IO.Out, "rollback %s %s to %s on %d hosts\n", e.app.App, e.env.Name, to, len(set.Targets))
+		fmt.Fprintf(o.IO.Out, "rollback %s %s to %s on %d hosts\n", e.app.App, e.env.Name, to, len(set.Nodes))
 	}
 	return observe(&o.Common, e, to, func(obs rollout.Observer) (*rollout.Report, error) {
-		return rollout.Rollback(ctx, e.plan, set.Targets, obs)
+		return rollout.Rollback(ctx, e.plan, set.Targets(), obs)
 	})
 }
 
@@ -237,17 +272,17 @@ func Unlock(ctx context.Context, o *LockOptions) error {
 }
 
 func lockVerb(ctx context.Context, o *LockOptions, op string) error {
-	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
+	return withHosts(ctx, &o.Common, func(e *env, nodes []*transport.Node) error {
 		cmd := "drover lock"
 		if o.Reason != "" {
 			cmd += ": " + o.Reason
 		}
 		holder := &lock.Holder{Owner: e.plan.By, Command: cmd}
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Holder = op, holder }, nil)
+		resps := transport.Each(ctx, e.plan, nodes, func(r *node.Request) { r.Op, r.Holder = op, holder }, nil)
 		failed := 0
-		for i, t := range targets {
+		for i, t := range nodes {
 			resp := resps[i]
-			name := t.Host().Name
+			name := t.Name()
 			switch {
 			case !resp.OK:
 				failed++
@@ -261,7 +296,7 @@ func lockVerb(ctx context.Context, o *LockOptions, op string) error {
 			}
 		}
 		if failed > 0 {
-			return fmt.Errorf("%d of %d hosts failed", failed, len(targets))
+			return fmt.Errorf("%d of %d hosts failed", failed, len(nodes))
 		}
 		return nil
 	})

@@ -62,7 +62,7 @@ environments:
     hosts:
       - {host: staging.example.internal, roles: [web, db]}
   # production:
-  #   strategy: {type: rolling, batch: 1}     # or two-phase (default), serial
+  #   strategy: {type: rolling, batch: 1}     # or all-at-once (default), serial
   #   hosts:
   #     - {name: web1, host: 10.0.0.11, user: deploy, roles: [web, db]}
   #     - {name: web2, host: 10.0.0.12, user: deploy, roles: [web]}

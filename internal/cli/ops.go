@@ -18,13 +18,14 @@ import (
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
 	"github.com/drover/drover/internal/service"
+	"github.com/drover/drover/internal/transport"
 )
 
 // Releases lists every host's releases: active, prepared, failed, pinned,
 // with commit and age.
 func Releases(ctx context.Context, o *Common) error {
-	return withHosts(ctx, o, func(e *env, targets []rollout.Target) error {
-		hosts := rollout.Releases(ctx, e.plan, targets)
+	return withHosts(ctx, o, func(e *env, nodes []*transport.Node) error {
+		hosts := rollout.Releases(ctx, e.plan, transport.Targets(nodes))
 		if o.IO.Output == "json" {
 			return o.IO.JSON(hosts)
 		}
@@ -97,16 +98,16 @@ type CleanupOptions struct {
 // Cleanup removes old and failed releases on every host beyond keep,
 // never the active one, the rollback target or a pinned one.
 func Cleanup(ctx context.Context, o *CleanupOptions) error {
-	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
+	return withHosts(ctx, &o.Common, func(e *env, nodes []*transport.Node) error {
 		if o.Remove != "" {
 			if err := release.CheckID(o.Remove); err != nil {
 				return &UsageError{err}
 			}
 		}
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) {
+		resps := transport.Each(ctx, e.plan, nodes, func(r *node.Request) {
 			r.Op, r.Keep, r.ID, r.Holder = node.OpCleanup, o.Keep, o.Remove, holder(e, "cleanup")
 		}, nil)
-		return report(o.IO, targets, resps, func(name string, r *node.Response) string {
+		return report(o.IO, nodes, resps, func(name string, r *node.Response) string {
 			if len(r.Removed) == 0 {
 				return "nothing to remove"
 			}
@@ -123,19 +124,19 @@ func holder(e *env, verb string) *lock.Holder {
 }
 
 // report prints one line per host and fails when any host failed.
-func report(io IO, targets []rollout.Target, resps []*node.Response, ok func(string, *node.Response) string) error {
+func report(io IO, nodes []*transport.Node, resps []*node.Response, ok func(string, *node.Response) string) error {
 	if io.Output == "json" {
 		out := map[string]*node.Response{}
-		for i, t := range targets {
-			out[t.Host().Name] = resps[i]
+		for i, t := range nodes {
+			out[t.Name()] = resps[i]
 		}
 		if err := io.JSON(out); err != nil {
 			return err
 		}
 	}
 	failed := 0
-	for i, t := range targets {
-		name, r := t.Host().Name, resps[i]
+	for i, t := range nodes {
+		name, r := t.Name(), resps[i]
 		if !r.OK {
 			failed++
 			if io.Output != "json" {
@@ -150,7 +151,7 @@ func report(io IO, targets []rollout.Target, resps []*node.Response, ok func(str
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d of %d hosts failed", failed, len(targets))
+		return fmt.Errorf("%d of %d hosts failed", failed, len(nodes))
 	}
 	return nil
 }
@@ -184,10 +185,10 @@ func shellQuote(s string) string {
 // Exec runs a command in the current release on every selected host,
 // output prefixed by host.
 func Exec(ctx context.Context, o *ExecOptions) error {
-	return withHosts(ctx, &o.Common, func(e *env, targets []rollout.Target) error {
-		single := len(targets) == 1
+	return withHosts(ctx, &o.Common, func(e *env, nodes []*transport.Node) error {
+		single := len(nodes) == 1
 		var mu = make(chan struct{}, 1)
-		resps := rollout.Each(ctx, e.plan, targets, func(r *node.Request) { r.Op, r.Command, r.Holder = node.OpExec, o.command(), holder(e, "exec") },
+		resps := transport.Each(ctx, e.plan, nodes, func(r *node.Request) { r.Op, r.Command, r.Holder = node.OpExec, o.command(), holder(e, "exec") },
 			func(host string, ev release.Event) {
 				if ev.Kind != release.EventOutput {
 					return
@@ -205,7 +206,7 @@ func Exec(ctx context.Context, o *ExecOptions) error {
 				}
 				<-mu
 			})
-		return report(o.IO, targets, resps, func(string, *node.Response) string { return "" })
+		return report(o.IO, nodes, resps, func(string, *node.Response) string { return "" })
 	})
 }
 
@@ -233,22 +234,22 @@ func Service(ctx context.Context, o *ServiceOptions) error {
 		return err
 	}
 	defer set.Close()
-	resps := rollout.Each(ctx, e.plan, set.Targets, func(r *node.Request) {
+	resps := transport.Each(ctx, e.plan, set.Nodes, func(r *node.Request) {
 		r.Op, r.Action, r.Service, r.Port = node.OpService, o.Action, o.Service, o.Port
 		r.Holder = holder(e, "service "+o.Action)
 	}, nil)
 	if o.IO.Output == "json" {
-		return report(o.IO, set.Targets, resps, nil)
+		return report(o.IO, set.Nodes, resps, nil)
 	}
 	tw := tabwriter.NewWriter(o.IO.Out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tSERVICE\tPORT\tPID\tSTATE\tRELEASE")
 	failed := 0
 	var notes []string // socket services: supervisor, listeners
-	for i, t := range set.Targets {
+	for i, t := range set.Nodes {
 		r := resps[i]
 		if !r.OK {
 			failed++
-			fmt.Fprintf(tw, "%s\t-\t-\t-\tFAILED: %s\t\n", t.Host().Name, r.Error)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\tFAILED: %s\t\n", t.Name(), r.Error)
 			continue
 		}
 		for _, p := range r.Processes {
@@ -256,9 +257,9 @@ func Service(ctx context.Context, o *ServiceOptions) error {
 			if p.Running {
 				state = "running"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", t.Host().Name, p.Service, p.Port, p.PID, state, p.ReleaseDir)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", t.Name(), p.Service, p.Port, p.PID, state, p.ReleaseDir)
 			if line := socketLine(p); line != "" {
-				notes = append(notes, fmt.Sprintf("%s %s port %d: %s", t.Host().Name, p.Service, p.Port, line))
+				notes = append(notes, fmt.Sprintf("%s %s port %d: %s", t.Name(), p.Service, p.Port, line))
 			}
 		}
 	}
@@ -267,7 +268,7 @@ func Service(ctx context.Context, o *ServiceOptions) error {
 		fmt.Fprintln(o.IO.Out, n)
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d of %d hosts failed", failed, len(set.Targets))
+		return fmt.Errorf("%d of %d hosts failed", failed, len(set.Nodes))
 	}
 	return nil
 }

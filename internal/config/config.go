@@ -131,22 +131,58 @@ type Environment struct {
 
 // Strategy types.
 const (
-	StrategyTwoPhase = "two-phase" // prepare everywhere, then activate everywhere at once (default)
-	StrategySerial   = "serial"    // prepare everywhere, then activate one host at a time
-	StrategyRolling  = "rolling"   // prepare everywhere, then activate in batches
+	StrategyAllAtOnce = "all-at-once" // prepare everywhere, barrier, run_once hooks, activate everywhere at once (default)
+	StrategyTwoPhase  = "two-phase"   // the former name of all-at-once, still accepted
+	StrategySerial    = "serial"      // rolling one host at a time
+	StrategyRolling   = "rolling"     // prepare everywhere, then activate in batches, through the load balancer when there is one
+	StrategyCanary    = "canary"      // rolling that pauses after the first batch until its gate passes
 )
 
 // Strategy says how a rollout activates the hosts of an environment.
-// Batch applies to rolling (the file's or --strategy rolling's); Parallel
-// bounds how many hosts prepare at once.
+// Parallel bounds how many hosts prepare at once; the other settings apply
+// to rolling and serial.
 type Strategy struct {
-	Type  string `yaml:"type" json:"type"`
-	Batch int    `yaml:"batch" json:"batch,omitempty"`
+	Type string `yaml:"type" json:"type"`
+	// Batch is how many hosts activate at once: a count or a percent of
+	// the hosts, rounded up; at least 1. Default 1.
+	Batch Amount `yaml:"batch" json:"batch,omitzero"`
+	// MinHealthy is how many of the environment's hosts must keep serving,
+	// as the load balancer sees them: a count or a percent, rounded up,
+	// never less than 1. A host is not taken out when that would leave
+	// fewer.
+	MinHealthy Amount `yaml:"min_healthy" json:"min_healthy,omitzero"`
+	// MaxFail is how many hosts may fail over the whole rollout before it
+	// stops: a count or a percent, rounded down. Default 0.
+	MaxFail Amount `yaml:"max_fail" json:"max_fail,omitzero"`
+	// DrainTimeout bounds the wait for a drained host's connections to
+	// finish; then the rollout goes on and says so. Default 30s.
+	DrainTimeout Duration `yaml:"drain_timeout" json:"drain_timeout,omitempty"`
+	// MinHealthyTime is how long an activated host must stay healthy
+	// before the rollout re-enables it and moves on.
+	MinHealthyTime Duration `yaml:"min_healthy_time" json:"min_healthy_time,omitempty"`
+	// RollbackOnFailure switches every host that moved back when the
+	// rollout stops on failures, through the same drain and enable steps.
+	RollbackOnFailure bool `yaml:"rollback_on_failure" json:"rollback_on_failure,omitempty"`
+	// Canary is the gate of the canary strategy.
+	Canary *Canary `yaml:"canary" json:"canary,omitempty"`
 	// MaxUnavailable is decoded so that Parse can refuse it by line: no
 	// strategy honours it yet.
 	MaxUnavailable int `yaml:"max_unavailable" json:"max_unavailable,omitempty"`
 	Parallel       int `yaml:"parallel" json:"parallel,omitempty"`
 }
+
+// Canary is how a paused canary is promoted: its check (a command that
+// exits 0, or a URL that answers 2xx) must keep passing for Wait; a failure
+// rolls the canary back.
+type Canary struct {
+	Wait    Duration `yaml:"wait" json:"wait"`
+	Command string   `yaml:"command" json:"command,omitempty"`
+	URL     string   `yaml:"url" json:"url,omitempty"`
+}
+
+// DefaultDrainTimeout bounds the wait for a drained host when drain_timeout
+// is not set.
+const DefaultDrainTimeout = 30 * time.Second
 
 // LoadBalancer names the balancer that fronts an environment. Not
 // supported yet: a drover.yml that names one is refused.

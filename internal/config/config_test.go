@@ -79,7 +79,7 @@ func TestParseValid(t *testing.T) {
 	if got := f.Services["web"].StopGrace.D(); got != 10*time.Second {
 		t.Errorf("stop grace default %v", got)
 	}
-	if f.Environments["staging"].Strategy.Type != StrategyTwoPhase {
+	if f.Environments["staging"].Strategy.Type != StrategyAllAtOnce {
 		t.Errorf("default strategy %q", f.Environments["staging"].Strategy.Type)
 	}
 }

@@ -12,8 +12,8 @@ import (
 // UnmarshalYAML reads a duration like "30s"; a bare number is seconds.
 func (d *Duration) UnmarshalYAML(n ast.Node) error {
 	s := n.String()
-	if u, err := strconv.Unquote(s); err == nil {
-		s = u
+	if sn, ok := n.(*ast.StringNode); ok {
+		s = sn.Value // quoted in either style, or plain
 	}
 	if f, err := strconv.ParseFloat(s, 64); err == nil {
 		*d = Duration(time.Duration(f * float64(time.Second)))

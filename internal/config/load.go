@@ -290,11 +290,8 @@ func (v *validator) defaults(f *File) {
 		if e.Branch == "" {
 			e.Branch = name
 		}
-		if e.Strategy.Type == "" {
-			e.Strategy.Type = StrategyTwoPhase
-		}
-		if e.Strategy.Batch == 0 {
-			e.Strategy.Batch = 1
+		if e.Strategy.Type == "" || e.Strategy.Type == StrategyTwoPhase {
+			e.Strategy.Type = StrategyAllAtOnce
 		}
 		for _, h := range e.Hosts {
 			if h == nil {
@@ -406,17 +403,7 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		if !nameRE.MatchString(name) {
 			v.at(p, "%q is not a valid environment name: use lowercase letters, digits, '-', '_' or '.'", name)
 		}
-		switch e.Strategy.Type {
-		case StrategyTwoPhase, "all-at-once", StrategySerial, StrategyRolling:
-			if e.Strategy.Type == "all-at-once" {
-				e.Strategy.Type = StrategyTwoPhase
-			}
-		default:
-			v.at(p+".strategy.type", "unknown strategy %q; use two-phase, serial or rolling", e.Strategy.Type)
-		}
-		if e.Strategy.Batch < 0 || e.Strategy.Parallel < 0 {
-			v.at(p+".strategy", "batch and parallel must not be negative")
-		}
+		v.validateStrategy(p, e)
 		v.unsupported(p, e)
 		if len(e.Hosts) == 0 {
 			v.at(p, "missing required key hosts (at least one host)")
@@ -456,6 +443,86 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		}
 	}
 	return roles
+}
+
+// validateStrategy checks environment p's strategy settings against its
+// type and its number of hosts, and fills the defaults they need.
+func (v *validator) validateStrategy(p string, e *Environment) {
+	s := &e.Strategy
+	sp := p + ".strategy"
+	n := len(e.Hosts)
+	if s.Parallel < 0 {
+		v.at(sp+".parallel", "must not be negative")
+	}
+	switch s.Type {
+	case StrategyAllAtOnce:
+		for _, k := range []string{"batch", "min_healthy", "max_fail", "drain_timeout", "min_healthy_time", "rollback_on_failure", "canary"} {
+			if v.present(sp + "." + k) {
+				v.at(sp+"."+k, "applies to the rolling and serial strategies; all-at-once activates every host at once. Remove it, or set type: rolling")
+			}
+		}
+		return
+	case StrategySerial:
+		if v.present(sp + ".batch") {
+			v.at(sp+".batch", "serial activates one host at a time; remove batch, or use type: rolling with batch")
+		}
+		s.Batch = Count(1)
+	case StrategyRolling, StrategyCanary:
+		if !v.present(sp + ".batch") {
+			s.Batch = Count(1)
+		} else if s.Batch.IsZero() {
+			v.at(sp+".batch", "must be at least 1 host (or 1%%)")
+		}
+	default:
+		v.at(sp+".type", "unknown strategy %q; use all-at-once (also called two-phase), rolling, serial or canary", s.Type)
+		return
+	}
+	v.validateCanary(sp, s)
+	if n == 0 {
+		return
+	}
+	if s.MaxFail.Floor(n) > n {
+		v.at(sp+".max_fail", "%s is more than the environment's %d hosts", s.MaxFail, n)
+	}
+	if mh := s.MinHealthy.Ceil(n); mh >= n {
+		v.at(sp+".min_healthy", "%s of %d hosts would have to keep serving, so no host could ever be taken out; make it at most %d", s.MinHealthy, n, n-1)
+	} else if b := min(s.Batch.Ceil(n), n); mh > 0 && n-b < mh {
+		v.at(sp+".batch", "a batch of %d of the %d hosts leaves %d serving, fewer than min_healthy %s (%d); make batch at most %d", b, n, n-b, s.MinHealthy, mh, n-mh)
+	}
+	if e.LoadBalancer == nil {
+		for _, k := range []string{"drain_timeout", "min_healthy_time"} {
+			if v.present(sp + "." + k) {
+				v.at(sp+"."+k, "is a load balancer step and this environment has no load_balancer; remove it, or add load_balancer")
+			}
+		}
+	}
+	if s.DrainTimeout == 0 {
+		s.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+}
+
+// validateCanary checks the canary gate of strategy sp.
+func (v *validator) validateCanary(sp string, s *Strategy) {
+	if s.Type != StrategyCanary {
+		if s.Canary != nil || v.present(sp+".canary") {
+			v.at(sp+".canary", "applies to type: canary; remove it, or set type: canary")
+		}
+		return
+	}
+	c := s.Canary
+	if c == nil {
+		v.at(sp, "type canary needs canary: {wait: 5m, command: ...} or {wait: 5m, url: ...}: the check that must keep passing before the other hosts follow")
+		return
+	}
+	if c.Wait <= 0 {
+		v.at(sp+".canary", "missing wait: how long the check must keep passing, like wait: 5m")
+	}
+	if c.Command == "" && c.URL == "" {
+		v.at(sp+".canary", "needs command (exits 0 while the canary is good) or url (answers 2xx while it is good)")
+	}
+	if c.URL != "" && !strings.HasPrefix(c.URL, "http://") && !strings.HasPrefix(c.URL, "https://") {
+		v.at(sp+".canary.url", "%q is not an http:// or https:// URL", c.URL)
+	}
 }
 
 // unsupported refuses the keys of environment p that drover decodes but

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
 )
@@ -233,6 +234,15 @@ func Summary(w io.Writer, rep *rollout.Report) {
 			role = ", role " + h.Role
 		}
 		fmt.Fprintf(w, "skipped run_once hook %s (%s%s): --skip %s\n", h.Hook, h.Stage, role, h.Hook)
+	}
+	if len(rep.Notes) > 0 {
+		fmt.Fprintln(w)
+	}
+	for _, n := range rep.Notes {
+		fmt.Fprintf(w, "note: %s\n", Clean(n))
+	}
+	if rep.Window > 0 && rep.Strategy == config.StrategyAllAtOnce {
+		fmt.Fprintf(w, "\nactivation window (first switch to last): %s\n", rep.Window.Round(time.Microsecond))
 	}
 	if rep.Err != "" {
 		fmt.Fprintf(w, "\n%s\n", Clean(rep.Err))

@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/progress"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
@@ -72,8 +73,8 @@ func TestHookOutputReachesNoTerminalRaw(t *testing.T) {
 		}
 		t.Cleanup(func() { logf.Close() })
 		r := progress.New(&out, tty, logf, []string{env.Hosts[0].Name})
-		plan := &rollout.Plan{App: a.Config, Env: env, ID: release.NewID(time.Unix(int64(i+1)*1000, 0), a.Repo.Head()), Commit: a.Repo.Head(), Spec: "branch:main", By: "test@here", Strategy: "two-phase"}
-		rep, err := rollout.Deploy(context.Background(), plan, set.Targets, r)
+		plan := &rollout.Plan{App: a.Config, Env: env, ID: release.NewID(time.Unix(int64(i+1)*1000, 0), a.Repo.Head()), Commit: a.Repo.Head(), Spec: "branch:main", By: "test@here", Strategy: config.Strategy{Type: config.StrategyAllAtOnce}}
+		rep, err := rollout.Deploy(context.Background(), plan, set.Targets(), r)
 		r.Close()
 		if err != nil {
 			t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
 	"github.com/drover/drover/internal/testenv/apptest"
-	"github.com/drover/drover/internal/transport/local"
 )
 
 // TestInterruptedActivateSummarySaysWhatRuns interrupts a deploy (Ctrl-C)
@@ -23,10 +22,10 @@ import (
 func TestInterruptedActivateSummarySaysWhatRuns(t *testing.T) {
 	a := apptest.New(t, apptest.Options{Hosts: "      - {name: h1, transport: local, roles: [web]}\n"})
 	env := a.Config.Environments["test"]
-	targets := []rollout.Target{&rootedTarget{conn: &local.Conn{Binary: apptest.DroverBinary(t)}, host: env.Hosts[0], root: a.DeployTo}}
+	targets := []rollout.Target{rootedTarget(apptest.DroverBinary(t), env.Hosts[0], a.DeployTo)}
 	plan := func(commit string, n int) *rollout.Plan {
 		return &rollout.Plan{App: a.Config, Env: env, ID: release.NewID(time.Unix(int64(n)*1000, 0), commit), Commit: commit,
-			Spec: "branch:main", By: "test@here", Strategy: config.StrategyTwoPhase, Lease: 10 * time.Second}
+			Spec: "branch:main", By: "test@here", Strategy: config.Strategy{Type: config.StrategyAllAtOnce}, Lease: 10 * time.Second}
 	}
 	first := plan(a.Repo.Head(), 1)
 	if rep, err := rollout.Deploy(context.Background(), first, targets, &nopObserver{}); err != nil || !rep.OK() {

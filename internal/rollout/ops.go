@@ -2,13 +2,13 @@ package rollout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 
-	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 )
 
@@ -21,42 +21,32 @@ type HostReleases struct {
 	Error    string            `json:"error,omitempty"`
 }
 
-// Each sends a request made by mk to every target in parallel and returns
-// the responses in target order; a transport error becomes a Response with
-// OK false.
-func Each(ctx context.Context, plan *Plan, targets []Target, mk func(*node.Request), onEvent func(host string, ev release.Event)) []*node.Response {
-	out := make([]*node.Response, len(targets))
+// Releases asks every host for its releases and its rollback target, in
+// parallel, and returns the answers in target order; a host that could not
+// answer has Error set.
+func Releases(ctx context.Context, plan *Plan, targets []Target) []*HostReleases {
+	out := make([]*HostReleases, len(targets))
 	var wg sync.WaitGroup
 	for i, t := range targets {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h := t.Host()
-			req := &node.Request{App: plan.App, Env: plan.Env.Name, Host: h.Name, Roles: h.Roles, By: plan.By}
-			mk(req)
-			var cb func(release.Event)
-			if onEvent != nil {
-				cb = func(ev release.Event) { onEvent(h.Name, ev) }
+			hr, err := t.Releases(ctx, plan.call(0, nil))
+			switch {
+			case err != nil:
+				var ne *NodeError
+				if !errors.As(err, &ne) {
+					err = fmt.Errorf("unreachable: %w", err)
+				}
+				hr = &HostReleases{Error: err.Error()}
+			case hr == nil:
+				hr = &HostReleases{}
 			}
-			resp, err := node.Call(ctx, t, req, cb)
-			if err != nil {
-				resp = &node.Response{Error: "unreachable: " + err.Error()}
-			}
-			out[i] = resp
+			hr.Host = t.Name()
+			out[i] = hr
 		}()
 	}
 	wg.Wait()
-	return out
-}
-
-// Releases asks every host for its releases and its rollback target.
-func Releases(ctx context.Context, plan *Plan, targets []Target) []*HostReleases {
-	resps := Each(ctx, plan, targets, func(r *node.Request) { r.Op = node.OpRollbackTarget }, nil)
-	out := make([]*HostReleases, len(targets))
-	for i, t := range targets {
-		resp := resps[i]
-		out[i] = &HostReleases{Host: t.Host().Name, Active: resp.Active, Releases: resp.Releases, Target: resp.Target, Error: resp.Error}
-	}
 	return out
 }
 
@@ -238,14 +228,16 @@ func Rollback(ctx context.Context, plan *Plan, targets []Target, obs Observer) (
 	obs.Phase("rollback")
 	rep.Activate = true
 	r.each(ctx, 0, func(ctx context.Context, t Target) {
-		req := r.request(t, node.OpRollback)
-		req.To = plan.ID
-		resp, ok := r.call(ctx, t, "rollback", req)
+		var sv *release.Serving
+		ok := r.do(ctx, t, "rollback", func(ctx context.Context, c Call) (err error) {
+			sv, err = t.Rollback(ctx, c, plan.ID)
+			return err
+		})
 		if ok {
 			res := r.result(t)
-			res.Release, res.Serving = resp.Active, &release.Serving{Release: resp.Active, Healthy: true}
+			res.Release, res.Serving = sv.Release, sv
 		}
-		obs.Done(t.Host().Name, r.result(t))
+		obs.Done(t.Name(), r.result(t))
 	})
 	if r.failed() {
 		rep.Err = r.mixedSummary()

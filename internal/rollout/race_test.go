@@ -11,23 +11,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/rollout"
 	"github.com/drover/drover/internal/testenv/apptest"
+	"github.com/drover/drover/internal/transport"
 )
 
-// inProcessTarget serves node requests with a real node.Server in this
+// inProcessConn serves node requests with a real node.Server in this
 // process, each host with its own deploy root: many hosts at the cost of
 // none, so `go test -race` sees the rollout's goroutines interleave.
-type inProcessTarget struct {
-	host *config.Host
+type inProcessConn struct {
 	root string
 }
 
-func (t *inProcessTarget) Host() *config.Host { return t.host }
-
-func (t *inProcessTarget) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
+func (t *inProcessConn) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	br := bufio.NewReader(stdin)
 	line, err := br.ReadBytes('\n')
 	if err != nil {
@@ -63,7 +60,7 @@ func TestLockPhaseNoRace(t *testing.T) {
 	env := a.Config.Environments["test"]
 	var targets []rollout.Target
 	for _, h := range env.Hosts {
-		targets = append(targets, &inProcessTarget{host: h, root: filepath.Join(t.TempDir(), h.Name)})
+		targets = append(targets, transport.NewNode(&inProcessConn{root: filepath.Join(t.TempDir(), h.Name)}, h))
 	}
 	f := &fleet{app: a, env: env}
 	for round := range 3 {

@@ -1,7 +1,8 @@
 // Package rollout moves an environment's hosts to a release: lock every
 // host, prepare everywhere in parallel, run the run_once hooks on exactly one
-// host, then activate with a strategy (two-phase, serial, rolling). It drives
-// Targets and never knows how a target is reached.
+// host, then activate with a strategy, one type per file (allatonce.go,
+// rolling.go), with load-balancer steps when the plan has a Balancer. It
+// drives Targets and never knows how a target is reached.
 package rollout
 
 import (
@@ -18,17 +19,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/lb"
 	"github.com/drover/drover/internal/lock"
-	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
 )
-
-// Target is one host a rollout moves to a release.
-type Target interface {
-	node.Conn
-	// Host is the host's entry in drover.yml.
-	Host() *config.Host
-}
 
 // Observer receives a rollout's progress. Calls come from many goroutines.
 type Observer interface {
@@ -80,36 +74,58 @@ type Report struct {
 	Activate bool          `json:"activated"`
 	// SkippedHooks are the run_once hooks --skip left out.
 	SkippedHooks []SkippedHook `json:"skipped_hooks,omitempty"`
+	// Strategy is the strategy that activated the hosts.
+	Strategy string `json:"strategy,omitempty"`
+	// MaxFail is how many failed hosts the rollout allowed (max_fail);
+	// the report is still OK with that many.
+	MaxFail int `json:"max_fail,omitempty"`
+	// Notes are things a person should know that are not failures: a drain
+	// that timed out, a host that was already out of the load balancer.
+	Notes []string `json:"notes,omitempty"`
 }
 
-// OK reports whether every host succeeded.
+// OK reports whether every host succeeded, or failed within max_fail.
 func (r *Report) OK() bool {
 	if r.Err != "" {
 		return false
 	}
+	failed := 0
 	for _, h := range r.Hosts {
 		if h.State != StateOK {
-			return false
+			failed++
 		}
 	}
-	return true
+	return failed <= r.MaxFail
 }
 
 // Plan is one rollout of a release to an environment.
 type Plan struct {
-	App      *config.File
-	Env      *config.Environment
-	ID       string // release ID, the same on every host (release.NewID)
-	Commit   string
-	Spec     string
-	By       string
-	Strategy string // config.StrategyTwoPhase, StrategySerial or StrategyRolling
-	Batch    int    // hosts per batch for rolling
-	Parallel int    // hosts prepared at once; 0 = all
-	KeepFor  time.Duration
-	Export   string
-	Command  string        // what the deployer runs, shown to a blocked deployer
-	Lease    time.Duration // deploy lock lease
+	App    *config.File
+	Env    *config.Environment
+	ID     string // release ID, the same on every host (release.NewID)
+	Commit string
+	Spec   string
+	By     string
+	// Strategy is how the hosts activate: its type and settings.
+	Strategy config.Strategy
+	// Gate decides whether a canary is promoted (strategy canary).
+	Gate Gate
+	// Balancer is the load balancer in front of the environment; nil when
+	// there is none (then no host is drained).
+	Balancer lb.Balancer
+	// Fleet is how many hosts the environment has in drover.yml, whatever
+	// --host or --role chose: min_healthy's percent is of these. 0 = the
+	// rollout's own hosts.
+	Fleet int
+	// UpTimeout bounds the wait for the load balancer to report a
+	// re-enabled host UP (default DefaultUpTimeout); Poll is how often it
+	// is asked while waiting (default DefaultPoll).
+	UpTimeout, Poll time.Duration
+	Parallel        int // hosts prepared at once; 0 = all
+	KeepFor         time.Duration
+	Export          string
+	Command         string        // what the deployer runs, shown to a blocked deployer
+	Lease           time.Duration // deploy lock lease
 	// PrepareOnly stops after prepare (drover prepare); ActivateOnly skips it (drover activate).
 	PrepareOnly, ActivateOnly bool
 	// Skip names run_once hooks not to run (drover deploy --skip HOOK).
@@ -131,22 +147,37 @@ type run struct {
 	plan    *Plan
 	targets []Target
 	obs     Observer
-	// mu guards results and tokens, which sub-runs (a batch, the hosts
-	// after the first lock) share with the run they come from.
-	mu      *sync.Mutex
-	results map[string]*HostResult
-	tokens  map[string]int64
+	// mu guards results, tokens and switches, which sub-runs (a batch,
+	// the hosts after the first lock) share with the run they come from.
+	mu       *sync.Mutex
+	results  map[string]*HostResult
+	tokens   map[string]int64
+	switches *[]time.Time // when each host reported its `current` switched, by this machine's clock
 }
 
 // sub is a run over some of r's targets that shares r's results, tokens
 // and their mutex.
 func (r *run) sub(targets []Target) *run {
-	return &run{start: r.start, plan: r.plan, targets: targets, obs: r.obs, mu: r.mu, results: r.results, tokens: r.tokens}
+	c := *r
+	c.targets = targets
+	return &c
 }
 
 func newRun(plan *Plan, targets []Target, obs Observer) (*run, *Report) {
-	r := &run{start: time.Now(), plan: plan, targets: targets, obs: obs, mu: &sync.Mutex{}, results: map[string]*HostResult{}, tokens: map[string]int64{}}
+	r := &run{start: time.Now(), plan: plan, targets: targets, obs: obs, mu: &sync.Mutex{}, results: map[string]*HostResult{}, tokens: map[string]int64{}, switches: new([]time.Time)}
 	return r, &Report{App: plan.App.App, Env: plan.Env.Name, Release: plan.ID, Commit: plan.Commit}
+}
+
+// window is the activation window: from the first host's `current` switch
+// to the last one's, as their events reached this machine.
+func (r *run) window() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sw := *r.switches
+	if len(sw) < 2 {
+		return 0
+	}
+	return slices.MaxFunc(sw, time.Time.Compare).Sub(slices.MinFunc(sw, time.Time.Compare))
 }
 
 // finish fills the report's per-host results and elapsed time.
@@ -160,59 +191,90 @@ func (r *run) finish(rep *Report) {
 func (r *run) result(t Target) *HostResult {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	name := t.Host().Name
+	name := t.Name()
 	if r.results[name] == nil {
 		r.results[name] = &HostResult{Host: name, State: StateOK}
 	}
 	return r.results[name]
 }
 
-func (r *run) request(t Target, op string) *node.Request {
-	h := t.Host()
+// call is what every request of the run carries to t.
+func (r *run) call(t Target) Call {
+	name := t.Name()
 	r.mu.Lock()
-	token := r.tokens[h.Name]
+	token := r.tokens[name]
 	r.mu.Unlock()
-	return &node.Request{Op: op, App: r.plan.App, Env: r.plan.Env.Name, Host: h.Name, Roles: h.Roles, Token: token,
-		ID: r.plan.ID, Commit: r.plan.Commit, Spec: r.plan.Spec, By: r.plan.By, Export: r.plan.Export}
+	return r.plan.call(token, func(ev release.Event) {
+		if ev.Kind == release.EventStepEnd && ev.Step == "switch" && ev.Error == "" {
+			r.mu.Lock()
+			*r.switches = append(*r.switches, time.Now())
+			r.mu.Unlock()
+		}
+		r.obs.Event(name, ev)
+	})
 }
 
-// call runs req on t and records a failure in t's result.
-func (r *run) call(ctx context.Context, t Target, phase string, req *node.Request) (*node.Response, bool) {
-	name := t.Host().Name
+// note tells the observer and the report something a person should know
+// about host (empty: the rollout as a whole).
+func (r *run) note(rep *Report, host, msg string) {
+	r.mu.Lock()
+	if host != "" {
+		rep.Notes = append(rep.Notes, host+": "+msg)
+	} else {
+		rep.Notes = append(rep.Notes, msg)
+	}
+	r.mu.Unlock()
+	r.obs.Event(host, release.Event{Kind: release.EventInfo, Line: msg, Time: time.Now()})
+}
+
+// call is what a request of plan carries to a node holding token.
+func (p *Plan) call(token int64, events func(release.Event)) Call {
+	return Call{App: p.App, Env: p.Env.Name, Release: p.ID, Commit: p.Commit, Spec: p.Spec, By: p.By, Export: p.Export, Token: token, Events: events}
+}
+
+// do runs op on t in phase and records a failure in t's result. op gets
+// the Call the request carries.
+func (r *run) do(ctx context.Context, t Target, phase string, op func(context.Context, Call) error) bool {
 	if err := ctx.Err(); err != nil {
 		// Interrupted before this host was asked: it was not touched.
 		res := r.result(t)
 		res.Phase, res.State, res.Error = phase, StateFailed, "interrupted before "+phase+": "+err.Error()
-		return nil, false
+		return false
 	}
-	resp, err := node.Call(ctx, t, req, func(ev release.Event) { r.obs.Event(name, ev) })
+	err := op(ctx, r.call(t))
 	res := r.result(t)
 	res.Phase = phase
+	var ne *NodeError
 	switch {
-	case err != nil:
+	case err == nil:
+		return true
+	case errors.As(err, &ne):
+		res.State, res.Error, res.Step, res.Tail = StateFailed, ne.Error(), ne.Step, ne.Tail
+		if ne.Serving != nil {
+			res.Release, res.Serving = ne.Serving.Release, ne.Serving
+		}
+	default:
 		res.State, res.Error, res.unknown = StateUnreachable, err.Error(), true
 		if ctx.Err() != nil {
 			res.State, res.Error = StateFailed, "interrupted: "+ctx.Err().Error()
 		}
-	case !resp.OK:
-		res.State, res.Error, res.Step, res.Tail = StateFailed, resp.Error, resp.Step, resp.Tail
-		if resp.Serving != nil {
-			res.Release, res.Serving = resp.Serving.Release, resp.Serving
-		}
-	default:
-		return resp, true
 	}
-	return resp, false
+	return false
 }
 
 // Deploy runs plan on targets and reports per host. It returns an error only
 // when the rollout could not start (bad plan, lock held); host failures are
 // in the report.
 func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*Report, error) {
-	if err := CheckRunOnce(plan, hostsOf(targets)); err != nil {
+	strat, err := newStrategy(plan, len(targets))
+	if err == nil {
+		err = CheckRunOnce(plan, hostsOf(targets))
+	}
+	if err != nil {
 		return &Report{App: plan.App.App, Env: plan.Env.Name, Release: plan.ID, Commit: plan.Commit, Err: err.Error()}, err
 	}
 	r, rep := newRun(plan, targets, obs)
+	rep.Strategy = plan.Strategy.Type
 	defer r.finish(rep)
 	rep.SkippedHooks = plan.skippedHooks()
 	ctx, unlock, err := r.lock(ctx, rep)
@@ -239,10 +301,9 @@ func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*R
 	}
 	obs.Phase("activate")
 	rep.Activate = true
-	window := r.activate(ctx)
-	rep.Window = window
-	if r.failed() {
-		rep.Err = r.mixedSummary()
+	strat.activate(ctx, r, rep)
+	rep.Window = r.window()
+	if rep.Err != "" {
 		return rep, nil
 	}
 	if !r.runOnce(ctx, config.StageAfterActivate) {
@@ -270,13 +331,11 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 	holder := lock.Holder{Owner: r.plan.By, PID: os.Getpid(), Command: r.plan.Command, Lease: r.plan.Lease}
 	var (
 		mu    sync.Mutex
-		helds []*node.Held
+		helds []Lease
 		errs  []error
 	)
 	lockOne := func(ctx context.Context, t Target) {
-		req := r.request(t, node.OpLock)
-		req.Holder = &holder
-		h, err := node.Hold(ctx, t, req)
+		h, err := t.Lock(ctx, r.call(t), holder)
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -286,12 +345,12 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 			if !errors.As(err, &he) {
 				res.State = StateUnreachable
 			}
-			errs = append(errs, fmt.Errorf("%s: %w", t.Host().Name, err))
+			errs = append(errs, fmt.Errorf("%s: %w", t.Name(), err))
 			return
 		}
 		helds = append(helds, h)
 		r.mu.Lock()
-		r.tokens[t.Host().Name] = h.Holder.Token
+		r.tokens[t.Name()] = h.Token()
 		r.mu.Unlock()
 		go func() {
 			select {
@@ -363,17 +422,13 @@ func (r *run) prepareAll(ctx context.Context) bool {
 	chosen := r.runOnceHosts(config.StagePrepare)
 	r.each(ctx, r.plan.Parallel, func(ctx context.Context, t Target) {
 		start := time.Now()
-		req := r.request(t, node.OpPrepare)
-		req.RunOnce = chosen[t]
-		req.KeepFor = r.plan.KeepFor
-		_, ok := r.call(ctx, t, "prepare", req)
+		r.do(ctx, t, "prepare", func(ctx context.Context, c Call) error {
+			_, err := t.Prepare(ctx, c, chosen[t], r.plan.KeepFor)
+			return err
+		})
 		res := r.result(t)
 		res.Prepare = time.Since(start)
-		if ok {
-			r.obs.Done(t.Host().Name, res)
-		} else {
-			r.obs.Done(t.Host().Name, res)
-		}
+		r.obs.Done(t.Name(), res)
 	})
 	return !r.failed()
 }
@@ -389,50 +444,36 @@ func (r *run) runOnce(ctx context.Context, stage string) bool {
 		if len(hooks) == 0 {
 			continue
 		}
-		req := r.request(t, node.OpHooks)
-		req.Stage, req.RunOnce = stage, hooks
-		if _, ok := r.call(ctx, t, "run_once", req); !ok {
-			r.obs.Done(t.Host().Name, r.result(t))
+		ok := r.do(ctx, t, "run_once", func(ctx context.Context, c Call) error {
+			return t.RunHooks(ctx, c, stage, hooks)
+		})
+		if !ok {
+			r.obs.Done(t.Name(), r.result(t))
 			return false
 		}
 	}
 	return true
 }
 
-// activate switches hosts by the plan's strategy and returns the
-// activation window: from the first host starting to the last finishing.
-func (r *run) activate(ctx context.Context) time.Duration {
-	start := time.Now()
-	one := func(ctx context.Context, t Target) {
-		t0 := time.Now()
-		req := r.request(t, node.OpActivate)
-		req.Keep = r.plan.App.KeepReleases // each host cleans up once it runs the release
-		resp, ok := r.call(ctx, t, "activate", req)
-		res := r.result(t)
-		res.Activate = time.Since(t0)
-		if ok {
-			res.Release, res.Serving = resp.Active, &release.Serving{Release: resp.Active, Healthy: true}
-		}
-		r.obs.Done(t.Host().Name, res)
+// activateOne activates t and records the outcome; it reports whether t
+// runs the release.
+func (r *run) activateOne(ctx context.Context, t Target) bool {
+	t0 := time.Now()
+	var sv *release.Serving
+	ok := r.do(ctx, t, "activate", func(ctx context.Context, c Call) (err error) {
+		// Each host cleans up once it runs the release.
+		sv, err = t.Activate(ctx, c, r.plan.App.KeepReleases)
+		return err
+	})
+	res := r.result(t)
+	r.mu.Lock()
+	res.Activate = time.Since(t0)
+	if ok {
+		res.Release, res.Serving = sv.Release, sv
 	}
-	switch r.plan.Strategy {
-	case config.StrategySerial, config.StrategyRolling:
-		batch := 1
-		if r.plan.Strategy == config.StrategyRolling && r.plan.Batch > 1 {
-			batch = r.plan.Batch
-		}
-		for i := 0; i < len(r.targets); i += batch {
-			group := r.targets[i:min(i+batch, len(r.targets))]
-			r.sub(group).each(ctx, 0, one)
-			if r.failed() {
-				r.skipRest("activate")
-				break
-			}
-		}
-	default:
-		r.each(ctx, 0, one)
-	}
-	return time.Since(start)
+	r.mu.Unlock()
+	r.obs.Done(t.Name(), res)
+	return ok
 }
 
 func (r *run) failed() bool {

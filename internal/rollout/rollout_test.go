@@ -19,20 +19,24 @@ import (
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
 	"github.com/drover/drover/internal/testenv/apptest"
+	"github.com/drover/drover/internal/transport"
 	"github.com/drover/drover/internal/transport/local"
 )
 
-// rootedTarget is a host on this machine with its own deploy root: it
+// rootedConn reaches a host on this machine with its own deploy root: it
 // rewrites deploy_to in each request, so several "hosts" share one machine.
-type rootedTarget struct {
+type rootedConn struct {
 	conn *local.Conn
-	host *config.Host
 	root string
 }
 
-func (t *rootedTarget) Host() *config.Host { return t.host }
+// rootedTarget is host h on this machine, deployed under root, through the
+// node protocol adapter the push transports use.
+func rootedTarget(bin string, h *config.Host, root string) rollout.Target {
+	return transport.NewNode(&rootedConn{conn: &local.Conn{Binary: bin}, root: root}, h)
+}
 
-func (t *rootedTarget) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
+func (t *rootedConn) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	br := bufio.NewReader(stdin)
 	line, err := br.ReadBytes('\n')
 	if err != nil {
@@ -91,14 +95,14 @@ func newFleet(t *testing.T, n int, extraHooks string) *fleet {
 	for _, h := range f.env.Hosts {
 		root := filepath.Join(t.TempDir(), h.Name)
 		f.roots = append(f.roots, root)
-		f.targets = append(f.targets, &rootedTarget{conn: &local.Conn{Binary: bin}, host: h, root: root})
+		f.targets = append(f.targets, rootedTarget(bin, h, root))
 	}
 	return f
 }
 
 func (f *fleet) plan(commit string, n int) *rollout.Plan {
 	return &rollout.Plan{App: f.app.Config, Env: f.env, ID: release.NewID(time.Unix(int64(n)*1000, 0), commit), Commit: commit,
-		Spec: "branch:main", By: "test@here", Strategy: config.StrategyTwoPhase, Lease: 10 * time.Second}
+		Spec: "branch:main", By: "test@here", Strategy: config.Strategy{Type: config.StrategyAllAtOnce}, Lease: 10 * time.Second}
 }
 
 func (f *fleet) current(i int) string {

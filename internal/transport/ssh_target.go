@@ -10,22 +10,18 @@ import (
 
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/node"
-	"github.com/drover/drover/internal/rollout"
 	"github.com/drover/drover/internal/transport/ssh"
 )
 
-// sshTarget runs `drover node serve` over one SSH connection per host,
+// sshConn runs `drover node serve` over one SSH connection per host,
 // with the drover binary copied there once per version.
-type sshTarget struct {
+type sshConn struct {
 	client *ssh.Client
 	remote string // path of the drover binary on the host
-	host   *config.Host
 }
 
-func (t *sshTarget) Host() *config.Host { return t.host }
-
 // Serve runs one node request in a new session on the shared connection.
-func (t *sshTarget) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
+func (t *sshConn) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	var stderr bytes.Buffer
 	err := t.client.RunGraceful(ctx, node.CancelWait, shellQuote(t.remote)+" node serve", stdin, stdout, &limitedBuffer{b: &stderr, n: 16 << 10})
 	if err != nil {
@@ -37,7 +33,7 @@ func (t *sshTarget) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer
 	return nil
 }
 
-func openSSH(ctx context.Context, h *config.Host, opts Options) (rollout.Target, func() error, error) {
+func openSSH(ctx context.Context, h *config.Host, opts Options) (*Node, func() error, error) {
 	identity := h.IdentityFile
 	if identity == "" {
 		identity = opts.IdentityFile
@@ -58,7 +54,7 @@ func openSSH(ctx context.Context, h *config.Host, opts Options) (rollout.Target,
 		}
 		return nil, nil, fmt.Errorf("copy drover to host: %w", err)
 	}
-	return &sshTarget{client: c, remote: remote, host: h}, c.Close, nil
+	return NewNode(&sshConn{client: c, remote: remote}, h), c.Close, nil
 }
 
 func shellQuote(s string) string {

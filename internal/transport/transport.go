@@ -48,10 +48,22 @@ func (e *HostError) Error() string {
 }
 func (e *HostError) Unwrap() error { return e.Err }
 
-// Set is the open targets of one rollout; Close closes them all.
+// Set is the open nodes of one rollout; Close closes them all.
 type Set struct {
-	Targets []rollout.Target
+	Nodes   []*Node
 	closers []func() error
+}
+
+// Targets returns the nodes as rollout targets.
+func (s *Set) Targets() []rollout.Target { return Targets(s.Nodes) }
+
+// Targets returns nodes as rollout targets.
+func Targets(nodes []*Node) []rollout.Target {
+	out := make([]rollout.Target, len(nodes))
+	for i, n := range nodes {
+		out[i] = n
+	}
+	return out
 }
 
 // Close closes every connection.
@@ -90,7 +102,7 @@ func Open(ctx context.Context, hosts []*config.Host, opts Options) (*Set, []*Hos
 	if opts.MaxDials == 0 {
 		opts.MaxDials = 16
 	}
-	targets := make([]rollout.Target, len(hosts))
+	targets := make([]*Node, len(hosts))
 	closers := make([]func() error, len(hosts))
 	errs := make([]*HostError, len(hosts))
 	var g errgroup.Group
@@ -117,7 +129,7 @@ func Open(ctx context.Context, hosts []*config.Host, opts Options) (*Set, []*Hos
 			failed = append(failed, errs[i])
 			continue
 		}
-		set.Targets = append(set.Targets, targets[i])
+		set.Nodes = append(set.Nodes, targets[i])
 		set.closers = append(set.closers, closers[i])
 	}
 	return set, failed
@@ -132,16 +144,9 @@ func needsSSH(hosts []*config.Host) bool {
 	return false
 }
 
-func open(ctx context.Context, h *config.Host, opts Options) (rollout.Target, func() error, error) {
+func open(ctx context.Context, h *config.Host, opts Options) (*Node, func() error, error) {
 	if h.Transport == config.TransportLocal {
-		return &localTarget{Conn: local.Conn{Binary: opts.Binary, Env: opts.Env}, host: h}, func() error { return nil }, nil
+		return NewNode(&local.Conn{Binary: opts.Binary, Env: opts.Env}, h), func() error { return nil }, nil
 	}
 	return openSSH(ctx, h, opts)
 }
-
-type localTarget struct {
-	local.Conn
-	host *config.Host
-}
-
-func (t *localTarget) Host() *config.Host { return t.host }
