@@ -2,7 +2,8 @@
 # Installs what drover's tests run against, from Debian packages, when it
 # is missing: OpenSSH server (push deploys), PostgreSQL and MariaDB (the
 # control server's stores), iproute2 (network namespaces for multi-host tests),
-# HAProxy (the load balancer rolling deploys drain nodes from).
+# HAProxy (the load balancer rolling deploys drain nodes from) and socat
+# (the scripts that drive it in the `command` load balancer tests).
 set -euo pipefail
 need=()
 [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)
@@ -11,6 +12,7 @@ command -v ip >/dev/null || need+=(iproute2)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v mariadbd >/dev/null || [[ -x /usr/sbin/mariadbd ]] || need+=(mariadb-server)
 [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
+command -v socat >/dev/null || need+=(socat)
 if ((${#need[@]} == 0)); then
   exit 0
 fi
