@@ -79,37 +79,6 @@ func TestConformanceTCPSocket(t *testing.T) {
 	})
 }
 
-func member(t *testing.T, b lb.Balancer, name string) lb.Member {
-	t.Helper()
-	ms, err := b.Members(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range ms {
-		if m.Name == name {
-			return m
-		}
-	}
-	t.Fatalf("no member %s in %+v", name, ms)
-	return lb.Member{}
-}
-
-// waitMember polls until ok holds for the member, failing after 10s.
-func waitMember(t *testing.T, b lb.Balancer, name, what string, ok func(lb.Member) bool) lb.Member {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		m := member(t, b, name)
-		if ok(m) {
-			return m
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s %s: still %+v after 10s", name, what, m)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestStates maps HAProxy's states as documented: a failing check makes a
 // server unhealthy but still enabled; a drained server that fails its
 // check shows "DOWN" in show stat yet is reported not enabled; a server
@@ -119,14 +88,14 @@ func TestStates(t *testing.T) {
 	b := haproxy.New(hp.Socket, hp.Backend)
 
 	apps[1].unhealthy.Store(true)
-	m := waitMember(t, b, "web2", "down", func(m lb.Member) bool { return m.Detail == "DOWN" })
+	m := lbtest.WaitMember(t, b, "web2", 10*time.Second, func(m lb.Member) bool { return m.Detail == "DOWN" })
 	if !m.Enabled || m.Healthy || m.Serving() {
 		t.Errorf("web2 failing its check: %+v, want enabled, not healthy", m)
 	}
 	if err := b.Drain(context.Background(), "web2"); err != nil {
 		t.Fatal(err)
 	}
-	m = member(t, b, "web2")
+	m = lbtest.Member(t, b, "web2")
 	if m.Enabled || m.Healthy || !strings.Contains(m.Detail, "drained") {
 		t.Errorf("web2 drained and down: %+v, want not enabled, not healthy, detail saying drained", m)
 	}
@@ -134,21 +103,21 @@ func TestStates(t *testing.T) {
 	if err := b.Enable(context.Background(), "web2"); err != nil {
 		t.Fatal(err)
 	}
-	m = waitMember(t, b, "web2", "going up", func(m lb.Member) bool { return strings.HasPrefix(m.Detail, "DOWN 1/2") || m.Healthy })
+	m = lbtest.WaitMember(t, b, "web2", 10*time.Second, func(m lb.Member) bool { return strings.HasPrefix(m.Detail, "DOWN 1/2") || m.Healthy })
 	if strings.HasPrefix(m.Detail, "DOWN 1/2") && m.Healthy {
 		t.Errorf("web2 going up: %+v, want not healthy yet", m)
 	}
-	waitMember(t, b, "web2", "up", func(m lb.Member) bool { return m.Serving() && m.Detail == "UP" })
+	lbtest.WaitMember(t, b, "web2", 10*time.Second, func(m lb.Member) bool { return m.Serving() && m.Detail == "UP" })
 
 	hp.Command(t, "set server app/web1 state maint")
-	m = member(t, b, "web1")
+	m = lbtest.Member(t, b, "web1")
 	if m.Enabled || m.Serving() || m.Detail != "MAINT" {
 		t.Errorf("web1 in maintenance: %+v, want not enabled", m)
 	}
 	if err := b.Enable(context.Background(), "web1"); err != nil {
 		t.Fatal(err)
 	}
-	waitMember(t, b, "web1", "out of maintenance", func(m lb.Member) bool { return m.Serving() })
+	lbtest.WaitMember(t, b, "web1", 10*time.Second, func(m lb.Member) bool { return m.Serving() })
 }
 
 // TestDrainWaitsForSessions: a drained server with a request in flight is
@@ -164,11 +133,11 @@ func TestDrainWaitsForSessions(t *testing.T) {
 		}
 		done <- err
 	}()
-	waitMember(t, b, "web1", "busy", func(m lb.Member) bool { return m.Active > 0 })
+	lbtest.WaitMember(t, b, "web1", 10*time.Second, func(m lb.Member) bool { return m.Active > 0 })
 	if err := b.Drain(context.Background(), "web1"); err != nil {
 		t.Fatal(err)
 	}
-	m := member(t, b, "web1")
+	m := lbtest.Member(t, b, "web1")
 	if !m.Draining || m.Idle() || m.Active != 1 {
 		t.Errorf("drained with a request in flight: %+v, want draining, 1 active", m)
 	}
@@ -176,7 +145,7 @@ func TestDrainWaitsForSessions(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("the request in flight failed: %v", err)
 	}
-	waitMember(t, b, "web1", "idle", func(m lb.Member) bool { return m.Idle() })
+	lbtest.WaitMember(t, b, "web1", 10*time.Second, func(m lb.Member) bool { return m.Idle() })
 }
 
 // TestErrorsNameSocketAndCommand: runtime API refusals become errors that

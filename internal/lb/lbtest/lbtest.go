@@ -194,3 +194,37 @@ func waitFor(t *testing.T, f Fixture, what string, ok func([]lb.Member) bool) []
 		<-tick.C
 	}
 }
+
+// Member returns the member called name as b sees it now, failing the test
+// when there is none.
+func Member(t testing.TB, b lb.Balancer, name string) lb.Member {
+	t.Helper()
+	ms, err := b.Members(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := find(ms, name)
+	if !ok {
+		t.Fatalf("no member %s in %+v", name, ms)
+	}
+	return m
+}
+
+// WaitMember polls b until ok holds for the member called name and returns
+// it, failing the test after within.
+func WaitMember(t testing.TB, b lb.Balancer, name string, within time.Duration, ok func(lb.Member) bool) lb.Member {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		m := Member(t, b, name)
+		if ok(m) {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("member %s: still %+v after %s", name, m, within)
+		}
+		<-tick.C
+	}
+}
