@@ -2,7 +2,7 @@
 // through HAProxy's runtime API (the "stats socket" with level admin), on a
 // unix socket or on TCP (tcp:HOST:PORT). One command per connection.
 //
-// Members combines two commands: `show stat` gives each server's status
+// Members combines two commands: `show stat BACKEND 6 -1` gives each server's status
 // string (shown as Member.Detail) and its current sessions (scur, which is
 // Member.Active), and `show servers state BACKEND` gives the operational and
 // administrative states that the status string hides (a drained server that
@@ -65,13 +65,18 @@ const (
 
 // Members returns every server of the backend as HAProxy sees it now.
 func (b *Balancer) Members(ctx context.Context) ([]lb.Member, error) {
-	stat, err := b.command(ctx, "show stat")
+	// The backend's own row (type 2) and its servers (type 4).
+	cmd := "show stat " + b.backend + " 6 -1"
+	stat, err := b.command(ctx, cmd)
 	if err != nil {
 		return nil, err
 	}
+	if strings.HasPrefix(stat, "No such proxy") {
+		return nil, b.noBackend(cmd)
+	}
 	rows, err := parseCSV(stat)
 	if err != nil {
-		return nil, fmt.Errorf("haproxy %s: show stat: %w", b.socket, err)
+		return nil, fmt.Errorf("haproxy %s: %q: %w", b.socket, cmd, err)
 	}
 	var members []lb.Member
 	for _, r := range rows {
@@ -81,16 +86,17 @@ func (b *Balancer) Members(ctx context.Context) ([]lb.Member, error) {
 		scur, _ := strconv.Atoi(r["scur"])
 		members = append(members, lb.Member{Name: r["svname"], Detail: r["status"], Active: scur})
 	}
-	if len(members) == 0 && !backendSeen(rows, b.backend) {
-		return nil, fmt.Errorf("haproxy %s: no backend %q in show stat; check load_balancer.backend in drover.yml", b.socket, b.backend)
-	}
-	state, err := b.command(ctx, "show servers state "+b.backend)
+	cmd = "show servers state " + b.backend
+	state, err := b.command(ctx, cmd)
 	if err != nil {
 		return nil, err
 	}
+	if strings.HasPrefix(state, "Can't find backend") { // a frontend of that name
+		return nil, b.noBackend(cmd)
+	}
 	states, err := parseServersState(state)
 	if err != nil {
-		return nil, fmt.Errorf("haproxy %s: show servers state %s: %w", b.socket, b.backend, err)
+		return nil, fmt.Errorf("haproxy %s: %q: %w", b.socket, cmd, err)
 	}
 	for i := range members {
 		m := &members[i]
@@ -133,10 +139,14 @@ func (b *Balancer) setState(ctx context.Context, member, state string) error {
 	case strings.HasPrefix(msg, "No such server"):
 		return fmt.Errorf("haproxy %s: backend %s: server %q: %w (HAProxy said %q to %q)", b.socket, b.backend, member, lb.ErrUnknownMember, msg, cmd)
 	case strings.HasPrefix(msg, "No such backend"):
-		return fmt.Errorf("haproxy %s: %q: HAProxy has no backend %q; check load_balancer.backend in drover.yml", b.socket, cmd, b.backend)
+		return b.noBackend(cmd)
 	default:
 		return fmt.Errorf("haproxy %s: %q: %s", b.socket, cmd, msg)
 	}
+}
+
+func (b *Balancer) noBackend(cmd string) error {
+	return fmt.Errorf("haproxy %s: %q: HAProxy has no backend %q; check load_balancer.backend in drover.yml", b.socket, cmd, b.backend)
 }
 
 // command sends one command on a new connection and returns the answer.
@@ -199,15 +209,6 @@ func parseCSV(s string) ([]map[string]string, error) {
 		rows = append(rows, row)
 	}
 	return rows, nil
-}
-
-func backendSeen(rows []map[string]string, backend string) bool {
-	for _, r := range rows {
-		if r["pxname"] == backend {
-			return true
-		}
-	}
-	return false
 }
 
 type serverState struct {

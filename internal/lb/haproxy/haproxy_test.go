@@ -156,8 +156,11 @@ func TestErrorsNameSocketAndCommand(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), hp.Socket) || !strings.Contains(err.Error(), "set server nope/web1 state drain") || !strings.Contains(err.Error(), "load_balancer.backend") {
 		t.Errorf("drain in an unknown backend: %v", err)
 	}
-	if _, err := haproxy.New(hp.Socket, "nope").Members(context.Background()); err == nil || !strings.Contains(err.Error(), `no backend "nope"`) {
+	if _, err := haproxy.New(hp.Socket, "nope").Members(context.Background()); err == nil || !strings.Contains(err.Error(), `has no backend "nope"`) {
 		t.Errorf("members of an unknown backend: %v", err)
+	}
+	if _, err := haproxy.New(hp.Socket, "fe").Members(context.Background()); err == nil || !strings.Contains(err.Error(), `has no backend "fe"`) {
+		t.Errorf("members of a frontend: %v", err)
 	}
 	err = haproxy.New(hp.Socket, hp.Backend).Drain(context.Background(), "web9")
 	if !errors.Is(err, lb.ErrUnknownMember) || !strings.Contains(err.Error(), "app") || !strings.Contains(err.Error(), "web9") {

@@ -248,11 +248,13 @@ func (h *HAProxy) Status(t testing.TB, server string) string {
 	return ""
 }
 
-// WaitStatus waits until server's status starts with want (like "UP"),
-// failing the test after within.
+// WaitStatus waits until server's status is want or want plus a
+// transition ("UP" matches "UP 1/2"), failing the test after within.
 func (h *HAProxy) WaitStatus(t testing.TB, server, want string, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		got := h.Status(t, server)
 		if got == want || strings.HasPrefix(got, want+" ") {
@@ -261,7 +263,7 @@ func (h *HAProxy) WaitStatus(t testing.TB, server, want string, within time.Dura
 		if time.Now().After(deadline) {
 			t.Fatalf("haproxy server %s/%s is %q after %s, want %q", h.Backend, server, got, within, want)
 		}
-		time.Sleep(20 * time.Millisecond)
+		<-tick.C
 	}
 }
 
