@@ -4,10 +4,14 @@ import (
 	"net"
 	"net/url"
 	"path"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 )
+
+// haproxyNameRE is what HAProxy allows in proxy names.
+var haproxyNameRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]+$`)
 
 // lbKeys are the keys of load_balancer each type reads; the others are
 // refused for it, so that no key is accepted without effect.
@@ -59,8 +63,8 @@ func (v *validator) validateLoadBalancer(p string, e *Environment) {
 		}
 		if lb.Backend == "" {
 			missing("backend", "the HAProxy backend whose servers are this environment's hosts")
-		} else if strings.ContainsAny(lb.Backend, "/ \t") {
-			v.at(p+".backend", "%q is not a HAProxy backend name", lb.Backend)
+		} else if !haproxyNameRE.MatchString(lb.Backend) {
+			v.at(p+".backend", "%q is not a HAProxy backend name (letters, digits, '-', '_', '.', ':')", lb.Backend)
 		}
 	case LBCommand:
 		for _, c := range []struct{ key, val, what string }{

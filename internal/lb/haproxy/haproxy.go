@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -65,6 +66,9 @@ const (
 
 // Members returns every server of the backend as HAProxy sees it now.
 func (b *Balancer) Members(ctx context.Context) ([]lb.Member, error) {
+	if !nameRE.MatchString(b.backend) {
+		return nil, fmt.Errorf("haproxy %s: %q is not a HAProxy backend name (letters, digits, - _ . :); check load_balancer.backend in drover.yml", b.socket, b.backend)
+	}
 	// The backend's own row (type 2) and its servers (type 4).
 	cmd := "show stat " + b.backend + " 6 -1"
 	stat, err := b.command(ctx, cmd)
@@ -126,7 +130,18 @@ func (b *Balancer) Enable(ctx context.Context, member string) error {
 	return b.setState(ctx, member, "ready")
 }
 
+// nameRE is what HAProxy allows in proxy and server names. Anything else
+// could not name a server, and a blank or ';' would smuggle another
+// command into the runtime API.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]+$`)
+
 func (b *Balancer) setState(ctx context.Context, member, state string) error {
+	if !nameRE.MatchString(b.backend) {
+		return fmt.Errorf("haproxy %s: %q is not a HAProxy backend name (letters, digits, - _ . :); check load_balancer.backend in drover.yml", b.socket, b.backend)
+	}
+	if !nameRE.MatchString(member) {
+		return fmt.Errorf("haproxy %s: backend %s: %q is not a HAProxy server name (letters, digits, - _ . :): %w", b.socket, b.backend, member, lb.ErrUnknownMember)
+	}
 	cmd := fmt.Sprintf("set server %s/%s state %s", b.backend, member, state)
 	out, err := b.command(ctx, cmd)
 	if err != nil {

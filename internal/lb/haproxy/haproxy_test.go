@@ -162,6 +162,18 @@ func TestErrorsNameSocketAndCommand(t *testing.T) {
 	if _, err := haproxy.New(hp.Socket, "fe").Members(context.Background()); err == nil || !strings.Contains(err.Error(), `has no backend "fe"`) {
 		t.Errorf("members of a frontend: %v", err)
 	}
+	for _, evil := range []string{"web1;shutdown frontend fe", "web1 state maint\nshow info", ""} {
+		err := haproxy.New(hp.Socket, hp.Backend).Drain(context.Background(), evil)
+		if !errors.Is(err, lb.ErrUnknownMember) || !strings.Contains(err.Error(), "not a HAProxy server name") {
+			t.Errorf("drain of %q: %v", evil, err)
+		}
+	}
+	if _, err := haproxy.New(hp.Socket, "app;show info").Members(context.Background()); err == nil || !strings.Contains(err.Error(), "not a HAProxy backend name") {
+		t.Errorf("members of backend with a ';': %v", err)
+	}
+	if code, _, err := hp.Get("/"); err != nil || code != 200 {
+		t.Errorf("the frontend after those calls: %d %v", code, err)
+	}
 	err = haproxy.New(hp.Socket, hp.Backend).Drain(context.Background(), "web9")
 	if !errors.Is(err, lb.ErrUnknownMember) || !strings.Contains(err.Error(), "app") || !strings.Contains(err.Error(), "web9") {
 		t.Errorf("drain of an unknown server: %v", err)
