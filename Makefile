@@ -14,7 +14,7 @@ demo: build
 	./$(BIN) demo
 
 # deps installs the real parts the tests use (OpenSSH server, PostgreSQL,
-# MariaDB) from Debian packages when they are missing.
+# MariaDB, HAProxy, socat) from Debian packages when they are missing.
 deps:
 	./scripts/test-deps.sh
 

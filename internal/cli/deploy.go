@@ -2,13 +2,13 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/lb"
+	"github.com/drover/drover/internal/lb/lbopen"
 	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/node"
 	"github.com/drover/drover/internal/release"
@@ -182,10 +182,9 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	return rep, err
 }
 
-// openBalancer builds the load balancer an environment names. The backends
-// (internal/lb/lbopen) are not part of this branch.
+// openBalancer builds the load balancer an environment names.
 func openBalancer(ctx context.Context, c *config.LoadBalancer) (lb.Balancer, error) {
-	return nil, errors.New("load_balancer: not built in this branch")
+	return lbopen.Open(ctx, c)
 }
 
 // checkLease refuses a --lock-lease the deploy lock cannot work with.

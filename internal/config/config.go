@@ -123,8 +123,8 @@ type Environment struct {
 	Name     string   `yaml:"-" json:"name"`
 	Branch   string   `yaml:"branch" json:"branch"`
 	Strategy Strategy `yaml:"strategy" json:"strategy"`
-	// LoadBalancer is decoded so that Parse can refuse it by line: drover
-	// does not drain hosts from a balancer yet.
+	// LoadBalancer, when set, is what a rolling rollout drains hosts from
+	// and enables them in again; nil: no load balancer steps.
 	LoadBalancer *LoadBalancer `yaml:"load_balancer" json:"load_balancer,omitempty"`
 	Hosts        []*Host       `yaml:"hosts" json:"hosts"`
 }
@@ -184,12 +184,36 @@ type Canary struct {
 // is not set.
 const DefaultDrainTimeout = 30 * time.Second
 
-// LoadBalancer names the balancer that fronts an environment. Not
-// supported yet: a drover.yml that names one is refused.
+// Load balancer types.
+const (
+	LBHAProxy = "haproxy" // HAProxy's runtime API: socket and backend
+	LBCommand = "command" // shell commands: drain, enable and status
+	LBELBv2   = "elbv2"   // an AWS ELBv2 target group: target_group_arn
+)
+
+// LoadBalancer is the balancer that fronts an environment; internal/lb/lbopen
+// builds an lb.Balancer from it. Which keys apply depends on Type.
 type LoadBalancer struct {
-	Type    string `yaml:"type" json:"type"`
-	Socket  string `yaml:"socket" json:"socket,omitempty"`
+	Type string `yaml:"type" json:"type"`
+	// Socket is HAProxy's admin runtime socket: an absolute unix socket
+	// path or tcp:HOST:PORT.
+	Socket string `yaml:"socket" json:"socket,omitempty"`
+	// Backend is the HAProxy backend whose servers are the hosts.
 	Backend string `yaml:"backend" json:"backend,omitempty"`
+	// Drain, Enable and Status are the command type's shell commands;
+	// {{member}} in Drain and Enable is the host's member name.
+	Drain  string `yaml:"drain" json:"drain,omitempty"`
+	Enable string `yaml:"enable" json:"enable,omitempty"`
+	Status string `yaml:"status" json:"status,omitempty"`
+	// TargetGroupARN is the ELBv2 target group whose targets are the hosts.
+	TargetGroupARN string `yaml:"target_group_arn" json:"target_group_arn,omitempty"`
+	// Region is the target group's AWS region; default the ARN's.
+	Region string `yaml:"region" json:"region,omitempty"`
+	// Endpoint replaces the ELBv2 API endpoint (a VPC endpoint, a test server).
+	Endpoint string `yaml:"endpoint" json:"endpoint,omitempty"`
+	// Timeout bounds each call to the load balancer; 0 means the type's
+	// default (haproxy 5s, command 30s, elbv2 20s).
+	Timeout Duration `yaml:"timeout" json:"timeout,omitempty"`
 }
 
 // Transports a host can be reached by.
@@ -207,6 +231,21 @@ type Host struct {
 	Roles        []string `yaml:"roles" json:"roles,omitempty"`
 	IdentityFile string   `yaml:"identity_file" json:"identity_file,omitempty"`
 	Transport    string   `yaml:"transport" json:"transport,omitempty"`
+	// LBName is the host's member name in the load balancer when it is
+	// neither its name nor its address (see MemberName).
+	LBName string `yaml:"lb_name" json:"lb_name,omitempty"`
+}
+
+// MemberName is the host's name in the environment's load balancer:
+// lb_name, else name, else the host's address.
+func (h *Host) MemberName() string {
+	switch {
+	case h.LBName != "":
+		return h.LBName
+	case h.Name != "":
+		return h.Name
+	}
+	return h.Host
 }
 
 // HasRole reports whether the host has role r. The empty role matches every host.

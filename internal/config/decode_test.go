@@ -184,9 +184,9 @@ func TestMergeAndAliasErrors(t *testing.T) {
 	}
 }
 
-// TestRefusesKeysWithoutEffect: load_balancer and strategy.max_unavailable
-// are parsed but drive nothing yet, so a file that names them is refused
-// rather than deployed as if hosts were drained; stop_grace of a systemd
+// TestRefusesKeysWithoutEffect: strategy.max_unavailable is parsed but
+// drives nothing yet, so a file that names it is refused rather than
+// deployed as if hosts were held back; stop_grace of a systemd
 // unit would be ignored (systemctl stop decides) and is refused too.
 func TestRefusesKeysWithoutEffect(t *testing.T) {
 	tests := []struct {
@@ -194,10 +194,6 @@ func TestRefusesKeysWithoutEffect(t *testing.T) {
 		line      int
 		key, msg  string
 	}{
-		{"load_balancer", "  production:\n    strategy: {type: rolling, batch: 1}\n    load_balancer: {type: haproxy, socket: /run/haproxy/admin.sock, backend: shop}\n    hosts: [{host: web1}, {host: web2}]\n",
-			9, "environments.production.load_balancer", "not supported yet: drover would not drain"},
-		{"empty load_balancer", "  production:\n    load_balancer: {}\n    hosts: [{host: web1}]\n",
-			8, "environments.production.load_balancer", "not supported yet"},
 		{"max_unavailable", "  production:\n    strategy:\n      type: rolling\n      max_unavailable: 1\n    hosts: [{host: web1}, {host: web2}]\n",
 			10, "environments.production.strategy.max_unavailable", "not supported yet"},
 		{"max_unavailable zero", "  production:\n    strategy: {type: rolling, max_unavailable: 0}\n    hosts: [{host: web1}]\n",

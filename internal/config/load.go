@@ -405,10 +405,11 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		}
 		v.validateStrategy(p, e)
 		v.unsupported(p, e)
+		v.validateLoadBalancer(p, e)
 		if len(e.Hosts) == 0 {
 			v.at(p, "missing required key hosts (at least one host)")
 		}
-		names := map[string]int{}
+		names, members := map[string]int{}, map[string]int{}
 		for i, h := range e.Hosts {
 			hp := fmt.Sprintf("%s.hosts[%d]", p, i)
 			if h == nil {
@@ -432,10 +433,18 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 			if strings.ContainsAny(h.Host, " \t/") {
 				v.at(hp+".host", "%q is not a host name or address", h.Host)
 			}
-			if prev, dup := names[h.Name]; dup && h.Name != "" {
+			prev, dupName := names[h.Name]
+			if dupName && h.Name != "" {
 				v.at(hp, "duplicate host %q: hosts[%d] already has this name; give each host a distinct name", h.Name, prev)
 			} else {
 				names[h.Name] = i
+			}
+			if strings.ContainsAny(h.LBName, " \t") {
+				v.at(hp+".lb_name", "%q is not a load balancer member name", h.LBName)
+			} else if prev, dup := members[h.MemberName()]; dup && !dupName && h.MemberName() != "" {
+				v.at(hp, "hosts[%d] already has the load balancer member name %q; give this host its own lb_name", prev, h.MemberName())
+			} else {
+				members[h.MemberName()] = i
 			}
 			for _, r := range h.Roles {
 				roles[r] = true
@@ -529,11 +538,8 @@ func (v *validator) validateCanary(sp string, s *Strategy) {
 // does not act on yet: accepting them would promise what a deploy does not
 // do.
 func (v *validator) unsupported(p string, e *Environment) {
-	if e.LoadBalancer != nil || v.present(p+".load_balancer") {
-		v.at(p+".load_balancer", "not supported yet: drover would not drain hosts from this load balancer, so it would restart them while they take requests; remove load_balancer and take hosts out of the balancer yourself around the deploy")
-	}
 	if e.Strategy.MaxUnavailable != 0 || v.present(p+".strategy.max_unavailable") {
-		v.at(p+".strategy.max_unavailable", "not supported yet: drover would not hold hosts back to keep others serving; remove it and use batch to say how many hosts activate at once")
+		v.at(p+".strategy.max_unavailable", "not supported yet: use batch (how many hosts move at once) and min_healthy (how many must keep serving, as the load balancer sees it) instead")
 	}
 }
 

@@ -84,14 +84,9 @@ func (s *rolling) batches(targets []Target) [][]Target {
 	return out
 }
 
-// memberName is t's name in the load balancer: its name in drover.yml,
-// else its address.
-func memberName(t Target) string {
-	if h := t.Host(); h.Name != "" {
-		return h.Name
-	}
-	return t.Host().Host
-}
+// memberName is t's name in the load balancer: its lb_name in drover.yml,
+// else its name, else its address.
+func memberName(t Target) string { return t.Host().MemberName() }
 
 func (s *rolling) activate(ctx context.Context, r *run, rep *Report) {
 	prev, ok := s.start(ctx, r, rep, s.rollback)
