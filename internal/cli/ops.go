@@ -285,6 +285,9 @@ func Tasks(o *Common) error {
 					where += " with role " + h.Role
 				}
 			}
+			if h.SkipsOnHotfix() {
+				where += "; not on --hotfix"
+			}
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", h.Name, stage, where, strings.Join(h.Commands, " && "))
 		}
 	}

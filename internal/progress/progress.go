@@ -197,7 +197,8 @@ func truncate(s string, n int) string {
 }
 
 // Summary prints the final table, for each failed host its step and the
-// last lines of its output, and the run_once hooks --skip left out.
+// last lines of its output, and what the rollout left out: the run_once
+// hooks --skip named, and what --hotfix skipped.
 func Summary(w io.Writer, rep *rollout.Report) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tRESULT\tPHASE\tRELEASE\tPREPARE\tACTIVATE")
@@ -224,15 +225,26 @@ func Summary(w io.Writer, rep *rollout.Report) {
 			fmt.Fprintf(w, "  %s | %s\n", host, Clean(l))
 		}
 	}
-	if len(rep.SkippedHooks) > 0 {
+	if len(rep.SkippedHooks) > 0 || rep.SkippedCleanup != "" {
 		fmt.Fprintln(w)
 	}
+	var hotfix []string
 	for _, h := range rep.SkippedHooks {
+		if h.Reason == rollout.ReasonHotfix {
+			hotfix = append(hotfix, "hook "+Clean(h.Hook))
+			continue
+		}
 		role := ""
 		if h.Role != "" {
 			role = ", role " + h.Role
 		}
 		fmt.Fprintf(w, "skipped run_once hook %s (%s%s): --skip %s\n", h.Hook, h.Stage, role, h.Hook)
+	}
+	if rep.SkippedCleanup == rollout.ReasonHotfix {
+		hotfix = append(hotfix, "cleanup")
+	}
+	if len(hotfix) > 0 {
+		fmt.Fprintf(w, "skipped for --hotfix: %s\n", strings.Join(hotfix, ", "))
 	}
 	if rep.Err != "" {
 		fmt.Fprintf(w, "\n%s\n", Clean(rep.Err))

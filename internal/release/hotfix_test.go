@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/drover/drover/internal/release"
@@ -85,7 +86,7 @@ func TestHotfixSkipsMarkedHooks(t *testing.T) {
 	// Each skip is said, where the hook would have run.
 	var said []string
 	for _, ev := range events {
-		if ev.Kind == release.EventInfo && ev.Line == release.HotfixSkipLine {
+		if ev.Kind == release.EventInfo && ev.Line == "hook "+strings.TrimPrefix(ev.Step, "hook:")+" "+release.HotfixSkipped {
 			said = append(said, ev.Step)
 		}
 	}

@@ -78,8 +78,14 @@ type Report struct {
 	Window   time.Duration `json:"activation_window"` // from the first switch to the last host active
 	Err      string        `json:"error,omitempty"`
 	Activate bool          `json:"activated"`
-	// SkippedHooks are the run_once hooks --skip left out.
+	// SkippedHooks are the hooks the rollout left out: run_once hooks
+	// --skip named, and with --hotfix the hooks marked hotfix: skip.
 	SkippedHooks []SkippedHook `json:"skipped_hooks,omitempty"`
+	// Hotfix says the rollout was a code-only one (deploy --hotfix).
+	Hotfix bool `json:"hotfix,omitempty"`
+	// SkippedCleanup says why no old release was cleaned up after the
+	// activation (ReasonHotfix); empty when cleanup ran or had no place.
+	SkippedCleanup string `json:"skipped_cleanup,omitempty"`
 }
 
 // OK reports whether every host succeeded.
@@ -114,6 +120,11 @@ type Plan struct {
 	PrepareOnly, ActivateOnly bool
 	// Skip names run_once hooks not to run (drover deploy --skip HOOK).
 	Skip []string
+	// Hotfix is a code-only rollout (drover deploy --hotfix, seed 003's
+	// hotfix_deploy): the hooks marked hotfix: skip and the cleanup after
+	// activation do not run. Hosts record the release as a hotfix and
+	// decide the hooks from that record.
+	Hotfix bool
 }
 
 // Deployer names who deploys: user@machine.
@@ -173,7 +184,7 @@ func (r *run) request(t Target, op string) *node.Request {
 	token := r.tokens[h.Name]
 	r.mu.Unlock()
 	return &node.Request{Op: op, App: r.plan.App, Env: r.plan.Env.Name, Host: h.Name, Roles: h.Roles, Token: token,
-		ID: r.plan.ID, Commit: r.plan.Commit, Spec: r.plan.Spec, By: r.plan.By, Export: r.plan.Export}
+		ID: r.plan.ID, Commit: r.plan.Commit, Spec: r.plan.Spec, By: r.plan.By, Export: r.plan.Export, Hotfix: r.plan.Hotfix}
 }
 
 // call runs req on t and records a failure in t's result.
@@ -214,7 +225,10 @@ func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*R
 	}
 	r, rep := newRun(plan, targets, obs)
 	defer r.finish(rep)
-	rep.SkippedHooks = plan.skippedHooks()
+	rep.SkippedHooks, rep.Hotfix = plan.skippedHooks(), plan.Hotfix
+	if plan.Hotfix && !plan.PrepareOnly {
+		rep.SkippedCleanup = ReasonHotfix
+	}
 	ctx, unlock, err := r.lock(ctx, rep)
 	if err != nil {
 		return rep, err
@@ -346,7 +360,7 @@ func (r *run) each(ctx context.Context, limit int, fn func(context.Context, Targ
 func (r *run) runOnceHosts(stage string) map[Target][]string {
 	out := map[Target][]string{}
 	for _, h := range r.plan.App.HooksFor(stage) {
-		if !h.RunOnce || slices.Contains(r.plan.Skip, h.Name) {
+		if !h.RunOnce || r.plan.skipReason(h) != "" {
 			continue
 		}
 		for _, t := range r.targets {
@@ -406,7 +420,9 @@ func (r *run) activate(ctx context.Context) time.Duration {
 	one := func(ctx context.Context, t Target) {
 		t0 := time.Now()
 		req := r.request(t, node.OpActivate)
-		req.Keep = r.plan.App.KeepReleases // each host cleans up once it runs the release
+		if !r.plan.Hotfix {
+			req.Keep = r.plan.App.KeepReleases // each host cleans up once it runs the release
+		}
 		resp, ok := r.call(ctx, t, "activate", req)
 		res := r.result(t)
 		res.Activate = time.Since(t0)
