@@ -75,6 +75,9 @@ environments:
 	if n := releases(); n != 2 {
 		t.Errorf("deploy --hotfix with keep_releases 1 left %d releases, want 2 (no cleanup)", n)
 	}
+	if out, code = run(t, repo.Dir, "releases", "test"); code != 0 || strings.Count(out, "hotfix") != 1 || !strings.Contains(out, "active") {
+		t.Errorf("releases does not mark the active hotfix release alone: exit %d\n%s", code, out)
+	}
 
 	repo.Commit("fix 2", map[string]string{"fix.txt": "2"})
 	out, code = run(t, repo.Dir, "deploy", "test", "--hotfix", "-o", "json")

@@ -46,6 +46,9 @@ func Releases(ctx context.Context, o *Common) error {
 					status = "good"
 				}
 				var notes []string
+				if r.Hotfix {
+					notes = append(notes, "hotfix")
+				}
 				if r.Pinned(now) {
 					notes = append(notes, "pinned until "+r.KeepUntil.UTC().Format("2006-01-02 15:04"))
 				}
