@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/drover/drover/internal/cli"
 	"github.com/drover/drover/internal/lock"
@@ -233,5 +234,88 @@ func TestHotfixResumeAndPrepare(t *testing.T) {
 	}
 	if rel := p.releases(t); !hasAll(rel, before) || len(rel) != 5 {
 		t.Errorf("activate of a hotfix release cleaned up: releases %v", rel)
+	}
+}
+
+// TestHotfixInterruptedThenResumed interrupts a hotfix deploy (Ctrl-C)
+// while a prepare hook runs, before the hooks marked hotfix: skip come up:
+// a plain `drover resume` finishes it, and they never run, nor does
+// cleanup.
+func TestHotfixInterruptedThenResumed(t *testing.T) {
+	p := newPushApp(t)
+	hooks := "  build: {when: prepare, timeout: 60s, commands: ['echo build >> $DROVER_SHARED_DIR/which', 'while [ ! -f $DROVER_SHARED_DIR/go ]; do sleep 0.05; done']}\n" +
+		"  collect: {when: prepare, hotfix: skip, commands: ['echo collect >> $DROVER_SHARED_DIR/which']}\n" +
+		"  migrate: {run_once: true, role: web, hotfix: skip, commands: ['echo migrate >> $DROVER_SHARED_DIR/which']}\n"
+	p.repo.Commit("app", map[string]string{"drover.yml": p.yml("log", hooks, localHost)})
+	goFile := filepath.Join(p.deployTo, "shared", "go")
+	if err := os.MkdirAll(filepath.Dir(goFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(goFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 { // keep_releases: 3
+		p.newCommit(i)
+		if out, err := p.deploy(t, cli.DeployOptions{}); err != nil {
+			t.Fatalf("deploy %d: %v\n%s", i, err, out)
+		}
+	}
+	p.which()
+	before := p.releases(t)
+	if err := os.Remove(goFile); err != nil {
+		t.Fatal(err)
+	}
+
+	p.newCommit(3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var log bytes.Buffer
+	o := p.options(&log, "")
+	o.Hotfix = true
+	done := make(chan error, 1)
+	go func() {
+		_, err := cli.Deploy(ctx, o)
+		done <- err
+	}()
+	which := filepath.Join(p.deployTo, "shared", "which")
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if b, _ := os.ReadFile(which); string(b) == "build\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the build hook did not start within 60s:\n%s", log.String())
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("the interrupted hotfix succeeded:\n%s", log.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the interrupted hotfix did not end within 60s")
+	}
+	if got := p.which(); got != "build\n" {
+		t.Errorf("the interrupted hotfix ran %q, want build only", got)
+	}
+
+	if err := os.WriteFile(goFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log.Reset()
+	if _, err := cli.Resume(context.Background(), p.options(&log, "")); err != nil {
+		t.Fatalf("resume: %v\n%s", err, log.String())
+	}
+	if got := p.which(); got != "build\n" {
+		t.Errorf("the resumed hotfix ran %q, want build only (collect and migrate say hotfix: skip)", got)
+	}
+	if !strings.Contains(log.String(), "as the hotfix it began as") || !strings.Contains(log.String(), "\nskipped for --hotfix: hook collect, hook migrate, cleanup\n") {
+		t.Errorf("resume does not say it finishes a hotfix and what it skipped:\n%s", log.String())
+	}
+	if rel := p.releases(t); !hasAll(rel, before) || len(rel) != 4 {
+		t.Errorf("the resumed hotfix cleaned up: releases %v, before %v", rel, before)
+	}
+	if !strings.Contains(p.current(), p.repo.Head()[:7]) {
+		t.Errorf("resume did not activate the hotfix: current %s", p.current())
 	}
 }
