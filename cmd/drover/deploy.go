@@ -19,7 +19,8 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 		Example: `  drover deploy staging                      # the tip of branch staging
   drover deploy production --version tag:v1.2
   drover deploy production --version commit:3f9c2ab --strategy serial --parallel 10
-  drover deploy production --role web --skip migrate   # web hosts only, without the db migration`,
+  drover deploy production --role web --skip migrate   # web hosts only, without the db migration
+  drover deploy production --hotfix          # code only: no hook marked hotfix: skip, no cleanup`,
 		Args: exactArgs(1, "an environment"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Common = g.common(cmd, args[0])
@@ -36,7 +37,8 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	if verb == "prepare" {
 		cmd.Short = "Prepare a release on every host of ENV without activating it"
 		cmd.Example = `  drover prepare production                 # then: drover activate production RELEASE
-  drover prepare staging --keep-days 10     # a private release cleanup keeps for 10 days`
+  drover prepare staging --keep-days 10     # a private release cleanup keeps for 10 days
+  drover prepare production --hotfix        # activating it later skips what a hotfix skips`
 		cmd.Flags().Float64Var(&days, "keep-days", 0, "keep the release this many days, whatever cleanup does")
 	}
 	f := cmd.Flags()
@@ -44,6 +46,7 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	f.StringVar(&o.Strategy, "strategy", "", "all-at-once (default; also two-phase), rolling, serial or canary")
 	f.IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
 	f.StringVar(&o.Export, "export", "", "how to write a commit into a release: archive or checkout")
+	f.BoolVar(&o.Hotfix, "hotfix", false, "deploy code only: hooks marked hotfix: skip in drover.yml and cleanup do not run (resume and activate of the release keep it)")
 	leaseFlag(cmd, &o.Lease)
 	skipFlag(cmd, o)
 	return cmd

@@ -27,6 +27,10 @@ type DeployOptions struct {
 	Export   string        // how to materialise a commit (archive, checkout)
 	Lease    time.Duration // deploy lock lease
 	Skip     []string      // run_once hooks not to run (--skip)
+	// Hotfix deploys or prepares code only (--hotfix): no hook marked
+	// hotfix: skip, no cleanup. Activate and resume take it from the
+	// release's record instead.
+	Hotfix bool
 }
 
 // Deploy pushes a release to every host of an environment: resolve the spec
@@ -104,6 +108,10 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		}
 		e.plan.Spec, e.plan.Commit, e.plan.ID = spec.String(), commit, newID(commit)
 		e.plan.PrepareOnly = verb == "prepare"
+		if o.Hotfix {
+			e.plan.Hotfix = true
+			e.plan.Command += " --hotfix"
+		}
 		if err := e.atCommit(ctx, commit); err != nil {
 			return nil, err
 		}
@@ -146,27 +154,38 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		if len(missing) > 0 {
 			return nil, fmt.Errorf("release %s is not prepared on %s; run `drover prepare %s` first", o.Release, strings.Join(missing, ", "), e.env.Name)
 		}
+		e.plan.Hotfix = recordedHotfix(hosts, o.Release)
 		if err := e.atCommit(ctx, e.plan.Commit); err != nil {
 			return nil, err
 		}
 	case "resume":
-		id, commit, spec, err := rollout.Resumable(rollout.Releases(ctx, e.plan, set.Targets()))
+		hosts := rollout.Releases(ctx, e.plan, set.Targets())
+		id, commit, spec, err := rollout.Resumable(hosts)
 		if err != nil {
 			return nil, err
 		}
 		e.plan.ID, e.plan.Commit, e.plan.Spec = id, commit, spec
+		e.plan.Hotfix = recordedHotfix(hosts, id)
 		if err := e.atCommit(ctx, commit); err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(o.IO.Err, "resuming %s (%s)\n", id, commit[:min(12, len(commit))])
+		as := ""
+		if e.plan.Hotfix {
+			as = " as the hotfix it began as"
+		}
+		fmt.Fprintf(o.IO.Err, "resuming %s (%s)%s\n", id, commit[:min(12, len(commit))], as)
 	}
 	// A run_once hook with no host to run on would be left out silently.
 	if err := rollout.CheckRunOnce(e.plan, e.env.Hosts); err != nil {
 		return nil, &UsageError{err}
 	}
 	if o.IO.Output != "json" {
-		fmt.Fprintf(o.IO.Out, "%s %s %s to %s: release %s (commit %s), %d hosts, strategy %s\n",
-			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Nodes), e.plan.Strategy.Type)
+		hotfix := ""
+		if e.plan.Hotfix {
+			hotfix = ", hotfix (code only)"
+		}
+		fmt.Fprintf(o.IO.Out, "%s %s %s to %s: release %s (commit %s), %d hosts, strategy %s%s\n",
+			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Nodes), e.plan.Strategy.Type, hotfix)
 	}
 	rep, err := observe(&o.Common, e, e.plan.ID, func(obs rollout.Observer) (*rollout.Report, error) {
 		return rollout.Deploy(ctx, e.plan, set.Targets(), obs)
@@ -207,6 +226,19 @@ func releaseCommit(hosts []*rollout.HostReleases, id string) string {
 		}
 	}
 	return ""
+}
+
+// recordedHotfix reports whether a host recorded release id as a hotfix
+// (deploy --hotfix): resuming or activating it skips what a hotfix skips.
+func recordedHotfix(hosts []*rollout.HostReleases, id string) bool {
+	for _, h := range hosts {
+		for _, r := range h.Releases {
+			if r.ID == id && r.Hotfix {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // RollbackOptions are the inputs of `drover rollback`.

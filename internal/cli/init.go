@@ -44,6 +44,7 @@ shared:
 hooks:
   prepare: [echo "building $DROVER_RELEASE"]   # slow work, before anything switches
   # migrate: {run_once: true, role: db, commands: [./manage.py migrate]}   # once per rollout, before any host switches
+  #   add hotfix: skip to a hook that drover deploy --hotfix (code only) leaves out
   # after_activate: [./bin/purge-cdn]
 
 # Services drover runs: one process per port, PID files in shared/pids,

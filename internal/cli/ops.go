@@ -50,6 +50,9 @@ func Releases(ctx context.Context, o *Common) error {
 					status = "good"
 				}
 				var notes []string
+				if r.Hotfix {
+					notes = append(notes, "hotfix")
+				}
 				if r.Pinned(now) {
 					notes = append(notes, "pinned until "+r.KeepUntil.UTC().Format("2006-01-02 15:04"))
 				}
@@ -345,6 +348,9 @@ func Tasks(o *Common) error {
 				if h.Role != "" {
 					where += " with role " + h.Role
 				}
+			}
+			if h.SkipsOnHotfix() {
+				where += "; not on --hotfix"
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", h.Name, stage, where, strings.Join(h.Commands, " && "))
 		}

@@ -51,9 +51,15 @@ const (
 // give it a timeout.
 const DefaultHookTimeout = 30 * time.Minute
 
+// Values of a hook's hotfix key: whether `drover deploy --hotfix` runs it.
+const (
+	HotfixRun  = "run"  // the hook runs in a hotfix deploy too (the default)
+	HotfixSkip = "skip" // a hotfix deploy leaves the hook out
+)
+
 // Hook is a list of shell commands run in the new release directory.
 // In YAML a hook is either a plain list of commands or a mapping with
-// commands, when, run_once, role and timeout.
+// commands, when, run_once, role, timeout and hotfix.
 type Hook struct {
 	Name     string   `yaml:"-" json:"name"`
 	When     string   `yaml:"when" json:"when"`
@@ -63,7 +69,14 @@ type Hook struct {
 	// Timeout bounds the whole hook, every command of it; when it passes,
 	// the hook's process group is killed and its step fails.
 	Timeout Duration `yaml:"timeout" json:"timeout,omitempty"`
+	// Hotfix is HotfixSkip for a hook a code-only deploy (deploy
+	// --hotfix) leaves out, like a migration or collectstatic; HotfixRun
+	// or empty runs it.
+	Hotfix string `yaml:"hotfix" json:"hotfix,omitempty"`
 }
+
+// SkipsOnHotfix reports whether a hotfix deploy leaves the hook out.
+func (h *Hook) SkipsOnHotfix() bool { return h.Hotfix == HotfixSkip }
 
 // TimeoutOrDefault returns the hook's timeout, or DefaultHookTimeout.
 func (h *Hook) TimeoutOrDefault() time.Duration {
@@ -79,7 +92,7 @@ func (h *Hook) UnmarshalYAML(n ast.Node) error {
 		return yaml.NodeToValue(n, &h.Commands, yaml.DisallowUnknownField())
 	}
 	if n.Type() != ast.MappingType && n.Type() != ast.MappingValueType {
-		return &nodeError{node: n, msg: "a hook is a list of commands or a mapping with commands, when, run_once, role and timeout"}
+		return &nodeError{node: n, msg: "a hook is a list of commands or a mapping with commands, when, run_once, role, timeout and hotfix"}
 	}
 	type plain Hook
 	return yaml.NodeToValue(n, (*plain)(h), yaml.DisallowUnknownField())

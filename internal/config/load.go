@@ -583,6 +583,9 @@ func (v *validator) validateHooks(f *File, roles map[string]bool) {
 		if h.Timeout <= 0 && slices.Contains(v.keyOrder(p), "timeout") {
 			v.at(p+".timeout", "must be more than 0, like 10m (without it a hook may run %s)", DefaultHookTimeout)
 		}
+		if h.Hotfix != HotfixRun && h.Hotfix != HotfixSkip && (h.Hotfix != "" || v.present(p+".hotfix")) {
+			v.at(p+".hotfix", "%q is not skip or run: hotfix: skip leaves this hook out of `drover deploy --hotfix`, run (the default) keeps it", h.Hotfix)
+		}
 		for i, c := range h.Commands {
 			if strings.TrimSpace(c) == "" {
 				v.at(fmt.Sprintf("%s.commands[%d]", p, i), "empty command")

@@ -72,6 +72,11 @@ type Request struct {
 	Port    int           `json:"port,omitempty"`
 	Holder  *lock.Holder  `json:"holder,omitempty"`
 	Export  string        `json:"export,omitempty"`
+	// Hotfix asks for a code-only release (deploy --hotfix): a prepare that
+	// records a new release records it a hotfix, and the host's engine then
+	// runs none of its hooks marked hotfix: skip. A release already
+	// recorded keeps what its record says.
+	Hotfix bool `json:"hotfix,omitempty"`
 	// CrashAt is a test hook: only a -tags droverdebug build accepts it.
 	CrashAt string `json:"crash_at,omitempty"`
 }

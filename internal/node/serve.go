@@ -332,7 +332,7 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 	}
 	switch req.Op {
 	case OpPrepare:
-		rec, err := eng.Prepare(ctx, release.PrepareOptions{ID: req.ID, Commit: req.Commit, Spec: req.Spec, By: req.By, RunOnce: req.RunOnce, KeepDays: req.KeepFor})
+		rec, err := eng.Prepare(ctx, release.PrepareOptions{ID: req.ID, Commit: req.Commit, Spec: req.Spec, By: req.By, RunOnce: req.RunOnce, KeepDays: req.KeepFor, Hotfix: req.Hotfix})
 		if err != nil {
 			r := errResponse(err)
 			r.Release = rec

@@ -198,7 +198,8 @@ func truncate(s string, n int) string {
 }
 
 // Summary prints the final table, for each failed host its step and the
-// last lines of its output, and the run_once hooks --skip left out.
+// last lines of its output, and what the rollout left out: the run_once
+// hooks --skip named, and what --hotfix skipped.
 func Summary(w io.Writer, rep *rollout.Report) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tRESULT\tPHASE\tRELEASE\tPREPARE\tACTIVATE")
@@ -225,10 +226,15 @@ func Summary(w io.Writer, rep *rollout.Report) {
 			fmt.Fprintf(w, "  %s | %s\n", host, Clean(l))
 		}
 	}
-	if len(rep.SkippedHooks) > 0 {
+	if len(rep.SkippedHooks) > 0 || rep.SkippedCleanup != "" {
 		fmt.Fprintln(w)
 	}
+	var hotfix []string
 	for _, h := range rep.SkippedHooks {
+		if h.Reason == rollout.ReasonHotfix {
+			hotfix = append(hotfix, "hook "+Clean(h.Hook))
+			continue
+		}
 		role := ""
 		if h.Role != "" {
 			role = ", role " + h.Role
@@ -243,6 +249,12 @@ func Summary(w io.Writer, rep *rollout.Report) {
 	}
 	if rep.Window > 0 && rep.Strategy == config.StrategyAllAtOnce {
 		fmt.Fprintf(w, "\nactivation window (first switch to last): %s\n", rep.Window.Round(time.Microsecond))
+	}
+	if rep.SkippedCleanup == rollout.ReasonHotfix {
+		hotfix = append(hotfix, "cleanup")
+	}
+	if len(hotfix) > 0 {
+		fmt.Fprintf(w, "skipped for --hotfix: %s\n", strings.Join(hotfix, ", "))
 	}
 	if rep.Err != "" {
 		fmt.Fprintf(w, "\n%s\n", Clean(rep.Err))

@@ -33,13 +33,23 @@ func (e *Engine) runOnceHooks(ctx context.Context, id, stage string, runOnce []s
 	return e.runHooks(ctx, st, rec, stage, func(h *config.Hook) bool { return h.RunOnce && e.hookApplies(h, runOnce) })
 }
 
+// HotfixSkipped ends the line of the info event a host emits, with step
+// hook:NAME and line "hook NAME "+HotfixSkipped, where it leaves a hook
+// marked hotfix: skip out of a hotfix release.
+const HotfixSkipped = "skipped for --hotfix (hotfix: skip in drover.yml)"
+
 // runHooks runs, as steps of rec, the hooks of stage that want says run
-// here, in file order, stopping at the first failure.
+// here, in file order, stopping at the first failure. A hotfix release
+// leaves out the hooks marked hotfix: skip.
 func (e *Engine) runHooks(ctx context.Context, st *state, rec *Record, stage string, want func(*config.Hook) bool) error {
 	dir := e.Layout.Release(rec.ID)
 	env := e.hookEnv(rec, dir)
 	for _, h := range e.App.HooksFor(stage) {
 		if !want(h) {
+			continue
+		}
+		if rec.Hotfix && h.SkipsOnHotfix() {
+			e.emit(Event{Kind: EventInfo, Step: "hook:" + h.Name, Line: "hook " + h.Name + " " + HotfixSkipped})
 			continue
 		}
 		if err := e.runStep(ctx, st, rec, "hook:"+h.Name, func(ctx context.Context, out *tail) error {

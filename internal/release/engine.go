@@ -193,6 +193,10 @@ type PrepareOptions struct {
 	By       string        // who deploys
 	RunOnce  []string      // the run_once hooks of the prepare stage the rollout chose this host for
 	KeepDays time.Duration // pin the release against cleanup this long (prepare --keep-days)
+	// Hotfix makes a new release a code-only one (deploy --hotfix): its
+	// record says so, and no hook marked hotfix: skip runs for it. A
+	// release already recorded keeps what its record says.
+	Hotfix bool
 }
 
 // Prepare makes release opts.ID ready to activate without touching what
@@ -224,7 +228,7 @@ func (e *Engine) prepare(ctx context.Context, opts PrepareOptions) (*Record, err
 	rec := st.find(opts.ID)
 	switch {
 	case rec == nil:
-		rec = &Record{ID: opts.ID, Commit: opts.Commit, Spec: opts.Spec, Env: e.Env, By: opts.By, CreatedAt: e.now()}
+		rec = &Record{ID: opts.ID, Commit: opts.Commit, Spec: opts.Spec, Env: e.Env, By: opts.By, CreatedAt: e.now(), Hotfix: opts.Hotfix}
 		st.add(rec)
 	case rec.Status == StatusUnknown:
 		return nil, fmt.Errorf("prepare %s: releases/%s is on this host but not in its record (status unknown); a release directory is never reused: deploy a new release, or remove it with `drover cleanup ENV --remove %s`", opts.ID, opts.ID, opts.ID)

@@ -56,10 +56,14 @@ type Record struct {
 	PreparedAt  time.Time `json:"prepared_at,omitzero"`
 	ActivatedAt time.Time `json:"activated_at,omitzero"`
 	KeepUntil   time.Time `json:"keep_until,omitzero"`
-	Previous    string    `json:"previous,omitempty"`
-	FailedStep  string    `json:"failed_step,omitempty"`
-	Error       string    `json:"error,omitempty"`
-	Steps       []Step    `json:"steps,omitempty"`
+	// Hotfix marks a code-only release (deploy --hotfix): hooks marked
+	// hotfix: skip do not run for it, in its prepare, its activation or a
+	// resume of either.
+	Hotfix     bool   `json:"hotfix,omitempty"`
+	Previous   string `json:"previous,omitempty"`
+	FailedStep string `json:"failed_step,omitempty"`
+	Error      string `json:"error,omitempty"`
+	Steps      []Step `json:"steps,omitempty"`
 }
 
 // done reports whether step name already succeeded for this release.

@@ -72,7 +72,8 @@ type Report struct {
 	Window   time.Duration `json:"activation_window"` // from the first switch to the last host active
 	Err      string        `json:"error,omitempty"`
 	Activate bool          `json:"activated"`
-	// SkippedHooks are the run_once hooks --skip left out.
+	// SkippedHooks are the hooks the rollout left out: run_once hooks
+	// --skip named, and with --hotfix the hooks marked hotfix: skip.
 	SkippedHooks []SkippedHook `json:"skipped_hooks,omitempty"`
 	// Strategy is the strategy that activated the hosts.
 	Strategy string `json:"strategy,omitempty"`
@@ -82,6 +83,11 @@ type Report struct {
 	// Notes are things a person should know that are not failures: a drain
 	// that timed out, a host that was already out of the load balancer.
 	Notes []string `json:"notes,omitempty"`
+	// Hotfix says the rollout was a code-only one (deploy --hotfix).
+	Hotfix bool `json:"hotfix,omitempty"`
+	// SkippedCleanup says why no old release was cleaned up after the
+	// activation (ReasonHotfix); empty when cleanup ran or had no place.
+	SkippedCleanup string `json:"skipped_cleanup,omitempty"`
 }
 
 // OK reports whether every host succeeded, or failed within max_fail.
@@ -130,6 +136,11 @@ type Plan struct {
 	PrepareOnly, ActivateOnly bool
 	// Skip names run_once hooks not to run (drover deploy --skip HOOK).
 	Skip []string
+	// Hotfix is a code-only rollout (drover deploy --hotfix, seed 003's
+	// hotfix_deploy): the hooks marked hotfix: skip and the cleanup after
+	// activation do not run. Hosts record the release as a hotfix and
+	// decide the hooks from that record.
+	Hotfix bool
 }
 
 // Deployer names who deploys: user@machine.
@@ -229,7 +240,7 @@ func (r *run) note(rep *Report, host, msg string) {
 
 // call is what a request of plan carries to a node holding token.
 func (p *Plan) call(token int64, events func(release.Event)) Call {
-	return Call{App: p.App, Env: p.Env.Name, Release: p.ID, Commit: p.Commit, Spec: p.Spec, By: p.By, Export: p.Export, Token: token, Events: events}
+	return Call{App: p.App, Env: p.Env.Name, Release: p.ID, Commit: p.Commit, Spec: p.Spec, By: p.By, Export: p.Export, Hotfix: p.Hotfix, Token: token, Events: events}
 }
 
 // do runs op on t in phase and records a failure in t's result. op gets
@@ -276,7 +287,10 @@ func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*R
 	r, rep := newRun(plan, targets, obs)
 	rep.Strategy = plan.Strategy.Type
 	defer r.finish(rep)
-	rep.SkippedHooks = plan.skippedHooks()
+	rep.SkippedHooks, rep.Hotfix = plan.skippedHooks(), plan.Hotfix
+	if plan.Hotfix && !plan.PrepareOnly {
+		rep.SkippedCleanup = ReasonHotfix
+	}
 	ctx, unlock, err := r.lock(ctx, rep)
 	if err != nil {
 		return rep, err
@@ -405,7 +419,7 @@ func (r *run) each(ctx context.Context, limit int, fn func(context.Context, Targ
 func (r *run) runOnceHosts(stage string) map[Target][]string {
 	out := map[Target][]string{}
 	for _, h := range r.plan.App.HooksFor(stage) {
-		if !h.RunOnce || slices.Contains(r.plan.Skip, h.Name) {
+		if !h.RunOnce || r.plan.skipReason(h) != "" {
 			continue
 		}
 		for _, t := range r.targets {
@@ -461,8 +475,13 @@ func (r *run) activateOne(ctx context.Context, t Target) bool {
 	t0 := time.Now()
 	var sv *release.Serving
 	ok := r.do(ctx, t, "activate", func(ctx context.Context, c Call) (err error) {
-		// Each host cleans up once it runs the release.
-		sv, err = t.Activate(ctx, c, r.plan.App.KeepReleases)
+		// Each host cleans up once it runs the release; a hotfix keeps
+		// every release.
+		keep := r.plan.App.KeepReleases
+		if r.plan.Hotfix {
+			keep = 0
+		}
+		sv, err = t.Activate(ctx, c, keep)
 		return err
 	})
 	res := r.result(t)

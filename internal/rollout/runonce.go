@@ -22,11 +22,31 @@ func (e *NoRunOnceHostError) Error() string {
 		e.Hook, e.Role, strings.Join(e.Hosts, ", "), e.Role, e.Hook)
 }
 
-// SkippedHook is a run_once hook the operator chose not to run (--skip).
+// SkippedHook is a hook the operator chose not to run: a run_once hook
+// named by --skip, or one marked hotfix: skip in a --hotfix rollout.
 type SkippedHook struct {
-	Hook  string `json:"hook"`
-	Stage string `json:"stage"`
-	Role  string `json:"role,omitempty"`
+	Hook   string `json:"hook"`
+	Stage  string `json:"stage"`
+	Role   string `json:"role,omitempty"`
+	Reason string `json:"reason"` // ReasonSkip or ReasonHotfix
+}
+
+// Why a rollout leaves out a hook, or its cleanup.
+const (
+	ReasonSkip   = "--skip"   // a run_once hook named by --skip
+	ReasonHotfix = "--hotfix" // a hook marked hotfix: skip, and cleanup, in a hotfix rollout
+)
+
+// skipReason says why the rollout of p leaves hook h out (ReasonSkip,
+// ReasonHotfix), or "" when it runs.
+func (p *Plan) skipReason(h *config.Hook) string {
+	switch {
+	case h.RunOnce && slices.Contains(p.Skip, h.Name):
+		return ReasonSkip
+	case p.Hotfix && h.SkipsOnHotfix():
+		return ReasonHotfix
+	}
+	return ""
 }
 
 // stages returns the hook stages a rollout of plan runs.
@@ -66,7 +86,7 @@ func CheckRunOnce(plan *Plan, hosts []*config.Host) error {
 	}
 	for _, stage := range plan.stages() {
 		for _, h := range plan.App.HooksFor(stage) {
-			if !h.RunOnce || slices.Contains(plan.Skip, h.Name) {
+			if !h.RunOnce || plan.skipReason(h) != "" {
 				continue
 			}
 			if !slices.ContainsFunc(hosts, func(x *config.Host) bool { return x.HasRole(h.Role) }) {
@@ -77,14 +97,14 @@ func CheckRunOnce(plan *Plan, hosts []*config.Host) error {
 	return nil
 }
 
-// skippedHooks lists the run_once hooks of the rollout that plan.Skip
-// leaves out, in the order they would have run.
+// skippedHooks lists the hooks of the rollout that p leaves out (--skip,
+// --hotfix), in the order they would have run.
 func (p *Plan) skippedHooks() []SkippedHook {
 	var out []SkippedHook
 	for _, stage := range p.stages() {
 		for _, h := range p.App.HooksFor(stage) {
-			if h.RunOnce && slices.Contains(p.Skip, h.Name) {
-				out = append(out, SkippedHook{Hook: h.Name, Stage: stage, Role: h.Role})
+			if why := p.skipReason(h); why != "" {
+				out = append(out, SkippedHook{Hook: h.Name, Stage: stage, Role: h.Role, Reason: why})
 			}
 		}
 	}

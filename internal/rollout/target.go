@@ -57,6 +57,9 @@ type Call struct {
 	Spec    string
 	By      string
 	Export  string
+	// Hotfix asks for a code-only release: hooks marked hotfix: skip do
+	// not run (the node records it, so resume and activate skip them too).
+	Hotfix bool
 	// Token is the fencing token of the deploy lock this rollout holds on
 	// the node; 0 outside a rollout (the node then takes the lock for the
 	// length of the request).

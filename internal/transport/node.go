@@ -32,7 +32,7 @@ func (n *Node) Host() *config.Host { return n.host }
 // request is a node request of op for c.
 func (n *Node) request(op string, c rollout.Call) *node.Request {
 	return &node.Request{Op: op, App: c.App, Env: c.Env, Host: n.host.Name, Roles: n.host.Roles, Token: c.Token,
-		ID: c.Release, Commit: c.Commit, Spec: c.Spec, By: c.By, Export: c.Export}
+		ID: c.Release, Commit: c.Commit, Spec: c.Spec, By: c.By, Export: c.Export, Hotfix: c.Hotfix}
 }
 
 // Call sends req to the node and returns its answer; a failed operation is
