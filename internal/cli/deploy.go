@@ -72,15 +72,14 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 			// still hold; serial is rolling one host at a time.
 			e.plan.Strategy.Type = o.Strategy
 		case config.StrategyCanary:
-			if e.env.Strategy.Canary == nil {
-				return nil, &UsageError{fmt.Errorf("--strategy canary: environment %s has no strategy.canary in %s (canary: {wait: 5m, command: ...} or {wait: 5m, url: ...}) to decide when the canary is promoted", e.env.Name, e.app.Path)}
-			}
+			// Without strategy.canary the canary waits for drover promote
+			// or drover abort.
 			e.plan.Strategy.Type = o.Strategy
 		default:
 			return nil, &UsageError{fmt.Errorf("unknown --strategy %q; use all-at-once (or two-phase), rolling, serial or canary", o.Strategy)}
 		}
 	}
-	if e.plan.Strategy.Type == config.StrategyCanary {
+	if c := e.plan.Strategy.Canary; e.plan.Strategy.Type == config.StrategyCanary && c != nil && (c.Command != "" || c.URL != "") {
 		e.plan.Gate = newCanaryGate(e.plan.Strategy.Canary, o.IO.Err)
 	}
 	if o.Parallel > 0 {
@@ -91,10 +90,12 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 	if o.Version != "" {
 		e.plan.Command += " --version " + o.Version
 	}
-	if c := e.plan.Strategy.Canary; e.plan.Strategy.Type == config.StrategyCanary && c != nil {
+	if c := e.plan.Strategy.Canary; e.plan.Gate != nil {
 		// Whoever finds the lock held learns that a canary may be paused
 		// behind it, and for how long at most.
-		e.plan.Command += fmt.Sprintf(" (canary: pauses after the first batch while its check runs for %s)", time.Duration(c.Wait))
+		e.plan.Command += fmt.Sprintf(" (canary: pauses after the first batch while its check runs for %s, or until drover promote or drover abort)", time.Duration(c.Wait))
+	} else if e.plan.Strategy.Type == config.StrategyCanary {
+		e.plan.Command += " (canary: pauses after the first batch until drover promote or drover abort)"
 	}
 	switch verb {
 	case "deploy", "prepare":

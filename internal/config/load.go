@@ -519,15 +519,15 @@ func (v *validator) validateCanary(sp string, s *Strategy) {
 		return
 	}
 	c := s.Canary
-	if c == nil {
-		v.at(sp, "type canary needs canary: {wait: 5m, command: ...} or {wait: 5m, url: ...}: the check that must keep passing before the other hosts follow")
+	if c == nil || (c.Wait == 0 && c.Command == "" && c.URL == "") {
+		// No check: the canary waits for drover promote or drover abort.
 		return
 	}
 	if c.Wait <= 0 {
 		v.at(sp+".canary", "missing wait: how long the check must keep passing, like wait: 5m")
 	}
 	if c.Command == "" && c.URL == "" {
-		v.at(sp+".canary", "needs command (exits 0 while the canary is good) or url (answers 2xx while it is good)")
+		v.at(sp+".canary", "wait needs command (exits 0 while the canary is good) or url (answers 2xx while it is good); without a check, remove wait: the canary then waits for drover promote or drover abort")
 	}
 	if c.URL != "" && !strings.HasPrefix(c.URL, "http://") && !strings.HasPrefix(c.URL, "https://") {
 		v.at(sp+".canary.url", "%q is not an http:// or https:// URL", c.URL)

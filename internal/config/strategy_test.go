@@ -31,6 +31,10 @@ func TestStrategySettings(t *testing.T) {
 	if c.Type != StrategyCanary || c.Batch != Count(2) || c.Canary == nil || time.Duration(c.Canary.Wait) != 5*time.Minute || c.Canary.URL != "https://shop/health" {
 		t.Errorf("canary strategy %+v", c)
 	}
+	// Without a check a canary waits for drover promote or drover abort.
+	if c := mustParse(t, strategyEnv("{type: canary}")).Environments["production"].Strategy; c.Type != StrategyCanary || c.Canary != nil {
+		t.Errorf("canary without a check %+v", c)
+	}
 	if got := mustParse(t, strategyEnv("{type: rolling}")).Environments["production"].Strategy.Batch; got != Count(1) {
 		t.Errorf("rolling's default batch %s, want 1", got)
 	}
@@ -57,9 +61,8 @@ func TestStrategyRefusals(t *testing.T) {
 		{"min_healthy_time without load balancer", "{type: serial, min_healthy_time: 10s}", "min_healthy_time", "no load_balancer"},
 		{"unknown type", "{type: blue-green}", "type", `unknown strategy "blue-green"`},
 		{"unknown key", "{type: rolling, max_failures: 1}", "", `unknown key "max_failures"`},
-		{"canary without gate", "{type: canary}", "", "type canary needs canary:"},
 		{"canary without wait", "{type: canary, canary: {url: 'http://shop/health'}}", "canary", "missing wait"},
-		{"canary without check", "{type: canary, canary: {wait: 5m}}", "canary", "needs command"},
+		{"canary without check", "{type: canary, canary: {wait: 5m}}", "canary", "wait needs command"},
 		{"canary bad url", "{type: canary, canary: {wait: 5m, url: shop/health}}", "canary.url", "is not an http"},
 		{"canary on rolling", "{type: rolling, canary: {wait: 5m, command: 'true'}}", "canary", "applies to type: canary"},
 	}

@@ -59,6 +59,9 @@ type Holder struct {
 	Lease     time.Duration `json:"lease"`            // the lock expires this long after Heartbeat
 	Token     int64         `json:"token"`            // fencing token: grows with every acquisition
 	Manual    bool          `json:"manual,omitempty"` // taken by `drover lock`, kept until `drover unlock`
+	// Note says what the holder waits for, like a paused canary and how to
+	// decide it; it changes while the lock is held (SetNote).
+	Note string `json:"note,omitempty"`
 }
 
 // Stale reports whether the holder's lease ran out at now.
@@ -81,6 +84,9 @@ func (e *HeldError) Error() string {
 	what := fmt.Sprintf("%s since %s (%s ago)", who, h.Started.UTC().Format(time.RFC3339), e.Now.Sub(h.Started).Round(time.Second))
 	if h.Command != "" {
 		what += ", running " + h.Command
+	}
+	if h.Note != "" {
+		what += "; " + h.Note
 	}
 	if h.Manual {
 		return "deploy lock held by " + what + " with `drover lock`; `drover unlock` frees it"
@@ -190,6 +196,17 @@ func (f *File) Heartbeat(token int64) error {
 			return false, ErrLost
 		}
 		st.Holder.Heartbeat = f.now()
+		return true, nil
+	})
+}
+
+// SetNote sets the Note of the holder with token.
+func (f *File) SetNote(token int64, note string) error {
+	return f.with(func(st *fileState) (bool, error) {
+		if st.Holder == nil || st.Holder.Token != token {
+			return false, ErrLost
+		}
+		st.Holder.Note = note
 		return true, nil
 	})
 }

@@ -41,6 +41,10 @@ const (
 	OpUnlock         = "unlock"
 	OpLockStatus     = "lock-status"
 	OpPing           = "ping"
+	// OpCanary reads or changes the paused-canary record (Action: pause,
+	// status, promote, abort, clear); it needs no lock, it changes no
+	// release.
+	OpCanary = "canary"
 )
 
 // Request is one thing a rollout asks of a host.
@@ -77,6 +81,8 @@ type Request struct {
 	// runs none of its hooks marked hotfix: skip. A release already
 	// recorded keeps what its record says.
 	Hotfix bool `json:"hotfix,omitempty"`
+	// Canary is the record an OpCanary pause writes.
+	Canary *release.Canary `json:"canary,omitempty"`
 	// CrashAt is a test hook: only a -tags droverdebug build accepts it.
 	CrashAt string `json:"crash_at,omitempty"`
 }
@@ -98,6 +104,7 @@ type Response struct {
 	Holder    *lock.Holder      `json:"holder,omitempty"`
 	Held      bool              `json:"held,omitempty"` // the lock was held by someone else
 	Version   string            `json:"version,omitempty"`
+	Canary    *release.Canary   `json:"canary,omitempty"` // OpCanary, OpReleases: the paused canary, if any
 }
 
 // heartbeatLine is what a deployer holding an OpLock session sends on its

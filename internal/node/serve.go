@@ -380,7 +380,13 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 		if err != nil {
 			return errResponse(err)
 		}
-		return &Response{OK: true, Releases: recs, Active: active}
+		c, err := eng.Canary().Read()
+		if err != nil {
+			return errResponse(err)
+		}
+		return &Response{OK: true, Releases: recs, Active: active, Canary: c}
+	case OpCanary:
+		return canaryOp(eng, lk, req)
 	case OpCleanup:
 		if req.ID != "" { // one release, by name
 			found, err := eng.Remove(ctx, req.ID)

@@ -27,9 +27,7 @@ func newStrategy(plan *Plan, n int) (strategy, error) {
 	case config.StrategyRolling:
 		return newRolling(plan, s, n), nil
 	case config.StrategyCanary:
-		if plan.Gate == nil {
-			return nil, fmt.Errorf("strategy canary needs a gate that decides when the canary is promoted (canary.wait with a command or url)")
-		}
+		// Without a gate only an operator's decision ends the pause.
 		return &canary{rolling: newRolling(plan, s, n), gate: plan.Gate}, nil
 	}
 	return nil, fmt.Errorf("unknown strategy %q; use all-at-once (also called two-phase), rolling, serial or canary", s.Type)

@@ -45,6 +45,12 @@ type Target interface {
 	// Releases lists the node's releases, the active one and the one a
 	// rollback would go to.
 	Releases(ctx context.Context, c Call) (*HostReleases, error)
+	// Canary reads or changes the node's record of a paused canary, which
+	// is how an operator's `drover promote` or `drover abort` reaches the
+	// paused deployer: action "pause" writes rec (c's release paused),
+	// "status" reads it (nil: none), "promote" and "abort" decide c's
+	// release, "clear" removes c's record.
+	Canary(ctx context.Context, c Call, action string, rec *release.Canary) (*release.Canary, error)
 }
 
 // Call is what one request of a rollout carries to a node: the release,

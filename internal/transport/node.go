@@ -126,6 +126,17 @@ func (n *Node) Releases(ctx context.Context, c rollout.Call) (*rollout.HostRelea
 	return &rollout.HostReleases{Host: n.host.Name, Active: resp.Active, Releases: resp.Releases, Target: resp.Target}, nil
 }
 
+// Canary implements rollout.Target.
+func (n *Node) Canary(ctx context.Context, c rollout.Call, action string, rec *release.Canary) (*release.Canary, error) {
+	req := n.request(node.OpCanary, c)
+	req.Action, req.Canary = action, rec
+	resp, err := n.do(ctx, req, c)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Canary, nil
+}
+
 // Each sends a request made by mk to every node in parallel and returns the
 // answers in node order; a transport failure becomes a Response with OK
 // false. plan gives the app, environment and deployer every request names.

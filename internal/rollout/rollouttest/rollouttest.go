@@ -82,6 +82,7 @@ type Host struct {
 	token    int64
 	held     bool
 	switched []time.Time
+	canary   *release.Canary
 }
 
 // NewHost is a host named name with roles, writing to j. It runs no
@@ -336,4 +337,51 @@ func (h *Host) Releases(ctx context.Context, c rollout.Call) (*rollout.HostRelea
 		}
 	}
 	return out, nil
+}
+
+// Canary implements rollout.Target with the record in memory, as the
+// node keeps it in canary.json.
+func (h *Host) Canary(ctx context.Context, c rollout.Call, action string, rec *release.Canary) (*release.Canary, error) {
+	if h.Unreachable {
+		return nil, errUnreachable
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch action {
+	case "status":
+	case "pause":
+		cp := *rec
+		h.canary = &cp
+		h.journal.Add("%s canary pause %s", h.Name(), rec.Release)
+	case release.CanaryPromote, release.CanaryAbort:
+		switch {
+		case h.canary == nil:
+			return nil, &rollout.NodeError{Msg: "no canary is paused here"}
+		case c.Release != "" && h.canary.Release != c.Release:
+			return nil, &rollout.NodeError{Msg: fmt.Sprintf("the paused canary is release %s, not %s", h.canary.Release, c.Release)}
+		case h.canary.Decision == "":
+			h.canary.Decision, h.canary.By, h.canary.At = action, c.By, time.Now()
+			h.journal.Add("%s canary %s by %s", h.Name(), action, c.By)
+		}
+	case "clear":
+		if h.canary != nil && h.canary.Release == c.Release {
+			h.canary = nil
+			h.journal.Add("%s canary clear", h.Name())
+		}
+	default:
+		return nil, &rollout.NodeError{Msg: "bad canary action " + action}
+	}
+	if h.canary == nil {
+		return nil, nil
+	}
+	cp := *h.canary
+	return &cp, nil
+}
+
+// SetCanary replaces the host's canary record, as one left from an
+// earlier rollout.
+func (h *Host) SetCanary(c *release.Canary) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.canary = c
 }
