@@ -85,6 +85,8 @@ The app is described by drover.yml in the directory you stand in
 		newResumeCmd(g),
 		newRollbackCmd(g),
 		newReleasesCmd(g),
+		newDecideCmd(g, "promote"),
+		newDecideCmd(g, "abort"),
 		newCleanupCmd(g),
 		newExecCmd(g),
 		newServiceCmd(g),

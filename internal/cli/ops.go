@@ -72,6 +72,7 @@ func Releases(ctx context.Context, o *Common) error {
 			}
 		}
 		tw.Flush()
+		printPaused(ctx, o.IO, e, nodes)
 		if failed > 0 {
 			return fmt.Errorf("%d hosts did not answer", failed)
 		}

@@ -12,6 +12,10 @@ import (
 // CanaryHint is what a paused canary tells whoever looks: the lock's note,
 // `drover releases`, the deployer itself.
 func CanaryHint(c *release.Canary, env string) string {
+	if c.Decision != "" {
+		return fmt.Sprintf("canary of %s paused on %s since %s; %s by %s at %s, the deployer acts on it",
+			c.Release, strings.Join(c.Hosts, ", "), c.Since.UTC().Format(time.RFC3339), c.Decision, c.By, c.At.UTC().Format(time.RFC3339))
+	}
 	return fmt.Sprintf("canary of %s paused on %s since %s; drover promote %s or drover abort %s",
 		c.Release, strings.Join(c.Hosts, ", "), c.Since.UTC().Format(time.RFC3339), env, env)
 }
