@@ -147,7 +147,7 @@ func TestPushCanaryPromoteAbort(t *testing.T) {
 		t.Fatalf("promote: exit %d\n%s", code, out)
 	}
 	out, code := wait()
-	if code != 0 || !strings.Contains(out, "promoted by ") {
+	if code != 0 || !strings.Contains(out, "promoted by ") || !strings.Contains(out, "paused on here; drover promote test or drover abort test") {
 		t.Fatalf("deploy after promote: exit %d\n%s", code, out)
 	}
 	second := p.current()
