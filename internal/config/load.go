@@ -213,6 +213,26 @@ func (v *validator) position(p string) (int, int) {
 	return 1, 1
 }
 
+// keyPosition finds the line of key name in the mapping at p, or of p
+// itself when the key is not found.
+func (v *validator) keyPosition(p, name string) (int, int) {
+	if yp, err := yaml.PathString(p); err == nil {
+		if m, err := yp.FilterFile(v.ast); err == nil {
+			if m, ok := m.(*ast.MappingNode); ok {
+				for _, kv := range m.Values {
+					if keyString(kv.Key) != name {
+						continue
+					}
+					if tk := kv.Key.GetToken(); tk != nil && tk.Position != nil {
+						return tk.Position.Line, tk.Position.Column
+					}
+				}
+			}
+		}
+	}
+	return v.position(p)
+}
+
 // keyOrder returns the keys of the mapping at p in file order.
 func (v *validator) keyOrder(p string) []string {
 	yp, err := yaml.PathString(p)
@@ -315,7 +335,10 @@ func (v *validator) defaults(f *File) {
 
 var (
 	nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
-	unitRE = regexp.MustCompile(`^[A-Za-z0-9@._:\\-]+$`)
+	// hookNameRE is what a hook name may be: it is printed in deploy
+	// output, `drover tasks` and the logs, and used as a YAML path.
+	hookNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
+	unitRE     = regexp.MustCompile(`^[A-Za-z0-9@._:\\-]+$`)
 )
 
 func (v *validator) validate(f *File) {
@@ -565,7 +588,14 @@ func (v *validator) present(p string) bool {
 func (v *validator) validateHooks(f *File, roles map[string]bool) {
 	for _, name := range f.HookOrder {
 		h := f.Hooks[name]
-		p := "$.hooks." + name
+		if !hookNameRE.MatchString(name) {
+			// Quoted: the name may hold a newline or a terminal escape.
+			e := &Error{File: v.file, Key: "hooks", Msg: fmt.Sprintf("%q is not a valid hook name: use 1 to 64 letters, digits, '_', '-', '.' or ':', starting with a letter or digit", name)}
+			e.Line, e.Column = v.keyPosition("$.hooks", name)
+			v.errs = append(v.errs, e)
+			continue
+		}
+		p := "$.hooks." + pathKey(name)
 		if h == nil {
 			v.at(p, "hook has no commands")
 			continue

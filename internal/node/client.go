@@ -71,30 +71,76 @@ func transportError(runErr, decErr error, garbage string) error {
 	return errors.New("no result from drover node (the process ended without answering)")
 }
 
+// maxMessage is the longest protocol line the deployer reads. A host cuts
+// output lines at release.MaxLine and a result carries at most a tail of
+// such lines, so no message of a current host comes near it; a longer line
+// is skipped (and named in garbage) rather than ending the session.
+const maxMessage = 16 << 20
+
 // readMessages decodes JSON lines until a result arrives. Lines that are
 // not JSON (a shell's complaint) are kept in garbage for the error.
 func readMessages(r io.Reader, onEvent func(release.Event), onLocked func(lock.Holder), garbage *bytes.Buffer) (*Response, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		var m message
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if len(line)+len(chunk) <= maxMessage {
+			line = append(line, chunk...)
+		} else {
+			// Over the limit: drop what was read and the rest of the line.
+			line = line[:0]
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = br.ReadSlice('\n')
+			}
 			if garbage.Len() < 4096 {
-				garbage.Write(sc.Bytes())
-				garbage.WriteByte('\n')
+				fmt.Fprintf(garbage, "(a message longer than %d MiB was skipped)\n", maxMessage>>20)
+			}
+			if err == io.EOF {
+				return nil, nil
+			}
+			if err != nil {
+				return nil, err
 			}
 			continue
 		}
-		switch {
-		case m.Result != nil:
-			return m.Result, nil
-		case m.Event != nil && onEvent != nil:
-			onEvent(*m.Event)
-		case m.Locked != nil && onLocked != nil:
-			onLocked(*m.Locked)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if len(bytes.TrimSpace(line)) > 0 {
+			if resp := handleMessage(line, onEvent, onLocked, garbage); resp != nil {
+				return resp, nil
+			}
+		}
+		line = line[:0]
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
-	return nil, sc.Err()
+}
+
+// handleMessage decodes one protocol line, passing events and lock notices
+// on, and returns the result when it is one.
+func handleMessage(b []byte, onEvent func(release.Event), onLocked func(lock.Holder), garbage *bytes.Buffer) *Response {
+	var m message
+	if err := json.Unmarshal(b, &m); err != nil {
+		if garbage.Len() < 4096 {
+			garbage.Write(bytes.TrimRight(b, "\r\n"))
+			garbage.WriteByte('\n')
+		}
+		return nil
+	}
+	switch {
+	case m.Result != nil:
+		return m.Result
+	case m.Event != nil && onEvent != nil:
+		onEvent(*m.Event)
+	case m.Locked != nil && onLocked != nil:
+		onLocked(*m.Locked)
+	}
+	return nil
 }
 
 // Held is a deploy lock held on one host for as long as its session lives.
