@@ -3,6 +3,7 @@ package node_test
 import (
 	"encoding/json"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 
 // TestBarrierActivateWaitsForGo: a Barrier activate runs up to the switch,
 // says ready and waits; a go false or a closed stdin fails it with the
-// host unswitched (and the release still activatable); a go true switches.
+// host unswitched (and the release still activatable), and so does a
+// SIGTERM (the deployer cancelled) before the go; a go true switches.
 func TestBarrierActivateWaitsForGo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds drover")
@@ -42,7 +44,8 @@ func TestBarrierActivateWaitsForGo(t *testing.T) {
 		return id
 	}
 
-	for _, say := range []string{`{"go":false}` + "\n", ""} { // "": stdin closed
+	// "": stdin closed; "TERM": the request cancelled (SIGTERM) before the go.
+	for _, say := range []string{`{"go":false}` + "\n", "", "TERM"} {
 		breq := req(node.OpActivate, r2, c2)
 		breq.Barrier = true
 		s := startSession(t, bin, breq)
@@ -58,12 +61,19 @@ func TestBarrierActivateWaitsForGo(t *testing.T) {
 		if got := active(); got != r1 {
 			t.Fatalf("switched to %s before the go", got)
 		}
-		if say != "" {
+		switch say {
+		case "TERM":
+			if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+		case "":
+			s.stdin.Close()
+		default:
 			if _, err := s.stdin.Write([]byte(say)); err != nil {
 				t.Fatal(err)
 			}
+			s.stdin.Close()
 		}
-		s.stdin.Close()
 		var resp node.Response
 		for {
 			m := s.next(t)
