@@ -28,12 +28,49 @@ type Conn interface {
 // (the host unreachable, the process killed) is an error; a failed
 // operation is a Response with OK false.
 func Call(ctx context.Context, conn Conn, req *Request, onEvent func(release.Event)) (*Response, error) {
+	return call(ctx, conn, req, onEvent, nil)
+}
+
+// CallBarrier sends an activate as a two-step Barrier request: once the
+// host reports it is ready to switch, ready is called (on its own
+// goroutine; it may block until every host is ready) and its answer is
+// sent as the go line: true switches, false calls the switch off. A host
+// that answers without being ready (it failed before, or had nothing to
+// switch) never calls ready.
+func CallBarrier(ctx context.Context, conn Conn, req *Request, onEvent func(release.Event), ready func() bool) (*Response, error) {
+	req.Barrier = true
+	return call(ctx, conn, req, onEvent, ready)
+}
+
+func call(ctx context.Context, conn Conn, req *Request, onEvent func(release.Event), ready func() bool) (*Response, error) {
 	req.Protocol = ProtocolVersion
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
 	body = append(body, '\n')
+	var (
+		stdin   io.Reader = bytes.NewReader(body)
+		onReady func()
+		closeIn = func() {}
+	)
+	if ready != nil {
+		// stdin stays open for the go line, and closes once it is sent or
+		// the host's output ends.
+		inR, inW := io.Pipe()
+		stdin = inR
+		go func() { _, _ = inW.Write(body) }()
+		var once sync.Once
+		closeIn = func() { once.Do(func() { inW.Close() }) }
+		defer closeIn()
+		onReady = func() {
+			go func() {
+				line, _ := json.Marshal(goLine{Go: ready()})
+				_, _ = inW.Write(append(line, '\n'))
+				closeIn()
+			}()
+		}
+	}
 	pr, pw := io.Pipe()
 	var (
 		resp    *Response
@@ -44,10 +81,11 @@ func Call(ctx context.Context, conn Conn, req *Request, onEvent func(release.Eve
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		resp, decErr = readMessages(pr, onEvent, nil, &garbage)
+		resp, decErr = readMessages(pr, onEvent, nil, onReady, &garbage)
+		closeIn() // answered or gone: nothing more to send
 		_, _ = io.Copy(io.Discard, pr)
 	}()
-	runErr := conn.Serve(ctx, bytes.NewReader(body), pw)
+	runErr := conn.Serve(ctx, stdin, pw)
 	pw.Close()
 	wg.Wait()
 	if resp != nil {
@@ -79,7 +117,13 @@ const maxMessage = 16 << 20
 
 // readMessages decodes JSON lines until a result arrives. Lines that are
 // not JSON (a shell's complaint) are kept in garbage for the error.
-func readMessages(r io.Reader, onEvent func(release.Event), onLocked func(lock.Holder), garbage *bytes.Buffer) (*Response, error) {
+func readMessages(r io.Reader, onEvent func(release.Event), onLocked func(lock.Holder), onReady func(), garbage *bytes.Buffer) (*Response, error) {
+	ready := func() { // once: the host is ready to switch (a barrier activate)
+		if onReady != nil {
+			onReady()
+			onReady = nil
+		}
+	}
 	br := bufio.NewReaderSize(r, 64<<10)
 	var line []byte
 	for {
@@ -107,7 +151,7 @@ func readMessages(r io.Reader, onEvent func(release.Event), onLocked func(lock.H
 			continue
 		}
 		if len(bytes.TrimSpace(line)) > 0 {
-			if resp := handleMessage(line, onEvent, onLocked, garbage); resp != nil {
+			if resp := handleMessage(line, onEvent, onLocked, ready, garbage); resp != nil {
 				return resp, nil
 			}
 		}
@@ -123,7 +167,7 @@ func readMessages(r io.Reader, onEvent func(release.Event), onLocked func(lock.H
 
 // handleMessage decodes one protocol line, passing events and lock notices
 // on, and returns the result when it is one.
-func handleMessage(b []byte, onEvent func(release.Event), onLocked func(lock.Holder), garbage *bytes.Buffer) *Response {
+func handleMessage(b []byte, onEvent func(release.Event), onLocked func(lock.Holder), onReady func(), garbage *bytes.Buffer) *Response {
 	var m message
 	if err := json.Unmarshal(b, &m); err != nil {
 		if garbage.Len() < 4096 {
@@ -139,6 +183,8 @@ func handleMessage(b []byte, onEvent func(release.Event), onLocked func(lock.Hol
 		onEvent(*m.Event)
 	case m.Locked != nil && onLocked != nil:
 		onLocked(*m.Locked)
+	case m.Ready:
+		onReady()
 	}
 	return nil
 }
@@ -181,7 +227,7 @@ func Hold(ctx context.Context, conn Conn, req *Request) (*Held, error) {
 	result := make(chan *Response, 1)
 	var garbage bytes.Buffer
 	go func() {
-		resp, _ := readMessages(outR, nil, func(l lock.Holder) { locked <- l }, &garbage)
+		resp, _ := readMessages(outR, nil, func(l lock.Holder) { locked <- l }, nil, &garbage)
 		result <- resp
 		_, _ = io.Copy(io.Discard, outR)
 	}()

@@ -132,6 +132,11 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	if err := e.runHooks(ctx, st, rec, config.StageBeforeActivate, e.everywhere); err != nil {
 		return e.fail(st, rec, err)
 	}
+	if e.BeforeSwitch != nil && !rec.done("switch") {
+		if err := e.BeforeSwitch(ctx); err != nil {
+			return e.fail(st, rec, err)
+		}
+	}
 	if err := e.runStep(ctx, st, rec, "switch", func(context.Context, *tail) error {
 		return e.Layout.switchCurrent(id)
 	}); err != nil {

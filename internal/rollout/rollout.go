@@ -470,8 +470,9 @@ func (r *run) runOnce(ctx context.Context, stage string) bool {
 }
 
 // activateOne activates t and records the outcome; it reports whether t
-// runs the release.
-func (r *run) activateOne(ctx context.Context, t Target) bool {
+// runs the release. ready, when set, holds t right before its switch (see
+// Call.Ready).
+func (r *run) activateOne(ctx context.Context, t Target, ready func() bool) bool {
 	t0 := time.Now()
 	var sv *release.Serving
 	ok := r.do(ctx, t, "activate", func(ctx context.Context, c Call) (err error) {
@@ -481,6 +482,7 @@ func (r *run) activateOne(ctx context.Context, t Target) bool {
 		if r.plan.Hotfix {
 			keep = 0
 		}
+		c.Ready = ready
 		sv, err = t.Activate(ctx, c, keep)
 		return err
 	})
