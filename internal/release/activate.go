@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -112,6 +113,11 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	// Going back to an earlier release runs its activation afresh.
 	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive || moved {
 		rec.Steps = slices.DeleteFunc(rec.Steps, func(s Step) bool { return isActivationStep(s.Name) || e.isActivationHook(s.Name) })
+	}
+	// Going back to an earlier release runs its own hooks and services,
+	// from the drover.yml it was made with.
+	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive {
+		e = e.forRelease(id)
 	}
 	before := rec.Status
 	rec.Status, rec.FailedStep, rec.Error = StatusActivating, "", ""
@@ -274,7 +280,9 @@ func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error
 			pr.Status = StatusActive
 		}
 		if rerr == nil && restarted {
-			rerr = e.restartServices(ctx, pr, e.Layout.Release(prev), lineWriter(func(l string) {
+			// The release switched back to runs its own services, not the
+			// ones of the release that failed.
+			rerr = e.forRelease(prev).restartServices(ctx, pr, e.Layout.Release(prev), lineWriter(func(l string) {
 				e.emit(Event{Kind: EventOutput, Step: "revert", Line: l})
 			}))
 		}
@@ -323,7 +331,7 @@ func (e *Engine) serving(ctx context.Context) Serving {
 	dir := e.Layout.Release(active)
 	m := e.manager(st.find(active), dir)
 	var problems []string
-	for _, s := range e.services() {
+	for _, s := range e.forRelease(active).services() {
 		if s.Systemd == "" {
 			for _, p := range m.Status(s) {
 				switch {
@@ -378,18 +386,53 @@ func (e *Engine) stopServices(ctx context.Context) error {
 	m := e.manager(nil, "")
 	var errs []error
 	for _, s := range e.services() {
-		if s.Systemd != "" {
-			errs = append(errs, m.Stop(ctx, s, 0))
-			continue
-		}
-		for _, p := range s.Ports {
-			errs = append(errs, m.Stop(ctx, s, p))
-		}
-		if len(s.Ports) == 0 {
-			errs = append(errs, m.Stop(ctx, s, 0))
-		}
+		errs = append(errs, stopService(ctx, m, s))
 	}
 	return errors.Join(errs...)
+}
+
+// stopService stops every process of s.
+func stopService(ctx context.Context, m *service.Manager, s service.Spec) error {
+	if s.Systemd != "" {
+		return m.Stop(ctx, s, 0)
+	}
+	var errs []error
+	for _, p := range s.Ports {
+		errs = append(errs, m.Stop(ctx, s, p))
+	}
+	if len(s.Ports) == 0 {
+		errs = append(errs, m.Stop(ctx, s, 0))
+	}
+	return errors.Join(errs...)
+}
+
+// appOf returns the app as release id runs it: the deployer's file with
+// the hooks, services, shared paths and keep_releases of
+// releases/<id>/drover.yml, the file of the commit the release was made
+// from. When that file is missing or invalid it falls back to e.App, and
+// says so in an event.
+func (e *Engine) appOf(id string) *config.File {
+	if id == "" {
+		return e.App
+	}
+	path := filepath.Join(e.Layout.Release(id), config.DefaultFile)
+	data, err := os.ReadFile(path)
+	if err == nil {
+		var code *config.File
+		if code, err = config.ParseCode(path, data); err == nil {
+			return e.App.AtCommit(code)
+		}
+	}
+	e.emit(Event{Kind: EventInfo, Step: "config", Line: fmt.Sprintf("release %s: using the deployer's hooks and services, as its own drover.yml cannot be used: %v", id, err)})
+	return e.App
+}
+
+// forRelease returns a copy of e that acts with the app of release id
+// (appOf).
+func (e *Engine) forRelease(id string) *Engine {
+	c := *e
+	c.App = e.appOf(id)
+	return &c
 }
 
 // Rollback switches back to release to, or when to is empty to the newest
@@ -433,7 +476,7 @@ func (e *Engine) rollback(ctx context.Context, to string) (string, error) {
 	if err := st.save(); err != nil {
 		return "", err
 	}
-	if err := e.activate(ctx, to); err != nil {
+	if err := e.forRelease(to).activate(ctx, to); err != nil {
 		return "", err
 	}
 	return to, nil

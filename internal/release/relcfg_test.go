@@ -1,0 +1,60 @@
+package release_test
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/release"
+	"github.com/drover/drover/internal/testenv/apptest"
+)
+
+// commitConfig commits yaml as the app's drover.yml (plus files) and returns
+// the commit and the engine a deploy of it runs: the deployer's file with
+// the commit's hooks and services, as the CLI builds it.
+func commitConfig(t *testing.T, a *apptest.App, msg, yaml string, files map[string]string) (string, *release.Engine) {
+	t.Helper()
+	if files == nil {
+		files = map[string]string{}
+	}
+	files["drover.yml"] = yaml
+	c := a.Repo.Commit(msg, files)
+	code, err := config.ParseCode(filepath.Join(a.Repo.Dir, "drover.yml"), []byte(yaml))
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", msg, err, yaml)
+	}
+	return c, release.New(a.Config.AtCommit(code), "test", "local", []string{"web", "db"})
+}
+
+// A release whose new start command fails is switched back, and the
+// previous release is restarted with its own services, not the new ones.
+func TestRevertRestartsPreviousWithItsOwnServices(t *testing.T) {
+	ctx := context.Background()
+	a := apptest.New(t, apptest.Options{})
+	e1 := engine(a)
+	c1 := a.Repo.Head()
+	r1 := id(1, c1)
+	prepare(t, e1, r1, c1)
+	if err := e1.Activate(ctx, r1); err != nil {
+		t.Fatal(err)
+	}
+	v2 := strings.Replace(a.YAML, "start: ./bin/hello", "start: ./bin/app", 1)
+	c2, e2 := commitConfig(t, a, "v2 runs bin/app", v2, map[string]string{"bin/app": "#!/bin/sh\nexit 1\n"})
+	r2 := id(2, c2)
+	prepare(t, e2, r2, c2)
+	err := e2.Activate(ctx, r2)
+	if err == nil {
+		t.Fatal("a release whose server exits was activated")
+	}
+	if current(t, a) != r1 {
+		t.Fatalf("current = %s, want %s", current(t, a), r1)
+	}
+	if !strings.Contains(err.Error(), "serves "+r1+" (healthy)") {
+		t.Fatalf("after the switch back: %v", err)
+	}
+	if body := get(t, a.Ports[0]); !strings.Contains(body, r1) {
+		t.Fatalf("port answers %q, want %s", body, r1)
+	}
+}
