@@ -140,6 +140,9 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	}); err != nil {
 		return e.revert(ctx, st, rec, err, restarted, before)
 	}
+	if rec.Previous != "" && rec.Previous != id {
+		e.stopRemoved(ctx, rec.Previous)
+	}
 	if err := e.runHooks(ctx, st, rec, config.StageAfterActivate, e.everywhere); err != nil {
 		// The release is live and healthy; say the hook failed but do not
 		// take the release down for it.
@@ -406,6 +409,24 @@ func stopService(ctx context.Context, m *service.Manager, s service.Spec) error 
 	return errors.Join(errs...)
 }
 
+// stopRemoved stops, once the new release runs healthy, the services that
+// release prev defined and the new one (e.App) does not: nothing would
+// stop them otherwise. It reports each one in an event; a failure to stop
+// one is reported, not fatal, as the new release serves.
+func (e *Engine) stopRemoved(ctx context.Context, prev string) {
+	m := e.manager(nil, "")
+	for _, s := range e.forRelease(prev).services() {
+		if _, ok := e.App.Services[s.Name]; ok {
+			continue
+		}
+		line := fmt.Sprintf("stopped service %s: release %s ran it and this release does not define it", s.Name, prev)
+		if err := stopService(ctx, m, s); err != nil {
+			line = fmt.Sprintf("service %s, which release %s ran and this release does not define, did not stop: %v", s.Name, prev, err)
+		}
+		e.emit(Event{Kind: EventInfo, Step: "restart", Line: line})
+	}
+}
+
 // appOf returns the app as release id runs it: the deployer's file with
 // the hooks, services, shared paths and keep_releases of
 // releases/<id>/drover.yml, the file of the commit the release was made
@@ -661,6 +682,10 @@ func (e *Engine) ServiceAction(ctx context.Context, action, name string, port in
 	st, err := e.state()
 	if err != nil {
 		return nil, err
+	}
+	// The services are those of the release current runs.
+	if active != "" {
+		e = e.forRelease(active)
 	}
 	dir := e.Layout.Release(active)
 	m := e.manager(st.find(active), dir)
