@@ -89,13 +89,15 @@ func TestRollbackAfterStateLoss(t *testing.T) {
 	file := filepath.Join(p.repo.Dir, "drover.yml")
 	var log bytes.Buffer
 	o := &cli.DeployOptions{Lease: lock.DefaultLease, Common: p.common(file, &log)}
+	var ids []string
 	for _, v := range []string{"v1", "v2"} {
 		p.repo.Commit(v, map[string]string{"drover.yml": p.yml("data", relcfgHooks(v), localHost)})
 		if _, err := cli.Deploy(context.Background(), o); err != nil {
 			t.Fatalf("deploy %s: %v\n%s", v, err, log.String())
 		}
+		ids = append(ids, p.current())
 	}
-	r2 := p.current()
+	r1, r2 := ids[0], ids[1]
 	state := filepath.Join(p.deployTo, ".drover", "releases.json")
 	if err := os.Rename(state, state+".lost"); err != nil {
 		t.Fatal(err)
@@ -120,5 +122,12 @@ func TestRollbackAfterStateLoss(t *testing.T) {
 	activate(t, o, r2, &log)
 	if p.current() != r2 {
 		t.Fatalf("current = %s, want %s", p.current(), r2)
+	}
+	// r1 is unknown (its directory is all the host has): the operator
+	// may still name it, and it runs its own hooks.
+	p.which()
+	activate(t, o, r1, &log)
+	if p.current() != r1 || p.which() != "v1\n" {
+		t.Fatalf("after activate of the unknown %s: current = %s", r1, p.current())
 	}
 }

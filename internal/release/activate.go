@@ -87,6 +87,9 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 			return nil
 		}
 	case StatusPrepared, StatusGood, StatusActivating, StatusRolledBack:
+	case StatusUnknown:
+		// Its directory is all the host knows of it (the state was lost):
+		// the operator named it, and its drover.yml says how it runs.
 	case StatusFailed:
 		// A failure before the switch (a before_activate hook, a lost
 		// connection) may be resumed; one after it was reverted and needs
@@ -110,13 +113,14 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 			rec.Previous = ""
 		}
 	}
+	earlier := rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive || rec.Status == StatusUnknown
 	// Going back to an earlier release runs its activation afresh.
-	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive || moved {
+	if earlier || moved {
 		rec.Steps = slices.DeleteFunc(rec.Steps, func(s Step) bool { return isActivationStep(s.Name) || e.isActivationHook(s.Name) })
 	}
 	// Going back to an earlier release runs its own hooks and services,
 	// from the drover.yml it was made with.
-	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive {
+	if earlier {
 		e = e.forRelease(id)
 	}
 	before := rec.Status
