@@ -150,8 +150,12 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	if err := e.runHooks(ctx, st, rec, config.StageAfterActivate, e.everywhere); err != nil {
 		// The release is live and healthy; say the hook failed but do not
 		// take the release down for it.
-		e.markActive(st, rec)
-		return err
+		ae := &ActivateError{Release: id, Previous: rec.Previous, Cause: err, AfterActivate: failedHook(err), Revert: e.markActive(st, rec)}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revertGrace)
+		defer cancel()
+		ae.Serving = e.serving(sctx)
+		e.emit(Event{Kind: EventInfo, Step: "activate", Line: "this host " + ae.Serving.String()})
+		return ae
 	}
 	return e.markActive(st, rec)
 }
@@ -177,22 +181,44 @@ func (e *Engine) markActive(st *state, rec *Record) error {
 	return st.save()
 }
 
-// ActivateError is an activation that failed after `current` was switched
-// (a restart or health check failed, or the caller cancelled): the host was
-// switched back to the release it ran before, and Serving says what it runs
-// now, as checked after the switch back.
+// ActivateError is an activation that failed after `current` was switched.
+// Either a restart or health check failed, or the caller cancelled: the host
+// was switched back to the release it ran before. Or, when AfterActivate
+// names a hook, only that after_activate hook failed: the release stays
+// active, as its services run healthy. Serving says what the host runs
+// now, as checked at the end.
 type ActivateError struct {
-	Release  string  // the release that failed to activate
-	Previous string  // the release switched back to; "" for a first release
-	Cause    error   // why the activation failed (a *StepError, or the caller's cancellation)
-	Revert   error   // why switching back failed, or nil
-	Serving  Serving // what the host runs once drover is done
+	Release       string  // the release that failed to activate
+	Previous      string  // the release switched back to (or, after AfterActivate, the one before); "" for a first release
+	Cause         error   // why the activation failed (a *StepError, or the caller's cancellation)
+	Revert        error   // why switching back (or, after AfterActivate, recording the release active) failed, or nil
+	Serving       Serving // what the host runs once drover is done
+	AfterActivate string  // the after_activate hook that failed while the release stayed active; "" when the host was switched back
+}
+
+// failedHook returns the name of the hook whose step err failed, or "hook"
+// when err does not say.
+func failedHook(err error) string {
+	var se *StepError
+	if errors.As(err, &se) {
+		if name, ok := strings.CutPrefix(se.Step, "hook:"); ok {
+			return name
+		}
+	}
+	return "hook"
 }
 
 func (e *ActivateError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.Cause.Error())
 	switch {
+	case e.AfterActivate != "":
+		fmt.Fprintf(&b, "; the after_activate hook %s failed after %s was switched to and its services started, so it stays active", e.AfterActivate, e.Release)
+		if e.Revert != nil {
+			fmt.Fprintf(&b, " (recording it active failed: %v)", e.Revert)
+		}
+		fmt.Fprintf(&b, "; this host now %s; fix what the hook does and run it by hand (`drover exec`), or deploy a new release", e.Serving)
+		return b.String()
 	case e.Revert != nil:
 		fmt.Fprintf(&b, "; switching back to %q also failed: %v", e.Previous, e.Revert)
 	case e.Previous == "":

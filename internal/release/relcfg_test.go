@@ -2,8 +2,10 @@ package release_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -134,5 +136,42 @@ func TestActivateStopsRemovedServices(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.ContainsFunc(events, func(l string) bool { return strings.Contains(l, "stopped service admin") }) {
 		t.Fatalf("no event says admin was stopped: %q", events)
+	}
+}
+
+// A failed after_activate hook leaves the new release active and serving;
+// the error is an *ActivateError that says so and names the hook.
+func TestFailedAfterActivateHookSaysTheReleaseServes(t *testing.T) {
+	ctx := context.Background()
+	flag := filepath.Join(t.TempDir(), "flag")
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := apptest.New(t, apptest.Options{Extra: "  notify: {when: after_activate, commands: ['test ! -f " + flag + "']}\n"})
+	e := engine(a)
+	c1 := a.Repo.Head()
+	r1 := id(1, c1)
+	prepare(t, e, r1, c1)
+	err := e.Activate(ctx, r1)
+	var ae *release.ActivateError
+	if !errors.As(err, &ae) {
+		t.Fatalf("error %T %v is not an *ActivateError", err, err)
+	}
+	if ae.Serving.Release != r1 || !ae.Serving.Healthy {
+		t.Errorf("Serving = %+v, want %s healthy", ae.Serving, r1)
+	}
+	for _, want := range []string{"after_activate hook notify failed", "serves " + r1 + " (healthy)"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "switched back") {
+		t.Errorf("error %q says the host was switched back", err)
+	}
+	if current(t, a) != r1 {
+		t.Fatalf("current = %s, want %s", current(t, a), r1)
+	}
+	if body := get(t, a.Ports[0]); !strings.Contains(body, r1) {
+		t.Fatalf("port answers %q, want %s", body, r1)
 	}
 }
