@@ -64,6 +64,19 @@ func Load(path string) (*File, error) {
 
 // Parse decodes and validates data as the drover.yml named path.
 func Parse(name string, data []byte) (*File, error) {
+	return parse(name, data, false)
+}
+
+// ParseCode decodes data, the drover.yml in a commit, as strictly as Parse,
+// but validates only what a deploy takes from the commit (see
+// File.AtCommit): hooks, services, shared and keep_releases. The rest (app,
+// repo, deploy_to, environments) comes from the deployer's file, so a key
+// there that today's drover refuses does not stop a rollback to the commit.
+func ParseCode(name string, data []byte) (*File, error) {
+	return parse(name, data, true)
+}
+
+func parse(name string, data []byte, code bool) (*File, error) {
 	astFile, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return nil, yamlError(name, err)
@@ -94,7 +107,11 @@ func Parse(name string, data []byte) (*File, error) {
 	f.Path = name
 	v := validator{file: name, ast: astFile}
 	v.defaults(&f)
-	v.validate(&f)
+	if code {
+		v.validateCode(&f)
+	} else {
+		v.validate(&f)
+	}
 	if len(v.errs) > 0 {
 		sort.SliceStable(v.errs, func(i, j int) bool { return v.errs[i].Line < v.errs[j].Line })
 		return nil, v.errs
@@ -367,6 +384,17 @@ func (v *validator) validate(f *File) {
 	v.validateServices(f)
 }
 
+// validateCode validates what File.AtCommit takes from a commit's file. Hook
+// roles are not checked: the hosts, and so the roles, are the deployer's.
+func (v *validator) validateCode(f *File) {
+	if f.KeepReleases < 1 {
+		v.at("$.keep_releases", "must be at least 1, got %d", f.KeepReleases)
+	}
+	v.validateShared(f)
+	v.validateHooks(f, nil)
+	v.validateServices(f)
+}
+
 func (v *validator) validateShared(f *File) {
 	seen := map[string]string{}
 	check := func(kind string, i int, p string) {
@@ -621,7 +649,7 @@ func (v *validator) validateHooks(f *File, roles map[string]bool) {
 				v.at(fmt.Sprintf("%s.commands[%d]", p, i), "empty command")
 			}
 		}
-		if h.Role != "" && !roles[h.Role] {
+		if h.Role != "" && roles != nil && !roles[h.Role] {
 			known := make([]string, 0, len(roles))
 			for r := range roles {
 				known = append(known, r)
