@@ -23,14 +23,6 @@ func (p *pushApp) common(file string, log *bytes.Buffer) cli.Common {
 	return cli.Common{File: file, Env: "test", Transport: transport.Options{Binary: p.bin}, IO: cli.IO{Out: log, Err: log}}
 }
 
-// which returns and clears what the hooks wrote.
-func (p *pushApp) which() string {
-	path := filepath.Join(p.deployTo, "shared", "which")
-	b, _ := os.ReadFile(path)
-	os.Remove(path)
-	return string(b)
-}
-
 // activate runs `drover activate` of release id with o.
 func activate(t *testing.T, o *cli.DeployOptions, id string, log *bytes.Buffer) {
 	t.Helper()
