@@ -527,21 +527,35 @@ func (r *run) skipRest(phase string) {
 // activation or rollback, and says what each of them runs as far as the
 // host itself reported it.
 func (r *run) mixedSummary() string {
-	var on, off []string
+	var on, off, after []string
 	for _, t := range r.targets {
 		res := r.result(t)
-		if res.State == StateOK && (res.Phase == "activate" || res.Phase == "rollback") {
+		switch {
+		case res.State == StateOK && (res.Phase == "activate" || res.Phase == "rollback"):
 			on = append(on, res.Host)
-		} else {
+		case res.Serving != nil && res.Serving.Release == r.plan.ID && res.Serving.Healthy:
+			// It switched and serves; a hook after the switch failed.
+			on = append(on, res.Host)
+			after = append(after, fmt.Sprintf("%s: %s failed after the switch", res.Host, strings.TrimPrefix(res.Step, "hook:")))
+		default:
 			off = append(off, res.Host+" "+whereNow(res, r.plan.Env.Name))
 		}
 	}
 	slices.Sort(on)
 	slices.Sort(off)
+	slices.Sort(after)
 	if len(on) == 0 {
 		return fmt.Sprintf("no host runs %s: %s", r.plan.ID, strings.Join(off, "; "))
 	}
-	return fmt.Sprintf("hosts run different releases: %v run %s; %s; run `drover resume %s` after fixing, or `drover rollback %s`", on, r.plan.ID, strings.Join(off, "; "), r.plan.Env.Name, r.plan.Env.Name)
+	hooks := ""
+	if len(after) > 0 {
+		hooks = fmt.Sprintf("; after_activate hooks failed (%s): drover does not run them again; run them by hand with `drover exec %s -- ...`, or deploy a new release",
+			strings.Join(after, "; "), r.plan.Env.Name)
+	}
+	if len(off) == 0 {
+		return fmt.Sprintf("%s runs %s%s", strings.Join(on, ", "), r.plan.ID, hooks)
+	}
+	return fmt.Sprintf("hosts run different releases: %s runs %s; %s%s; run `drover resume %s` after fixing, or `drover rollback %s`", strings.Join(on, ", "), r.plan.ID, strings.Join(off, "; "), hooks, r.plan.Env.Name, r.plan.Env.Name)
 }
 
 // whereNow says what a host that did not end on the rollout's release runs.
