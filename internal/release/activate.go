@@ -758,7 +758,12 @@ func (e *Engine) ServiceAction(ctx context.Context, action, name string, port in
 			var err error
 			switch action {
 			case "start":
-				err = m.Start(ctx, s, dir, p)
+				// Like systemctl start: a port that already runs is
+				// left as it is (status shows it), so a start after a
+				// partial recovery brings up the rest.
+				if err = m.Start(ctx, s, dir, p); errors.Is(err, service.ErrAlreadyRunning) {
+					err = nil
+				}
 			case "stop":
 				err = m.Stop(ctx, s, p)
 			case "restart":
