@@ -35,6 +35,9 @@ test-integration: build
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./internal/source/
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench PushDeploy -benchtime 5x -tags integration ./test/
+	$(GO) test -run '^$$' -bench RestartUnderLoad -benchtime 1x -count 3 ./internal/service/
+	scripts/bench-deps.sh
+	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench AllAtOnceNoBalancer -benchtime 1x -count 3 -tags integration ./test/
 	$(GO) test -run '^$$' -bench Propagation -benchtime 5x ./bench/
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'ServerIdle|AgentIdle' -benchtime 1x -timeout 15m ./bench/
 

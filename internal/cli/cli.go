@@ -173,11 +173,16 @@ func resolve(ctx context.Context, app *config.File, specText string) (source.Spe
 
 // atCommit makes e deploy commit as that commit describes itself: hooks,
 // services, shared paths and keep_releases come from the drover.yml in the
-// commit, hosts and where the app lives from the deployer's file. A commit
-// whose drover.yml is missing or invalid is an error that names it.
+// commit, hosts and where the app lives from the deployer's file. Only the
+// part taken from the commit is validated (config.ParseCode), so a release
+// whose environments section today's drover refuses can still be rolled
+// back to. A commit whose drover.yml is missing or invalid is an error that
+// names it. An empty commit (a release the hosts know only by its
+// directory, after their state was rebuilt) leaves e as it is: each host
+// then reads the release's own drover.yml from its directory.
 func (e *env) atCommit(ctx context.Context, commit string) error {
 	if commit == "" {
-		return errors.New("the hosts record no commit for this release, so drover cannot read its drover.yml; nothing was changed")
+		return nil
 	}
 	m := &source.Mirror{Dir: mirrorDir(e.app.Repo), URL: e.app.Repo}
 	if err := m.Ensure(ctx, commit); err != nil {
@@ -188,7 +193,7 @@ func (e *env) atCommit(ctx context.Context, commit string) error {
 	if err != nil {
 		return &config.Error{File: name, Msg: fmt.Sprintf("commit %s has no drover.yml at the root of %s, so drover does not know its hooks; nothing was deployed. Deploy a commit that has one", commit, e.app.Repo)}
 	}
-	code, err := config.Parse(name, data)
+	code, err := config.ParseCode(name, data)
 	if err != nil {
 		return fmt.Errorf("the drover.yml of commit %s is invalid; nothing was deployed. Fix it in a new commit and deploy that:\n%w", commit, err)
 	}

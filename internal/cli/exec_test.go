@@ -37,3 +37,27 @@ func TestExecOutputOnTerminalIsClean(t *testing.T) {
 		}
 	}
 }
+
+// TestExecLongLine: `drover exec` of a command printing one 20 MB line and
+// then END succeeds and shows the line cut with a marker, and END.
+func TestExecLongLine(t *testing.T) {
+	p := newPushApp(t)
+	p.repo.Commit("app", map[string]string{"drover.yml": p.yml("log", "  prepare: [true]\n", localHost), "log/.keep": ""})
+	if out, err := p.deploy(t, cli.DeployOptions{}); err != nil {
+		t.Fatalf("deploy: %v\n%s", err, out)
+	}
+	var out bytes.Buffer
+	o := &cli.ExecOptions{Common: cli.Common{File: filepath.Join(p.repo.Dir, "drover.yml"), Env: "test",
+		Transport: transport.Options{Binary: p.bin}, IO: cli.IO{Out: &out, Err: &out}},
+		Args: []string{`head -c 20000000 /dev/zero | tr "\0" a; echo; echo END`}}
+	if err := cli.Exec(context.Background(), o); err != nil {
+		t.Fatalf("exec: %v\n%.2000s", err, out.String())
+	}
+	got := out.String()
+	if !strings.Contains(got, "[cut ") || !strings.Contains(got, "END") {
+		t.Fatalf("want the cut line and END; got %d bytes ending %q", len(got), got[max(0, len(got)-300):])
+	}
+	if len(got) > 1<<20 {
+		t.Errorf("exec printed %d bytes for one cut line", len(got))
+	}
+}

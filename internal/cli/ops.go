@@ -353,7 +353,8 @@ func Tasks(o *Common) error {
 			if h.SkipsOnHotfix() {
 				where += "; not on --hotfix"
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", h.Name, stage, where, strings.Join(h.Commands, " && "))
+			// Cleaned: the file may come from a commit someone else wrote.
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", progress.Clean(h.Name), stage, progress.Clean(where), progress.Clean(strings.Join(h.Commands, " && ")))
 		}
 	}
 	tw.Flush()

@@ -257,3 +257,31 @@ func TestRepoOptionRefused(t *testing.T) {
 		t.Fatalf("Parse = %v; want drover.yml:2 refusing the leading '-'", err)
 	}
 }
+
+// ParseCode validates only what a deploy takes from a commit: an
+// environments section today's drover refuses, or no environments, app or
+// repo at all, passes; an invalid hook or service is refused at its line;
+// an unknown key anywhere is still refused.
+func TestParseCode(t *testing.T) {
+	code := "hooks:\n  migrate: {role: db, commands: ['rake db:migrate']}\nservices:\n  web: {start: ./web, ports: [8080]}\nenvironments:\n  prod:\n    strategy: {type: rolling, batch: 1, max_unavailable: 1}\n    hosts: [{host: a}]\n"
+	f, err := ParseCode("drover.yml@abc", []byte(code))
+	if err != nil {
+		t.Fatalf("ParseCode: %v", err)
+	}
+	if f.Hooks["migrate"].When != StageBeforeActivate || f.KeepReleases != 5 || f.Services["web"].StopGrace == 0 {
+		t.Errorf("defaults not applied: %+v", f)
+	}
+	if _, err := Parse("drover.yml", []byte(code)); err == nil {
+		t.Error("Parse accepted max_unavailable and a file without app")
+	}
+	for _, tc := range []struct{ yml, want string }{
+		{"hooks:\n  colour: [blue]\n", `drover.yml@abc:2: hooks.colour: hook "colour" has no stage`},
+		{"keep_releases: 1\nservices:\n  web: {ports: [8080]}\n", "drover.yml@abc:3:"},
+		{"hooks:\n  prepare: [make]\nfrobnicate: 1\n", "frobnicate"},
+	} {
+		_, err := ParseCode("drover.yml@abc", []byte(tc.yml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseCode(%q) = %v, want an error with %q", tc.yml, err, tc.want)
+		}
+	}
+}

@@ -64,6 +64,19 @@ func Load(path string) (*File, error) {
 
 // Parse decodes and validates data as the drover.yml named path.
 func Parse(name string, data []byte) (*File, error) {
+	return parse(name, data, false)
+}
+
+// ParseCode decodes data, the drover.yml in a commit, as strictly as Parse,
+// but validates only what a deploy takes from the commit (see
+// File.AtCommit): hooks, services, shared and keep_releases. The rest (app,
+// repo, deploy_to, environments) comes from the deployer's file, so a key
+// there that today's drover refuses does not stop a rollback to the commit.
+func ParseCode(name string, data []byte) (*File, error) {
+	return parse(name, data, true)
+}
+
+func parse(name string, data []byte, code bool) (*File, error) {
 	astFile, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return nil, yamlError(name, err)
@@ -94,7 +107,11 @@ func Parse(name string, data []byte) (*File, error) {
 	f.Path = name
 	v := validator{file: name, ast: astFile}
 	v.defaults(&f)
-	v.validate(&f)
+	if code {
+		v.validateCode(&f)
+	} else {
+		v.validate(&f)
+	}
 	if len(v.errs) > 0 {
 		sort.SliceStable(v.errs, func(i, j int) bool { return v.errs[i].Line < v.errs[j].Line })
 		return nil, v.errs
@@ -213,6 +230,26 @@ func (v *validator) position(p string) (int, int) {
 	return 1, 1
 }
 
+// keyPosition finds the line of key name in the mapping at p, or of p
+// itself when the key is not found.
+func (v *validator) keyPosition(p, name string) (int, int) {
+	if yp, err := yaml.PathString(p); err == nil {
+		if m, err := yp.FilterFile(v.ast); err == nil {
+			if m, ok := m.(*ast.MappingNode); ok {
+				for _, kv := range m.Values {
+					if keyString(kv.Key) != name {
+						continue
+					}
+					if tk := kv.Key.GetToken(); tk != nil && tk.Position != nil {
+						return tk.Position.Line, tk.Position.Column
+					}
+				}
+			}
+		}
+	}
+	return v.position(p)
+}
+
 // keyOrder returns the keys of the mapping at p in file order.
 func (v *validator) keyOrder(p string) []string {
 	yp, err := yaml.PathString(p)
@@ -315,7 +352,10 @@ func (v *validator) defaults(f *File) {
 
 var (
 	nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
-	unitRE = regexp.MustCompile(`^[A-Za-z0-9@._:\\-]+$`)
+	// hookNameRE is what a hook name may be: it is printed in deploy
+	// output, `drover tasks` and the logs, and used as a YAML path.
+	hookNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$`)
+	unitRE     = regexp.MustCompile(`^[A-Za-z0-9@._:\\-]+$`)
 )
 
 func (v *validator) validate(f *File) {
@@ -341,6 +381,17 @@ func (v *validator) validate(f *File) {
 	v.validateShared(f)
 	roles := v.validateEnvironments(f)
 	v.validateHooks(f, roles)
+	v.validateServices(f)
+}
+
+// validateCode validates what File.AtCommit takes from a commit's file. Hook
+// roles are not checked: the hosts, and so the roles, are the deployer's.
+func (v *validator) validateCode(f *File) {
+	if f.KeepReleases < 1 {
+		v.at("$.keep_releases", "must be at least 1, got %d", f.KeepReleases)
+	}
+	v.validateShared(f)
+	v.validateHooks(f, nil)
 	v.validateServices(f)
 }
 
@@ -565,7 +616,14 @@ func (v *validator) present(p string) bool {
 func (v *validator) validateHooks(f *File, roles map[string]bool) {
 	for _, name := range f.HookOrder {
 		h := f.Hooks[name]
-		p := "$.hooks." + name
+		if !hookNameRE.MatchString(name) {
+			// Quoted: the name may hold a newline or a terminal escape.
+			e := &Error{File: v.file, Key: "hooks", Msg: fmt.Sprintf("%q is not a valid hook name: use 1 to 64 letters, digits, '_', '-', '.' or ':', starting with a letter or digit", name)}
+			e.Line, e.Column = v.keyPosition("$.hooks", name)
+			v.errs = append(v.errs, e)
+			continue
+		}
+		p := "$.hooks." + pathKey(name)
 		if h == nil {
 			v.at(p, "hook has no commands")
 			continue
@@ -591,7 +649,7 @@ func (v *validator) validateHooks(f *File, roles map[string]bool) {
 				v.at(fmt.Sprintf("%s.commands[%d]", p, i), "empty command")
 			}
 		}
-		if h.Role != "" && !roles[h.Role] {
+		if h.Role != "" && roles != nil && !roles[h.Role] {
 			known := make([]string, 0, len(roles))
 			for r := range roles {
 				known = append(known, r)

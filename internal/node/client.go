@@ -28,12 +28,49 @@ type Conn interface {
 // (the host unreachable, the process killed) is an error; a failed
 // operation is a Response with OK false.
 func Call(ctx context.Context, conn Conn, req *Request, onEvent func(release.Event)) (*Response, error) {
+	return call(ctx, conn, req, onEvent, nil)
+}
+
+// CallBarrier sends an activate as a two-step Barrier request: once the
+// host reports it is ready to switch, ready is called (on its own
+// goroutine; it may block until every host is ready) and its answer is
+// sent as the go line: true switches, false calls the switch off. A host
+// that answers without being ready (it failed before, or had nothing to
+// switch) never calls ready.
+func CallBarrier(ctx context.Context, conn Conn, req *Request, onEvent func(release.Event), ready func() bool) (*Response, error) {
+	req.Barrier = true
+	return call(ctx, conn, req, onEvent, ready)
+}
+
+func call(ctx context.Context, conn Conn, req *Request, onEvent func(release.Event), ready func() bool) (*Response, error) {
 	req.Protocol = ProtocolVersion
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
 	body = append(body, '\n')
+	var (
+		stdin   io.Reader = bytes.NewReader(body)
+		onReady func()
+		closeIn = func() {}
+	)
+	if ready != nil {
+		// stdin stays open for the go line, and closes once it is sent or
+		// the host's output ends.
+		inR, inW := io.Pipe()
+		stdin = inR
+		go func() { _, _ = inW.Write(body) }()
+		var once sync.Once
+		closeIn = func() { once.Do(func() { inW.Close() }) }
+		defer closeIn()
+		onReady = func() {
+			go func() {
+				line, _ := json.Marshal(goLine{Go: ready()})
+				_, _ = inW.Write(append(line, '\n'))
+				closeIn()
+			}()
+		}
+	}
 	pr, pw := io.Pipe()
 	var (
 		resp    *Response
@@ -44,10 +81,11 @@ func Call(ctx context.Context, conn Conn, req *Request, onEvent func(release.Eve
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		resp, decErr = readMessages(pr, onEvent, nil, &garbage)
+		resp, decErr = readMessages(pr, onEvent, nil, onReady, &garbage)
+		closeIn() // answered or gone: nothing more to send
 		_, _ = io.Copy(io.Discard, pr)
 	}()
-	runErr := conn.Serve(ctx, bytes.NewReader(body), pw)
+	runErr := conn.Serve(ctx, stdin, pw)
 	pw.Close()
 	wg.Wait()
 	if resp != nil {
@@ -71,30 +109,84 @@ func transportError(runErr, decErr error, garbage string) error {
 	return errors.New("no result from drover node (the process ended without answering)")
 }
 
+// maxMessage is the longest protocol line the deployer reads. A host cuts
+// output lines at release.MaxLine and a result carries at most a tail of
+// such lines, so no message of a current host comes near it; a longer line
+// is skipped (and named in garbage) rather than ending the session.
+const maxMessage = 16 << 20
+
 // readMessages decodes JSON lines until a result arrives. Lines that are
 // not JSON (a shell's complaint) are kept in garbage for the error.
-func readMessages(r io.Reader, onEvent func(release.Event), onLocked func(lock.Holder), garbage *bytes.Buffer) (*Response, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		var m message
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+func readMessages(r io.Reader, onEvent func(release.Event), onLocked func(lock.Holder), onReady func(), garbage *bytes.Buffer) (*Response, error) {
+	ready := func() { // once: the host is ready to switch (a barrier activate)
+		if onReady != nil {
+			onReady()
+			onReady = nil
+		}
+	}
+	br := bufio.NewReaderSize(r, 64<<10)
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if len(line)+len(chunk) <= maxMessage {
+			line = append(line, chunk...)
+		} else {
+			// Over the limit: drop what was read and the rest of the line.
+			line = line[:0]
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = br.ReadSlice('\n')
+			}
 			if garbage.Len() < 4096 {
-				garbage.Write(sc.Bytes())
-				garbage.WriteByte('\n')
+				fmt.Fprintf(garbage, "(a message longer than %d MiB was skipped)\n", maxMessage>>20)
+			}
+			if err == io.EOF {
+				return nil, nil
+			}
+			if err != nil {
+				return nil, err
 			}
 			continue
 		}
-		switch {
-		case m.Result != nil:
-			return m.Result, nil
-		case m.Event != nil && onEvent != nil:
-			onEvent(*m.Event)
-		case m.Locked != nil && onLocked != nil:
-			onLocked(*m.Locked)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if len(bytes.TrimSpace(line)) > 0 {
+			if resp := handleMessage(line, onEvent, onLocked, ready, garbage); resp != nil {
+				return resp, nil
+			}
+		}
+		line = line[:0]
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
-	return nil, sc.Err()
+}
+
+// handleMessage decodes one protocol line, passing events and lock notices
+// on, and returns the result when it is one.
+func handleMessage(b []byte, onEvent func(release.Event), onLocked func(lock.Holder), onReady func(), garbage *bytes.Buffer) *Response {
+	var m message
+	if err := json.Unmarshal(b, &m); err != nil {
+		if garbage.Len() < 4096 {
+			garbage.Write(bytes.TrimRight(b, "\r\n"))
+			garbage.WriteByte('\n')
+		}
+		return nil
+	}
+	switch {
+	case m.Result != nil:
+		return m.Result
+	case m.Event != nil && onEvent != nil:
+		onEvent(*m.Event)
+	case m.Locked != nil && onLocked != nil:
+		onLocked(*m.Locked)
+	case m.Ready:
+		onReady()
+	}
+	return nil
 }
 
 // Held is a deploy lock held on one host for as long as its session lives.
@@ -135,7 +227,7 @@ func Hold(ctx context.Context, conn Conn, req *Request) (*Held, error) {
 	result := make(chan *Response, 1)
 	var garbage bytes.Buffer
 	go func() {
-		resp, _ := readMessages(outR, nil, func(l lock.Holder) { locked <- l }, &garbage)
+		resp, _ := readMessages(outR, nil, func(l lock.Holder) { locked <- l }, nil, &garbage)
 		result <- resp
 		_, _ = io.Copy(io.Discard, outR)
 	}()

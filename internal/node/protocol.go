@@ -15,7 +15,8 @@ import (
 )
 
 // ProtocolVersion changes when Request or Response change incompatibly.
-const ProtocolVersion = 1
+// 2: an activate may carry Barrier (ready, then wait for go on stdin).
+const ProtocolVersion = 2
 
 // CancelWait is how long a transport gives `drover node serve` to end once
 // its request is cancelled (SIGTERM) before anything gets SIGKILL. The
@@ -83,6 +84,14 @@ type Request struct {
 	Hotfix bool `json:"hotfix,omitempty"`
 	// Canary is the record an OpCanary pause writes.
 	Canary *release.Canary `json:"canary,omitempty"`
+	// Barrier makes an activate two-step, so that every host of a rollout
+	// switches at once: the host does everything that comes before the
+	// switch of `current` (fencing check, engine lock, before_activate
+	// hooks), sends a ready line, and waits for a go line on stdin
+	// ({"go":true}). Anything else — {"go":false}, stdin closed, the
+	// request cancelled — fails the activation before the switch: nothing
+	// changed on the host.
+	Barrier bool `json:"barrier,omitempty"`
 	// CrashAt is a test hook: only a -tags droverdebug build accepts it.
 	CrashAt string `json:"crash_at,omitempty"`
 }
@@ -116,4 +125,12 @@ type message struct {
 	Event  *release.Event `json:"event,omitempty"`
 	Result *Response      `json:"result,omitempty"`
 	Locked *lock.Holder   `json:"locked,omitempty"`
+	// Ready says a Barrier activate is ready to switch and waits for go.
+	Ready bool `json:"ready,omitempty"`
+}
+
+// goLine is what the deployer sends a Barrier activate once it has
+// decided: Go true switches, false calls the switch off.
+type goLine struct {
+	Go bool `json:"go"`
 }

@@ -296,6 +296,9 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 	if req.Holder != nil && (req.Holder.Lease < 0 || req.Holder.Lease > lock.MaxLease) {
 		return &Response{Error: fmt.Sprintf("bad request: lock lease %s is out of bounds (0 for the default, at most %s)", req.Holder.Lease, lock.MaxLease)}
 	}
+	if req.Barrier && req.Op != OpActivate {
+		return &Response{Error: fmt.Sprintf("bad request: barrier is for activate only, not %s", req.Op)}
+	}
 	eng := release.New(req.App, req.Env, req.Host, req.Roles)
 	eng.Emit = w.event
 	eng.Logger = s.Logger
@@ -345,6 +348,9 @@ func (s *Server) handle(ctx context.Context, req *Request, rest io.Reader, w *wr
 		}
 		return &Response{OK: true}
 	case OpActivate:
+		if req.Barrier {
+			eng.BeforeSwitch = func(ctx context.Context) error { return awaitGo(ctx, rest, w) }
+		}
 		if err := eng.Activate(ctx, req.ID); err != nil {
 			return errResponse(err)
 		}
@@ -498,5 +504,33 @@ func send(ctx context.Context, beats chan<- struct{}) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// ErrNoGo fails a Barrier activate whose deployer did not give the go: it
+// said no (another host failed before it was ready), or its end closed or
+// the request was cancelled. The host was not switched.
+var ErrNoGo = errors.New("not switched: the deployer called the switch off (another host failed before it was ready, or the deploy was interrupted); nothing changed on this host, `drover resume` continues")
+
+// awaitGo tells the deployer this activate is ready to switch and waits
+// for its go line on rest.
+func awaitGo(ctx context.Context, rest io.Reader, w *writer) error {
+	if err := w.send(message{Ready: true}); err != nil {
+		return fmt.Errorf("%w: %v", ErrNoGo, err)
+	}
+	got := make(chan bool, 1)
+	go func() {
+		line, err := bufio.NewReader(rest).ReadBytes('\n')
+		var g goLine
+		got <- (err == nil || len(line) > 0) && json.Unmarshal(line, &g) == nil && g.Go
+	}()
+	select {
+	case ok := <-got:
+		if !ok {
+			return ErrNoGo
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrNoGo, ctx.Err())
 	}
 }

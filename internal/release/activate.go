@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -96,6 +97,9 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 			return nil
 		}
 	case StatusPrepared, StatusGood, StatusActivating, StatusRolledBack:
+	case StatusUnknown:
+		// Its directory is all the host knows of it (the state was lost):
+		// the operator named it, and its drover.yml says how it runs.
 	case StatusFailed:
 		// A failure before the switch (a before_activate hook, a lost
 		// connection) may be resumed; one after it was reverted and needs
@@ -119,9 +123,15 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 			rec.Previous = ""
 		}
 	}
+	earlier := rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive || rec.Status == StatusUnknown
 	// Going back to an earlier release runs its activation afresh.
-	if rec.Status == StatusGood || rec.Status == StatusRolledBack || rec.Status == StatusActive || moved {
+	if earlier || moved {
 		rec.Steps = slices.DeleteFunc(rec.Steps, func(s Step) bool { return isActivationStep(s.Name) || e.isActivationHook(s.Name) })
+	}
+	// Going back to an earlier release runs its own hooks and services,
+	// from the drover.yml it was made with.
+	if earlier {
+		e = e.forRelease(id)
 	}
 	before := rec.Status
 	rec.Status, rec.FailedStep, rec.Error = StatusActivating, "", ""
@@ -131,6 +141,11 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	dir := e.Layout.Release(id)
 	if err := e.runHooks(ctx, st, rec, config.StageBeforeActivate, e.everywhere); err != nil {
 		return e.fail(st, rec, err)
+	}
+	if e.BeforeSwitch != nil && !rec.done("switch") {
+		if err := e.BeforeSwitch(ctx); err != nil {
+			return e.fail(st, rec, err)
+		}
 	}
 	if err := e.runStep(ctx, st, rec, "switch", func(context.Context, *tail) error {
 		return e.Layout.switchCurrent(id)
@@ -144,11 +159,18 @@ func (e *Engine) activate(ctx context.Context, id string) error {
 	}); err != nil {
 		return e.revert(ctx, st, rec, err, restarted, before)
 	}
+	if rec.Previous != "" && rec.Previous != id {
+		e.stopRemoved(ctx, rec.Previous)
+	}
 	if err := e.runHooks(ctx, st, rec, config.StageAfterActivate, e.everywhere); err != nil {
 		// The release is live and healthy; say the hook failed but do not
 		// take the release down for it.
-		e.markActive(st, rec)
-		return err
+		ae := &ActivateError{Release: id, Previous: rec.Previous, Cause: err, AfterActivate: failedHook(err), Revert: e.markActive(st, rec)}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revertGrace)
+		defer cancel()
+		ae.Serving = e.serving(sctx)
+		e.emit(Event{Kind: EventInfo, Step: "activate", Line: "this host " + ae.Serving.String()})
+		return ae
 	}
 	return e.markActive(st, rec)
 }
@@ -174,22 +196,44 @@ func (e *Engine) markActive(st *state, rec *Record) error {
 	return st.save()
 }
 
-// ActivateError is an activation that failed after `current` was switched
-// (a restart or health check failed, or the caller cancelled): the host was
-// switched back to the release it ran before, and Serving says what it runs
-// now, as checked after the switch back.
+// ActivateError is an activation that failed after `current` was switched.
+// Either a restart or health check failed, or the caller cancelled: the host
+// was switched back to the release it ran before. Or, when AfterActivate
+// names a hook, only that after_activate hook failed: the release stays
+// active, as its services run healthy. Serving says what the host runs
+// now, as checked at the end.
 type ActivateError struct {
-	Release  string  // the release that failed to activate
-	Previous string  // the release switched back to; "" for a first release
-	Cause    error   // why the activation failed (a *StepError, or the caller's cancellation)
-	Revert   error   // why switching back failed, or nil
-	Serving  Serving // what the host runs once drover is done
+	Release       string  // the release that failed to activate
+	Previous      string  // the release switched back to (or, after AfterActivate, the one before); "" for a first release
+	Cause         error   // why the activation failed (a *StepError, or the caller's cancellation)
+	Revert        error   // why switching back (or, after AfterActivate, recording the release active) failed, or nil
+	Serving       Serving // what the host runs once drover is done
+	AfterActivate string  // the after_activate hook that failed while the release stayed active; "" when the host was switched back
+}
+
+// failedHook returns the name of the hook whose step err failed, or "hook"
+// when err does not say.
+func failedHook(err error) string {
+	var se *StepError
+	if errors.As(err, &se) {
+		if name, ok := strings.CutPrefix(se.Step, "hook:"); ok {
+			return name
+		}
+	}
+	return "hook"
 }
 
 func (e *ActivateError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.Cause.Error())
 	switch {
+	case e.AfterActivate != "":
+		fmt.Fprintf(&b, "; the after_activate hook %s failed after %s was switched to and its services started, so it stays active", e.AfterActivate, e.Release)
+		if e.Revert != nil {
+			fmt.Fprintf(&b, " (recording it active failed: %v)", e.Revert)
+		}
+		fmt.Fprintf(&b, "; this host now %s; fix what the hook does and run it by hand (`drover exec`), or deploy a new release", e.Serving)
+		return b.String()
 	case e.Revert != nil:
 		fmt.Fprintf(&b, "; switching back to %q also failed: %v", e.Previous, e.Revert)
 	case e.Previous == "":
@@ -284,7 +328,9 @@ func (e *Engine) revert(ctx context.Context, st *state, rec *Record, cause error
 			pr.Status = StatusActive
 		}
 		if rerr == nil && restarted {
-			rerr = e.restartServices(ctx, pr, e.Layout.Release(prev), lineWriter(func(l string) {
+			// The release switched back to runs its own services, not the
+			// ones of the release that failed.
+			rerr = e.forRelease(prev).restartServices(ctx, pr, e.Layout.Release(prev), lineWriter(func(l string) {
 				e.emit(Event{Kind: EventOutput, Step: "revert", Line: l})
 			}))
 		}
@@ -333,7 +379,7 @@ func (e *Engine) serving(ctx context.Context) Serving {
 	dir := e.Layout.Release(active)
 	m := e.manager(st.find(active), dir)
 	var problems []string
-	for _, s := range e.services() {
+	for _, s := range e.forRelease(active).services() {
 		if s.Systemd == "" {
 			for _, p := range m.Status(s) {
 				switch {
@@ -388,18 +434,71 @@ func (e *Engine) stopServices(ctx context.Context) error {
 	m := e.manager(nil, "")
 	var errs []error
 	for _, s := range e.services() {
-		if s.Systemd != "" {
-			errs = append(errs, m.Stop(ctx, s, 0))
-			continue
-		}
-		for _, p := range s.Ports {
-			errs = append(errs, m.Stop(ctx, s, p))
-		}
-		if len(s.Ports) == 0 {
-			errs = append(errs, m.Stop(ctx, s, 0))
-		}
+		errs = append(errs, stopService(ctx, m, s))
 	}
 	return errors.Join(errs...)
+}
+
+// stopService stops every process of s.
+func stopService(ctx context.Context, m *service.Manager, s service.Spec) error {
+	if s.Systemd != "" {
+		return m.Stop(ctx, s, 0)
+	}
+	var errs []error
+	for _, p := range s.Ports {
+		errs = append(errs, m.Stop(ctx, s, p))
+	}
+	if len(s.Ports) == 0 {
+		errs = append(errs, m.Stop(ctx, s, 0))
+	}
+	return errors.Join(errs...)
+}
+
+// stopRemoved stops, once the new release runs healthy, the services that
+// release prev defined and the new one (e.App) does not: nothing would
+// stop them otherwise. It reports each one in an event; a failure to stop
+// one is reported, not fatal, as the new release serves.
+func (e *Engine) stopRemoved(ctx context.Context, prev string) {
+	m := e.manager(nil, "")
+	for _, s := range e.forRelease(prev).services() {
+		if _, ok := e.App.Services[s.Name]; ok {
+			continue
+		}
+		line := fmt.Sprintf("stopped service %s: release %s ran it and this release does not define it", s.Name, prev)
+		if err := stopService(ctx, m, s); err != nil {
+			line = fmt.Sprintf("service %s, which release %s ran and this release does not define, did not stop: %v", s.Name, prev, err)
+		}
+		e.emit(Event{Kind: EventInfo, Step: "restart", Line: line})
+	}
+}
+
+// appOf returns the app as release id runs it: the deployer's file with
+// the hooks, services, shared paths and keep_releases of
+// releases/<id>/drover.yml, the file of the commit the release was made
+// from. When that file is missing or invalid it falls back to e.App, and
+// says so in an event.
+func (e *Engine) appOf(id string) *config.File {
+	if id == "" {
+		return e.App
+	}
+	path := filepath.Join(e.Layout.Release(id), config.DefaultFile)
+	data, err := os.ReadFile(path)
+	if err == nil {
+		var code *config.File
+		if code, err = config.ParseCode(path, data); err == nil {
+			return e.App.AtCommit(code)
+		}
+	}
+	e.emit(Event{Kind: EventInfo, Step: "config", Line: fmt.Sprintf("release %s: using the deployer's hooks and services, as its own drover.yml cannot be used: %v", id, err)})
+	return e.App
+}
+
+// forRelease returns a copy of e that acts with the app of release id
+// (appOf).
+func (e *Engine) forRelease(id string) *Engine {
+	c := *e
+	c.App = e.appOf(id)
+	return &c
 }
 
 // Rollback switches back to release to, or when to is empty to the newest
@@ -443,7 +542,7 @@ func (e *Engine) rollback(ctx context.Context, to string) (string, error) {
 	if err := st.save(); err != nil {
 		return "", err
 	}
-	if err := e.activate(ctx, to); err != nil {
+	if err := e.forRelease(to).activate(ctx, to); err != nil {
 		return "", err
 	}
 	return to, nil
@@ -629,6 +728,10 @@ func (e *Engine) ServiceAction(ctx context.Context, action, name string, port in
 	if err != nil {
 		return nil, err
 	}
+	// The services are those of the release current runs.
+	if active != "" {
+		e = e.forRelease(active)
+	}
 	dir := e.Layout.Release(active)
 	m := e.manager(st.find(active), dir)
 	var out []service.Process
@@ -655,7 +758,12 @@ func (e *Engine) ServiceAction(ctx context.Context, action, name string, port in
 			var err error
 			switch action {
 			case "start":
-				err = m.Start(ctx, s, dir, p)
+				// Like systemctl start: a port that already runs is
+				// left as it is (status shows it), so a start after a
+				// partial recovery brings up the rest.
+				if err = m.Start(ctx, s, dir, p); errors.Is(err, service.ErrAlreadyRunning) {
+					err = nil
+				}
 			case "stop":
 				err = m.Stop(ctx, s, p)
 			case "restart":

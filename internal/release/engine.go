@@ -40,6 +40,15 @@ type Engine struct {
 	// kills itself with SIGKILL. Crash tests set it through DROVER_CRASH_AT.
 	CrashAt string
 
+	// BeforeSwitch, when set, is called by Activate once everything that
+	// comes before the switch of `current` is done (the checks, the state
+	// recorded, the before_activate hooks), and the switch waits for it: an
+	// error fails the activation before anything changed, as a failed
+	// before_activate hook does (the release stays resumable). The node
+	// protocol uses it to switch every host of an all-at-once rollout at
+	// once.
+	BeforeSwitch func(ctx context.Context) error
+
 	// syncFS makes the files under a release dir durable; nil means
 	// syncfs(2) on its filesystem. Tests wrap it to check the order.
 	syncFS func(dir string) error

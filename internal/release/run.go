@@ -1,6 +1,7 @@
 package release
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,32 +12,79 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/drover/drover/internal/config"
 )
 
-// tail keeps the last lines of a step's output and forwards each line.
+// MaxLine is the longest output line, in bytes, drover keeps: the rest of
+// a longer line is dropped and replaced by a marker saying how much was cut.
+const MaxLine = 64 << 10
+
+// tail keeps the last lines of a step's output and forwards each line. A
+// line longer than MaxLine is cut: its first MaxLine bytes are kept with a
+// marker and the rest is dropped as it arrives, so neither the partial line
+// nor the kept lines grow past the bound however a command writes.
 type tail struct {
 	mu    sync.Mutex
 	max   int
 	lines []string
 	emit  func(string)
-	part  strings.Builder
+	part  []byte
+	cut   int // bytes of the current line dropped past MaxLine
 }
 
 // Write splits p into lines.
 func (t *tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, b := range p {
-		if b == '\n' {
-			t.line(t.part.String())
-			t.part.Reset()
-			continue
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		chunk := p
+		if i >= 0 {
+			chunk = p[:i]
 		}
-		t.part.WriteByte(b)
+		t.add(chunk)
+		if i < 0 {
+			break
+		}
+		t.end()
+		p = p[i+1:]
 	}
-	return len(p), nil
+	return n, nil
+}
+
+// add appends b to the current line, dropping what goes past MaxLine.
+func (t *tail) add(b []byte) {
+	room := MaxLine - len(t.part)
+	if room < 0 {
+		room = 0
+	}
+	if len(b) > room {
+		t.cut += len(b) - room
+		b = b[:room]
+	}
+	t.part = append(t.part, b...)
+}
+
+// end emits the current line, with a marker when it was cut.
+func (t *tail) end() {
+	s := string(t.part)
+	if t.cut > 0 {
+		// Do not leave half a UTF-8 character before the marker.
+		cut := t.cut
+		for i := 0; i < utf8.UTFMax-1 && len(s) > 0; i++ {
+			r, size := utf8.DecodeLastRuneInString(s)
+			if r != utf8.RuneError || size != 1 {
+				break
+			}
+			s, cut = s[:len(s)-1], cut+1
+		}
+		s = fmt.Sprintf("%s … [cut %d bytes]", s, cut)
+	}
+	t.part, t.cut = t.part[:0], 0
+	t.line(s)
 }
 
 func (t *tail) line(s string) {
@@ -53,9 +101,8 @@ func (t *tail) line(s string) {
 func (t *tail) flush() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.part.Len() > 0 {
-		t.line(t.part.String())
-		t.part.Reset()
+	if len(t.part) > 0 || t.cut > 0 {
+		t.end()
 	}
 }
 

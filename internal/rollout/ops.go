@@ -54,6 +54,7 @@ func Releases(ctx context.Context, plan *Plan, targets []Target) []*HostReleases
 // is given, else the hosts' common previous good release. It refuses,
 // naming the hosts, when one lacks the release.
 func RollbackTarget(hosts []*HostReleases, to string) (string, error) {
+	named := to != "" // an operator may name a release the host cannot vouch for
 	var problems []string
 	for _, h := range hosts {
 		if h.Error != "" {
@@ -94,6 +95,11 @@ func RollbackTarget(hosts []*HostReleases, to string) (string, error) {
 		}
 		switch h.Releases[idx].Status {
 		case release.StatusGood, release.StatusActive, release.StatusRolledBack, release.StatusPrepared:
+		case release.StatusUnknown:
+			// Found on disk after the state was lost: only when named.
+			if !named {
+				missing = append(missing, fmt.Sprintf("%s (unknown: name it with --to to use it)", h.Host))
+			}
 		default:
 			missing = append(missing, fmt.Sprintf("%s (%s)", h.Host, h.Releases[idx].Status))
 		}

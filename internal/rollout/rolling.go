@@ -291,7 +291,7 @@ func describe(m lb.Member) string {
 // reports whether the host ends on the release.
 func (s *rolling) node(ctx context.Context, r *run, rep *Report, t Target, prev string) bool {
 	if s.lb == nil {
-		return r.activateOne(ctx, t)
+		return r.activateOne(ctx, t, nil)
 	}
 	m := memberName(t)
 	if err := s.out(ctx, r, rep, t, m); err != nil {
@@ -299,7 +299,7 @@ func (s *rolling) node(ctx context.Context, r *run, rep *Report, t Target, prev 
 		s.in(ctx, r, t, m) // it may have been drained before the error
 		return false
 	}
-	ok := r.activateOne(ctx, t)
+	ok := r.activateOne(ctx, t, nil)
 	if err := s.in(ctx, r, t, m); err != nil {
 		r.fail(t, "enable", err)
 		return false

@@ -470,8 +470,9 @@ func (r *run) runOnce(ctx context.Context, stage string) bool {
 }
 
 // activateOne activates t and records the outcome; it reports whether t
-// runs the release.
-func (r *run) activateOne(ctx context.Context, t Target) bool {
+// runs the release. ready, when set, holds t right before its switch (see
+// Call.Ready).
+func (r *run) activateOne(ctx context.Context, t Target, ready func() bool) bool {
 	t0 := time.Now()
 	var sv *release.Serving
 	ok := r.do(ctx, t, "activate", func(ctx context.Context, c Call) (err error) {
@@ -481,6 +482,7 @@ func (r *run) activateOne(ctx context.Context, t Target) bool {
 		if r.plan.Hotfix {
 			keep = 0
 		}
+		c.Ready = ready
 		sv, err = t.Activate(ctx, c, keep)
 		return err
 	})
@@ -525,21 +527,35 @@ func (r *run) skipRest(phase string) {
 // activation or rollback, and says what each of them runs as far as the
 // host itself reported it.
 func (r *run) mixedSummary() string {
-	var on, off []string
+	var on, off, after []string
 	for _, t := range r.targets {
 		res := r.result(t)
-		if res.State == StateOK && (res.Phase == "activate" || res.Phase == "rollback") {
+		switch {
+		case res.State == StateOK && (res.Phase == "activate" || res.Phase == "rollback"):
 			on = append(on, res.Host)
-		} else {
+		case res.Serving != nil && res.Serving.Release == r.plan.ID && res.Serving.Healthy:
+			// It switched and serves; a hook after the switch failed.
+			on = append(on, res.Host)
+			after = append(after, fmt.Sprintf("%s: %s failed after the switch", res.Host, strings.TrimPrefix(res.Step, "hook:")))
+		default:
 			off = append(off, res.Host+" "+whereNow(res, r.plan.Env.Name))
 		}
 	}
 	slices.Sort(on)
 	slices.Sort(off)
+	slices.Sort(after)
 	if len(on) == 0 {
 		return fmt.Sprintf("no host runs %s: %s", r.plan.ID, strings.Join(off, "; "))
 	}
-	return fmt.Sprintf("hosts run different releases: %v run %s; %s; run `drover resume %s` after fixing, or `drover rollback %s`", on, r.plan.ID, strings.Join(off, "; "), r.plan.Env.Name, r.plan.Env.Name)
+	hooks := ""
+	if len(after) > 0 {
+		hooks = fmt.Sprintf("; after_activate hooks failed (%s): drover does not run them again; run them by hand with `drover exec %s -- ...`, or deploy a new release",
+			strings.Join(after, "; "), r.plan.Env.Name)
+	}
+	if len(off) == 0 {
+		return fmt.Sprintf("%s runs %s%s", strings.Join(on, ", "), r.plan.ID, hooks)
+	}
+	return fmt.Sprintf("hosts run different releases: %s runs %s; %s%s; run `drover resume %s` after fixing, or `drover rollback %s`", strings.Join(on, ", "), r.plan.ID, strings.Join(off, "; "), hooks, r.plan.Env.Name, r.plan.Env.Name)
 }
 
 // whereNow says what a host that did not end on the rollout's release runs.

@@ -38,7 +38,11 @@ type Target interface {
 	// Activate switches the node to c's release, restarts its services and
 	// health-checks them; a failed check switches the node back by itself
 	// (the *NodeError's Serving says to what). keep > 0 cleans up old
-	// releases afterwards. It returns what the node serves.
+	// releases afterwards. It returns what the node serves. With c.Ready
+	// set, the node does everything that comes before the switch, then
+	// calls c.Ready and switches only if it returns true (else it fails,
+	// unswitched); a node that fails before, or has nothing to switch,
+	// returns without calling it.
 	Activate(ctx context.Context, c Call, keep int) (*release.Serving, error)
 	// Rollback switches the node back to release to.
 	Rollback(ctx context.Context, c Call, to string) (*release.Serving, error)
@@ -72,6 +76,12 @@ type Call struct {
 	Token int64
 	// Events receives the node's progress as it works; may be nil.
 	Events func(release.Event)
+	// Ready, for Activate only, holds the node right before its switch of
+	// `current`: the node calls it once the checks, the engine lock and
+	// the before_activate hooks are done, and switches only when it
+	// returns true. It blocks until every node of the rollout is ready
+	// (all-at-once switches them together) or one failed. nil: no wait.
+	Ready func() bool
 }
 
 // Lease is a deploy lock held on one node.

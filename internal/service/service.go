@@ -131,6 +131,10 @@ type Manager struct {
 	// service (`drover node supervise --pids DIR --service NAME`); nil runs
 	// this binary's.
 	Supervisor func(pidsDir, service string) *exec.Cmd
+	// Systemd reports whether systemd runs this machine (sd_booted); nil
+	// looks for /run/systemd/system. Where it does, a supervisor starts in
+	// a transient scope unit of its own.
+	Systemd func() bool
 }
 
 func (m *Manager) log() *slog.Logger {

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
@@ -89,39 +90,98 @@ func (m *Manager) ensureSupervisor(ctx context.Context, s Spec) error {
 		return fmt.Errorf("start supervisor of %s: %w", s.Name, err)
 	}
 	defer logf.Close()
-	cmd, err := m.supervisorCommand(s.Name)
-	if err != nil {
-		return err
-	}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, logf, logf
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start supervisor of %s: %w", s.Name, err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }() // reap it if it dies while we run
-	up, err := waitUntil(ctx, supervisorWait, func() bool {
+	scoped := m.systemdRunning()
+	for {
+		cmd, err := m.supervisorCommand(s.Name)
+		if err != nil {
+			return err
+		}
+		if scoped {
+			if cmd, err = m.inOwnScope(cmd, s.Name); err != nil {
+				m.log().Warn("cannot start the supervisor in a scope unit of its own; restarting the unit that runs drover may stop the app", "service", s.Name, "err", err)
+				scoped = false
+				continue
+			}
+		}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, logf, logf
+		cmd.Dir = "/"
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start supervisor of %s: %w", s.Name, err)
+		}
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }() // reap it if it dies while we run
+		up, err := waitUntil(ctx, supervisorWait, func() bool {
+			select {
+			case <-exited:
+				return true
+			default:
+			}
+			return m.supervisorUp(ctx, s)
+		})
 		select {
 		case <-exited:
-			return true
+			if scoped {
+				// systemd-run could not make the scope (no bus for
+				// this user, say): start it as drover always could.
+				m.log().Warn("systemd-run could not start the supervisor in a scope unit of its own; starting it without; restarting the unit that runs drover may stop the app", "service", s.Name, "log", logPath)
+				scoped = false
+				continue
+			}
+			return fmt.Errorf("supervisor of %s exited at start; last lines of %s:\n  %s", s.Name, logPath, joinTail(tailLines(logPath, 5)))
 		default:
 		}
-		return m.supervisorUp(ctx, s)
-	})
-	select {
-	case <-exited:
-		return fmt.Errorf("supervisor of %s exited at start; last lines of %s:\n  %s", s.Name, logPath, joinTail(tailLines(logPath, 5)))
-	default:
+		if err != nil {
+			return fmt.Errorf("start supervisor of %s: %w", s.Name, err)
+		}
+		if !up {
+			return fmt.Errorf("supervisor of %s (pid %d) did not answer within %s; see %s", s.Name, cmd.Process.Pid, supervisorWait, logPath)
+		}
+		m.log().Info("supervisor started", "service", s.Name, "pid", cmd.Process.Pid, "log", logPath, "own_scope", scoped)
+		return nil
 	}
+}
+
+// systemdRunning reports whether systemd runs this machine.
+func (m *Manager) systemdRunning() bool {
+	if m.Systemd != nil {
+		return m.Systemd()
+	}
+	fi, err := os.Stat("/run/systemd/system")
+	return err == nil && fi.IsDir()
+}
+
+// inOwnScope wraps cmd in `systemd-run --scope`, so the supervisor and the
+// app processes it starts live in a transient scope unit of their own: a
+// `systemctl restart drover-agent` (or of any unit that ran this drover)
+// then leaves them alone. The unit is named for the service and its
+// deploy_to, and collected when it ends.
+func (m *Manager) inOwnScope(cmd *exec.Cmd, service string) (*exec.Cmd, error) {
+	run, err := exec.LookPath("systemd-run")
 	if err != nil {
-		return fmt.Errorf("start supervisor of %s: %w", s.Name, err)
+		return nil, err
 	}
-	if !up {
-		return fmt.Errorf("supervisor of %s (pid %d) did not answer within %s; see %s", s.Name, cmd.Process.Pid, supervisorWait, logPath)
+	sum := sha256.Sum256([]byte(m.pidsDir()))
+	unit := fmt.Sprintf("drover-%s-%x.scope", unitSafe(service), sum[:4])
+	args := []string{"--scope", "--quiet", "--collect", "--unit", unit, "--description", "drover supervisor of " + service + " (" + m.pidsDir() + ")"}
+	if os.Geteuid() != 0 {
+		args = append([]string{"--user"}, args...)
 	}
-	m.log().Info("supervisor started", "service", s.Name, "pid", cmd.Process.Pid, "log", logPath)
-	return nil
+	args = append(append(args, "--", cmd.Path), cmd.Args[1:]...)
+	wrapped := exec.Command(run, args...)
+	wrapped.Env = cmd.Env
+	return wrapped, nil
+}
+
+// unitSafe keeps the characters a systemd unit name may hold.
+func unitSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			return r
+		}
+		return '_'
+	}, s)
 }
 
 func joinTail(lines []string) string {

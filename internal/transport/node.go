@@ -46,7 +46,11 @@ func (n *Node) Call(ctx context.Context, req *node.Request, onEvent func(release
 // do sends req with c's events and turns a failed answer into a
 // *rollout.NodeError.
 func (n *Node) do(ctx context.Context, req *node.Request, c rollout.Call) (*node.Response, error) {
-	resp, err := node.Call(ctx, n.Conn, req, c.Events)
+	return n.answer(node.Call(ctx, n.Conn, req, c.Events))
+}
+
+// answer turns a failed answer into a *rollout.NodeError.
+func (n *Node) answer(resp *node.Response, err error) (*node.Response, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -95,11 +99,21 @@ func (n *Node) RunHooks(ctx context.Context, c rollout.Call, stage string, hooks
 }
 
 // Activate implements rollout.Target. The node health-checks the release
-// before it answers, so a success serves it healthy.
+// before it answers, so a success serves it healthy. With c.Ready the
+// activate is a Barrier one: the node stops right before its switch until
+// c.Ready answers.
 func (n *Node) Activate(ctx context.Context, c rollout.Call, keep int) (*release.Serving, error) {
 	req := n.request(node.OpActivate, c)
 	req.Keep = keep
-	resp, err := n.do(ctx, req, c)
+	var (
+		resp *node.Response
+		err  error
+	)
+	if c.Ready != nil {
+		resp, err = n.answer(node.CallBarrier(ctx, n.Conn, req, c.Events, c.Ready))
+	} else {
+		resp, err = n.do(ctx, req, c)
+	}
 	if err != nil {
 		return nil, err
 	}

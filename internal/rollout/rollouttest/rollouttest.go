@@ -73,6 +73,13 @@ type Host struct {
 	// OnActivate, when set, is called as Activate starts (to look at the
 	// load balancer at that moment).
 	OnActivate func(h *Host)
+	// BeforeReady, when set, is called in Activate after the fencing
+	// check and before the host is ready to switch (a slow session or
+	// before_activate hook).
+	BeforeReady func(ctx context.Context, h *Host)
+	// FailBeforeSwitch makes Activate fail before the switch with this
+	// message, as a failed before_activate hook does: nothing changes.
+	FailBeforeSwitch string
 
 	mu       sync.Mutex
 	active   string
@@ -278,6 +285,25 @@ func (h *Host) Activate(ctx context.Context, c rollout.Call, keep int) (*release
 	r := h.record(c.Release)
 	if r == nil {
 		return nil, &rollout.NodeError{Msg: fmt.Sprintf("release %s is not prepared on %s", c.Release, h.Name()), Step: "switch"}
+	}
+	if f := h.BeforeReady; f != nil {
+		h.mu.Unlock()
+		f(ctx, h)
+		h.mu.Lock()
+	}
+	if h.FailBeforeSwitch != "" {
+		h.journal.Add("%s activate %s failed before the switch", h.Name(), c.Release)
+		return nil, &rollout.NodeError{Msg: h.FailBeforeSwitch, Step: "hook:before"}
+	}
+	if c.Ready != nil {
+		h.journal.Add("%s ready", h.Name())
+		h.mu.Unlock()
+		ok := c.Ready()
+		h.mu.Lock()
+		if !ok {
+			h.journal.Add("%s not switched", h.Name())
+			return nil, &rollout.NodeError{Msg: "not switched: the deployer called the switch off"}
+		}
 	}
 	before := h.active
 	h.switched = append(h.switched, time.Now())
