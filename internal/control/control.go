@@ -303,3 +303,40 @@ func (c *Control) Status(ctx context.Context, app, env string) (Status, error) {
 	}
 	return s, nil
 }
+
+// Keep renews l every third of the lease duration until ctx ends, for a
+// holder busy with a long deploy. The channel receives one error and is
+// closed when the lease is lost (ErrLeaseLost: stop, another deploy runs
+// now) or could not be renewed before it expired; it is closed without an
+// error when ctx ends. The caller still releases the lease.
+func (c *Control) Keep(ctx context.Context, l Lease) <-chan error {
+	out := make(chan error, 1)
+	go func() {
+		defer close(out)
+		for {
+			timer := c.clock.NewTimer(c.lease / 3)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case <-timer.C():
+			}
+			renewed, err := c.Renew(ctx, l)
+			switch {
+			case err == nil:
+				l = renewed
+			case ctx.Err() != nil:
+				return
+			case errors.Is(err, ErrLeaseLost):
+				out <- err
+				return
+			case !c.clock.Now().Before(l.ExpiresAt):
+				out <- fmt.Errorf("%w: could not renew the lease of %s/%s (token %d) before it expired at %s: %w",
+					ErrLeaseLost, l.App, l.Env, l.Token, l.ExpiresAt.Format(time.RFC3339), err)
+				return
+			}
+			// Otherwise the store failed for now: try again next period.
+		}
+	}()
+	return out
+}

@@ -482,3 +482,54 @@ func TestOptions(t *testing.T) {
 		t.Errorf("default lease %s, want 1m", c.LeaseDuration())
 	}
 }
+
+func TestKeepRenewsUntilStopped(t *testing.T) {
+	h := holdAndWait(t, "long deploy", "next")
+	keepCtx, stop := context.WithCancel(h.ctx)
+	lost := h.c.Keep(keepCtx, h.l1)
+	// Ten lease periods pass; Keep renews every third, the waiter waits.
+	for range 30 {
+		h.clock.sleepers(t, 2) // the waiter and Keep
+		h.clock.Advance(lease / 3)
+	}
+	h.clock.sleepers(t, 2)
+	pending(t, h.r2, "Acquire behind a kept lease")
+	st, err := h.c.Status(h.ctx, "shop", "production")
+	must(t, err)
+	if st.Holder == nil || st.Holder.TicketID != h.t1.ID || st.Expired {
+		t.Fatalf("status after 10 lease periods: %+v, want the kept lease", st)
+	}
+	stop()
+	if err, open := <-lost; open || err != nil {
+		t.Fatalf("Keep after its context ended sent %v", err)
+	}
+	// Not kept any more: the lease lapses and the waiter takes over.
+	for i := 0; !h.clock.sleepersOr(t, func() int { return 1 }, h.r2.done); i++ {
+		if i > 20 {
+			t.Fatal("waiter did not take over once the lease was no longer kept")
+		}
+		h.clock.Advance(10 * time.Second)
+	}
+	must(t, wait(t, h.r2).err)
+}
+
+func TestKeepReportsLoss(t *testing.T) {
+	h := holdAndWait(t, "holder", "next")
+	lost := h.c.Keep(h.ctx, h.l1)
+	must(t, h.c.Release(h.ctx, h.l1)) // someone else released it: the next renewal finds it gone
+	l2 := wait(t, h.r2)
+	must(t, l2.err)
+	h.clock.sleepers(t, 1) // Keep waits for its next renewal
+	h.clock.Advance(lease / 3)
+	select {
+	case err := <-lost:
+		if !errors.Is(err, control.ErrLeaseLost) {
+			t.Fatalf("Keep sent %v, want ErrLeaseLost", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Keep did not report the lost lease")
+	}
+	if _, open := <-lost; open {
+		t.Fatal("Keep's channel stays open after the loss")
+	}
+}
