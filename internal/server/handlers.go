@@ -750,3 +750,19 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	slices.SortFunc(out, func(a, b api.NodeStatus) int { return strings.Compare(a.App+a.Env+a.Node, b.App+b.Env+b.Node) })
 	writeJSON(w, http.StatusOK, out)
 }
+
+// queue answers an environment's deploy lock and queue (read-only): who
+// holds the lease, since when, until when, and the waiting deploys in order.
+func (s *Server) queue(w http.ResponseWriter, r *http.Request) {
+	app, env := r.URL.Query().Get("app"), r.URL.Query().Get("env")
+	if err := errors.Join(validName("app", app), validName("env", env)); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request", "GET /api/v1/queue?app=APP&env=ENV: "+err.Error())
+		return
+	}
+	st, err := s.control.Status(r.Context(), app, env)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}

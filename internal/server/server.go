@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drover/drover/internal/control"
 	"github.com/drover/drover/internal/store"
 )
 
@@ -33,6 +34,11 @@ type Server struct {
 	cache *desiredCache
 	seen  *lastSeen
 	mux   *http.ServeMux
+
+	// control is the deploy lease and queue: handlers use it, never the
+	// store, for them.
+	control *control.Control
+
 	// MaxWait caps a long-poll's wait.
 	MaxWait time.Duration
 	// StaleAfter flags nodes not seen for this long.
@@ -79,6 +85,11 @@ func New(st store.Store, log *slog.Logger) *Server {
 	s := &Server{store: st, log: log, now: time.Now, hub: newHub(), MaxWait: 60 * time.Second, StaleAfter: 100 * time.Second,
 		BodyTimeout: DefaultBodyTimeout, WriteTimeout: DefaultWriteTimeout, MaxConns: DefaultMaxConns,
 		JoinRate: DefaultJoinRate, JoinBurst: DefaultJoinBurst, JoinRateTotal: DefaultJoinRateTotal, JoinBurstTotal: DefaultJoinBurstTotal}
+	ctl, err := control.New(st, control.Options{})
+	if err != nil { // the defaults are always valid
+		panic(err)
+	}
+	s.control = ctl
 	s.cache = &desiredCache{st: st, entries: map[string]*desiredEntry{}}
 	s.seen = &lastSeen{ids: map[int64]time.Time{}}
 	s.routes()
@@ -165,6 +176,7 @@ func (s *Server) routes() {
 	m.Handle("GET /api/v1/upgrades", admin(s.listUpgrades))
 	m.Handle("GET /api/v1/nodes", admin(s.listNodes))
 	m.Handle("GET /api/v1/status", admin(s.status))
+	m.Handle("GET /api/v1/queue", admin(s.queue))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.URL.Path, "/api/") {
 			writeError(w, http.StatusNotFound, "not found", "")

@@ -108,7 +108,7 @@ func (s *sqlStore) insert(ctx context.Context, db queryer, query string, args ..
 func (s *sqlStore) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		err = s.tx1(ctx, fn)
+		err = s.txOpts(ctx, nil, fn)
 		if classify(err) != errRetry {
 			return err
 		}
@@ -116,8 +116,9 @@ func (s *sqlStore) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return err
 }
 
-func (s *sqlStore) tx1(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+// txOpts runs fn in one transaction with opts.
+func (s *sqlStore) txOpts(ctx context.Context, opts *sql.TxOptions, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -137,7 +138,7 @@ func wrap(op string, err error) error {
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("store: %s: %w", op, ErrNotFound)
 	}
-	for _, sentinel := range []error{ErrNotFound, ErrConflict, ErrTokenUsed, ErrTokenRevoked, ErrTokenExpired, ErrInvalid, ErrPermission} {
+	for _, sentinel := range []error{ErrNotFound, ErrConflict, ErrTokenUsed, ErrTokenRevoked, ErrTokenExpired, ErrInvalid, ErrPermission, ErrLeaseLost, ErrSuperseded, ErrCancelled, ErrNotQueued} {
 		if errors.Is(err, sentinel) {
 			return fmt.Errorf("store: %s: %w", op, err)
 		}

@@ -39,6 +39,18 @@ var (
 	ErrPermission = errors.New("database permission denied")
 	// ErrClosed is returned by Watch after Close.
 	ErrClosed = errors.New("store closed")
+	// ErrLeaseLost means the deploy lease is no longer the caller's: it
+	// expired and another ticket took it over (or the ticket expired while
+	// queued because nobody waited on it any more).
+	ErrLeaseLost = errors.New("deploy lease lost")
+	// ErrSuperseded means a newer ticket of the same environment, enqueued
+	// with supersede, replaced this queued one.
+	ErrSuperseded = errors.New("superseded by a newer deploy")
+	// ErrCancelled means the queued ticket was cancelled.
+	ErrCancelled = errors.New("deploy cancelled")
+	// ErrNotQueued means the ticket is no longer waiting (it runs or ended),
+	// so it cannot be cancelled.
+	ErrNotQueued = errors.New("ticket is not queued")
 )
 
 // Store is the control server's persistence. All methods are safe for
@@ -146,6 +158,38 @@ type Store interface {
 	AppendAudit(ctx context.Context, e AuditEvent) (AuditEvent, error)
 	// ListAudit returns events newest first, filtered by f.
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEvent, error)
+
+	// EnqueueTicket appends t (App, Env and Holder set; CreatedAt zero means
+	// now) to its environment's deploy queue and returns it with its ID,
+	// State queued and Position. With supersede, every older queued ticket of
+	// the environment becomes superseded (never a running one).
+	EnqueueTicket(ctx context.Context, t Ticket, supersede bool) (Ticket, error)
+	// TryAcquire tries to give ticket id the environment's lease at time at
+	// for ttl, atomically across replicas: it succeeds (true) when the ticket
+	// is the oldest live queued one and the lease is free or expired (the
+	// expired holder's ticket becomes expired); the new lease's Token is one
+	// more than any token the environment ever handed out. When it must wait
+	// it returns false and the current holder's lease (zero when free). Each
+	// call also proves the waiter alive: a queued ticket not tried for ttl is
+	// expired so it cannot block the queue. A ticket that already holds the
+	// lease gets it back. ErrSuperseded, ErrCancelled, ErrLeaseLost (the
+	// ticket expired), ErrNotFound.
+	TryAcquire(ctx context.Context, id int64, at time.Time, ttl time.Duration) (Lease, bool, error)
+	// RenewLease extends l to at+ttl if the environment's lease is still l's
+	// (same ticket and token, even if it expired meanwhile and nobody took
+	// it); ErrLeaseLost otherwise.
+	RenewLease(ctx context.Context, l Lease, at time.Time, ttl time.Duration) (Lease, error)
+	// ReleaseLease frees the environment's lease held by l and marks its
+	// ticket done at at; ErrLeaseLost if another ticket holds it now.
+	ReleaseLease(ctx context.Context, l Lease, at time.Time) error
+	// CancelTicket cancels a queued ticket (cancelling twice is not an
+	// error); ErrNotQueued when it runs or ended, ErrNotFound.
+	CancelTicket(ctx context.Context, id int64, at time.Time) (Ticket, error)
+	// GetTicket returns one ticket (Position set while queued), or ErrNotFound.
+	GetTicket(ctx context.Context, id int64) (Ticket, error)
+	// QueueStatus returns app/env's lease holder (as stored: callers compare
+	// ExpiresAt with their clock) and its queued tickets in order.
+	QueueStatus(ctx context.Context, app, env string) (QueueStatus, error)
 
 	// Close stops watchers and closes the database.
 	Close() error
@@ -332,4 +376,56 @@ type AuditFilter struct {
 	Actor, Action string
 	BeforeID      int64 // only events with ID < BeforeID (paging)
 	Limit         int   // 0 means no limit
+}
+
+// TicketState is where a deploy ticket stands.
+type TicketState string
+
+// The ticket states: queued, then running (holding the lease), then one of
+// the final ones.
+const (
+	TicketQueued     TicketState = "queued"
+	TicketRunning    TicketState = "running"
+	TicketDone       TicketState = "done"       // released its lease
+	TicketCancelled  TicketState = "cancelled"  // cancelled while queued
+	TicketSuperseded TicketState = "superseded" // replaced by a newer queued ticket
+	TicketExpired    TicketState = "expired"    // its lease (or its wait) lapsed
+)
+
+// Ticket is one place in an environment's deploy queue: a rollout or a push
+// deploy waiting for, holding or done with the environment's lease.
+type Ticket struct {
+	ID           int64       `json:"id"`
+	App          string      `json:"app"`
+	Env          string      `json:"env"`
+	Holder       string      `json:"holder"` // who deploys: user@machine, "rollout 12"
+	State        TicketState `json:"state"`
+	Position     int         `json:"position,omitempty"` // 1 = next; 0 when not queued
+	CreatedAt    time.Time   `json:"created_at"`
+	Token        int64       `json:"token,omitempty"`      // fencing token once it got the lease
+	AcquiredAt   time.Time   `json:"acquired_at,omitzero"` // zero until running
+	ExpiresAt    time.Time   `json:"expires_at,omitzero"`  // lease expiry while running
+	EndedAt      time.Time   `json:"ended_at,omitzero"`    // zero until final
+	SupersededBy int64       `json:"superseded_by,omitempty"`
+}
+
+// Lease is an environment's deploy lease: which ticket holds it, with which
+// fencing token, until when. A zero TicketID means nobody holds it.
+type Lease struct {
+	App       string    `json:"app"`
+	Env       string    `json:"env"`
+	TicketID  int64     `json:"ticket_id"`
+	Holder    string    `json:"holder"`
+	Token     int64     `json:"token"`
+	Since     time.Time `json:"since"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// QueueStatus is an environment's lease and queue.
+type QueueStatus struct {
+	App       string   `json:"app"`
+	Env       string   `json:"env"`
+	Lease     *Lease   `json:"lease,omitempty"` // nil when free
+	LastToken int64    `json:"last_token"`      // the highest fencing token handed out
+	Queue     []Ticket `json:"queue"`           // queued tickets, next first
 }

@@ -45,6 +45,11 @@ func runSuite(t *testing.T, backend string) {
 		{"NoCreateRight", s.testNoCreateRight},
 		{"WatchAcrossReplicas", s.testWatch},
 		{"WatchSlowReceiverLosesNothing", s.testWatchSlowReceiver},
+		{"QueueFIFO", s.testQueueFIFO},
+		{"QueueOneHolder", s.testQueueOneHolder},
+		{"QueueExpiry", s.testQueueExpiry},
+		{"QueueSupersede", s.testQueueSupersede},
+		{"QueueCancel", s.testQueueCancel},
 	} {
 		t.Run(tc.name, tc.fn)
 	}
