@@ -35,6 +35,7 @@ test-integration: build
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./internal/source/
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench PushDeploy -benchtime 5x -tags integration ./test/
+	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'RollingBehindHAProxy|AllAtOnceWindow' -benchtime 3x -timeout 20m -tags integration ./test/
 	$(GO) test -run '^$$' -bench RestartUnderLoad -benchtime 1x -count 3 ./internal/service/
 	scripts/bench-deps.sh
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench AllAtOnceNoBalancer -benchtime 1x -count 3 -tags integration ./test/
