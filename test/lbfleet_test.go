@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/drover/drover/internal/testenv/apptest"
+	"github.com/drover/drover/internal/testenv/haproxytest"
 	"github.com/drover/drover/internal/testenv/loadgen"
 )
 
@@ -76,12 +77,20 @@ func newLBFleet(t testing.TB, o lbOptions) *lbFleet {
 		t.Fatalf("deploy v1: %s", r)
 	}
 	f.v1 = rep.Release
-	var servers []backendServer
+	var servers []haproxytest.Server
 	for i, h := range p.fleet.Hosts {
-		servers = append(servers, backendServer{Name: p.names[i], Addr: net.JoinHostPort(h.Addr, strconv.Itoa(webPort))})
+		servers = append(servers, haproxytest.Server{Name: p.names[i], Addr: net.JoinHostPort(h.Addr, strconv.Itoa(webPort))})
 	}
-	h := startHAProxy(t, lbBackend, servers)
+	h := haproxytest.Start(t, haproxytest.Options{Backend: lbBackend, Servers: servers, Inter: hapInter})
 	f.url, f.socket, f.hap = h.URL+"/", h.Socket, hapStats{Socket: h.Socket, Backend: h.Backend}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if st, err := f.hap.admin("show stat"); err == nil {
+				t.Logf("haproxy show stat at the end:\n%s", st)
+			}
+			t.Logf("haproxy log:\n%s", h.Log())
+		}
+	})
 	f.waitAllServing(t)
 	return f
 }
