@@ -2,9 +2,6 @@ package agent
 
 import (
 	"context"
-	"net"
-	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,48 +9,19 @@ import (
 
 	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/config"
-	"github.com/drover/drover/internal/server"
-	"github.com/drover/drover/internal/store"
+	"github.com/drover/drover/internal/testenv/servertest"
 )
 
-// realServer serves a SQLite-backed control server on loopback until the
-// test ends and returns its URL and an admin client.
+// realServer serves a real control server until the test ends and returns
+// its URL and an admin client.
 func realServer(t *testing.T) (string, *api.Client) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	dir := t.TempDir()
-	st, err := store.Open(ctx, filepath.Join(dir, "drover.db"))
+	srv := servertest.Start(t, servertest.Options{})
+	admin, err := api.NewClient(srv.URL, srv.Admin, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	tokenFile, err := server.EnsureAdminToken(ctx, st, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, err := os.ReadFile(tokenFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := server.New(st, nil)
-	if err := s.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: s.Handler()}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = hs.Serve(ln) }()
-	t.Cleanup(func() { hs.Close(); <-done })
-	url := "http://" + ln.Addr().String()
-	admin, err := api.NewClient(url, strings.TrimSpace(string(token)), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return url, admin
+	return srv.URL, admin
 }
 
 // TestJoinUnderLiveNameStopsWithTheFix: an agent whose join the server

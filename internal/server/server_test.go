@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/server"
 	"github.com/drover/drover/internal/store"
+	"github.com/drover/drover/internal/testenv/servertest"
 )
 
 type env struct {
@@ -38,47 +38,15 @@ type serverOpts struct {
 }
 
 // startServer serves a new SQLite-backed server on a real loopback
-// listener, the way `drover server` serves it (HTTPServer over Listener),
-// until the test ends.
+// listener (servertest), until the test ends.
 func startServer(t *testing.T, o serverOpts) *env {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	dir := t.TempDir()
-	st, err := store.Open(ctx, filepath.Join(dir, "drover.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	path, err := server.EnsureAdminToken(ctx, st, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(path)
+	srv := servertest.Start(t, servertest.Options{Wrap: o.wrap, Set: o.set})
+	fi, err := os.Stat(srv.AdminFile)
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin token file %v mode %v", err, fi.Mode())
 	}
-	seen := st
-	if o.wrap != nil {
-		seen = o.wrap(st)
-	}
-	s := server.New(seen, nil)
-	if o.set != nil {
-		o.set(s)
-	}
-	if err := s.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := s.HTTPServer()
-	done := make(chan struct{})
-	go func() { defer close(done); _ = hs.Serve(s.Listener(ln)) }()
-	t.Cleanup(func() { hs.Close(); <-done })
-	addr := ln.Addr().String()
-	return &env{t: t, st: st, url: "http://" + addr, addr: addr, admin: readToken(t, dir)}
+	return &env{t: t, st: srv.Store, url: srv.URL, addr: srv.Addr, admin: srv.Admin}
 }
 
 func readToken(t *testing.T, dir string) string {
