@@ -20,13 +20,98 @@ type Release struct {
 	Note      string    `json:"note,omitempty"`
 }
 
-// CreateRelease is the body of POST /api/v1/releases.
+// CreateRelease is the body of POST /api/v1/releases: it records a release
+// and starts a rollout of it (queued behind the environment's running one).
 type CreateRelease struct {
 	App    string `json:"app"`
 	Env    string `json:"env"`
 	Spec   string `json:"spec"`
 	Commit string `json:"commit,omitempty"`
 	Note   string `json:"note,omitempty"`
+	// Config is the app's drover.yml at Commit (its text): the rollout
+	// takes the environment's strategy, load balancer and hooks from it.
+	// Empty: the default strategy, no load balancer, and the run_once
+	// hooks run on one node chosen by the server (RunOnceAll).
+	Config string `json:"config,omitempty"`
+	// Strategy replaces the strategy type drover.yml gives (--strategy).
+	Strategy string `json:"strategy,omitempty"`
+	// NoWait fails at once (409) when another rollout runs or waits.
+	NoWait bool `json:"no_wait,omitempty"`
+	// Supersede replaces every older queued rollout of the environment
+	// (never a running one).
+	Supersede bool     `json:"supersede,omitempty"`
+	Hotfix    bool     `json:"hotfix,omitempty"`
+	Skip      []string `json:"skip,omitempty"` // run_once hooks not to run
+}
+
+// ReleaseCreated answers CreateRelease: the release and its rollout.
+type ReleaseCreated struct {
+	Release
+	Rollout *Rollout `json:"rollout,omitempty"`
+}
+
+// Rollout is a rollout as the server shows it: a server-run one across
+// agents, or a push deploy holding the environment's lease.
+type Rollout struct {
+	ID        int64         `json:"id"`
+	App       string        `json:"app"`
+	Env       string        `json:"env"`
+	Kind      string        `json:"kind"` // server or push
+	ReleaseID int64         `json:"release_id,omitempty"`
+	Release   string        `json:"release,omitempty"` // engine release ID when known
+	Strategy  string        `json:"strategy"`
+	State     string        `json:"state"`              // queued, running, paused, succeeded, failed, cancelled, superseded, aborted
+	Position  int           `json:"position,omitempty"` // place in the queue while queued (1 = next)
+	Phase     string        `json:"phase,omitempty"`
+	Error     string        `json:"error,omitempty"`
+	Token     int64         `json:"token,omitempty"` // its fencing token once it holds the lease
+	Runner    string        `json:"runner,omitempty"`
+	CreatedBy string        `json:"created_by"`
+	CreatedAt time.Time     `json:"created_at"`
+	StartedAt time.Time     `json:"started_at,omitzero"`
+	EndedAt   time.Time     `json:"ended_at,omitzero"`
+	Nodes     []RolloutNode `json:"nodes,omitempty"`
+}
+
+// RolloutNode is one node's progress in a rollout.
+type RolloutNode struct {
+	Node      string    `json:"node"`
+	Action    string    `json:"action"`
+	Task      int64     `json:"task"`
+	State     string    `json:"state"` // assigned, working, done, failed
+	Step      string    `json:"step,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	Serving   string    `json:"serving,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Decision is the body of POST /api/v1/rollouts/{id}/decide and of
+// POST /api/v1/rollouts/decide?app=&env= (the environment's paused one).
+type Decision struct {
+	Decision string `json:"decision"` // promote or abort
+}
+
+// BeginPush is the body of POST /api/v1/push: a push deployer asks for a
+// place in the environment's queue; the answer is a Rollout of kind push.
+type BeginPush struct {
+	App       string   `json:"app"`
+	Env       string   `json:"env"`
+	Holder    string   `json:"holder"` // user@machine
+	Release   string   `json:"release"`
+	Strategy  string   `json:"strategy"`
+	Hosts     []string `json:"hosts"`
+	Supersede bool     `json:"supersede,omitempty"`
+}
+
+// PushProgress is the body of POST /api/v1/push/{id}/progress: hosts'
+// progress (and, with Done, the outcome) of a push deploy that holds the
+// lease; it also renews the lease. Answered 409 when the lease was lost.
+type PushProgress struct {
+	Phase string        `json:"phase,omitempty"`
+	Nodes []RolloutNode `json:"nodes,omitempty"`
+	Done  bool          `json:"done,omitempty"`
+	OK    bool          `json:"ok,omitempty"`
+	Error string        `json:"error,omitempty"`
 }
 
 // ResolveRelease is the body of POST /api/v1/releases/{id}/resolve: an
@@ -93,16 +178,40 @@ type Hello struct {
 
 // Actions the server can ask of an agent for one app.
 const (
-	ActionActivate = "activate" // prepare and activate the release (default)
+	ActionActivate = "activate" // prepare (if not yet) and activate the release (default)
 	ActionPrepare  = "prepare"  // only prepare it; a coordinated rollout activates later
+	ActionHooks    = "hooks"    // run the run_once hooks RunOnce of Stage for the release
+	ActionRollback = "rollback" // switch back to the engine release To
 )
 
-// DesiredApp is the release one app of a node should run.
+// RunOnceAll in DesiredApp.RunOnce asks the node to run every run_once
+// hook of the stage whose role it has (the server did not get drover.yml).
+const RunOnceAll = "*"
+
+// DesiredApp is the release one app of a node should run, and, inside a
+// server-run rollout, the task the rollout asks of the node now.
 type DesiredApp struct {
 	App     string   `json:"app"`
 	Env     string   `json:"env"`
 	Release *Release `json:"release,omitempty"` // nil: no release yet
 	Action  string   `json:"action"`
+	// Token is the fencing token of the environment's deploy lease this
+	// state was handed out under: an agent refuses a state with a lower
+	// token than one it acted on for this app/env.
+	Token int64 `json:"token,omitempty"`
+	// Rollout is the server rollout this task is part of; 0 outside one
+	// (the node converges to the environment's last completed release,
+	// running no run_once hook).
+	Rollout int64 `json:"rollout,omitempty"`
+	// Task numbers the rollout's requests of this node: the same task is
+	// the same work, done once; the agent reports on it (StartUpgrade).
+	Task int64 `json:"task,omitempty"`
+	// Stage and RunOnce: the run_once hooks this task runs on this node
+	// (prepare: of the prepare stage; hooks: of Stage).
+	Stage   string   `json:"stage,omitempty"`
+	RunOnce []string `json:"run_once,omitempty"`
+	To      string   `json:"to,omitempty"` // rollback: engine release ID
+	Hotfix  bool     `json:"hotfix,omitempty"`
 }
 
 // Desired is the answer to GET /api/v1/agents/desired?wait=30s&version=N:
@@ -127,6 +236,10 @@ type StartUpgrade struct {
 	ReleaseID int64  `json:"release_id"`
 	App       string `json:"app"`
 	Env       string `json:"env"`
+	// Rollout and Task: the rollout task this upgrade does (from
+	// DesiredApp); 0 outside a rollout.
+	Rollout int64 `json:"rollout,omitempty"`
+	Task    int64 `json:"task,omitempty"`
 }
 
 // Upgrade is one node moving to one release.
@@ -160,6 +273,9 @@ type Report struct {
 	Step   string `json:"step,omitempty"`
 	Error  string `json:"error,omitempty"`
 	Steps  []Step `json:"steps,omitempty"` // steps changed since the last report
+	// Serving is the engine release ID the node serves after the work
+	// ended, as it checked (with the final report).
+	Serving string `json:"serving,omitempty"`
 }
 
 // NodeStatus is one node's line in `drover status`.

@@ -191,6 +191,60 @@ type Store interface {
 	// ExpiresAt with their clock) and its queued tickets in order.
 	QueueStatus(ctx context.Context, app, env string) (QueueStatus, error)
 
+	// TakeOverLease continues ticket id's expired lease for a new runner
+	// (another replica, or this server after a restart): when the ticket is
+	// running, Resumable, and its lease expired at at, it gets a new
+	// fencing token (one more than any handed out) and expires at at+ttl.
+	// Of replicas racing, exactly one succeeds; the others get
+	// ErrLeaseLost, as does a caller whose ticket's lease has not expired
+	// or that is not running.
+	TakeOverLease(ctx context.Context, id int64, at time.Time, ttl time.Duration) (Lease, error)
+
+	// GetEnvironment returns app/env with its Version and CurrentRelease,
+	// or ErrNotFound.
+	GetEnvironment(ctx context.Context, app, env string) (Environment, error)
+	// SetCurrentRelease records releaseID as app/env's last completed
+	// release (what nodes outside a running rollout converge to), bumps the
+	// environment's Version and wakes every Watch. ErrNotFound when the
+	// release is not one of app/env's.
+	SetCurrentRelease(ctx context.Context, app, env string, releaseID int64) error
+
+	// CreateRollout records r (ID and CreatedAt assigned; State defaults
+	// to queued) and returns it.
+	CreateRollout(ctx context.Context, r Rollout) (Rollout, error)
+	// GetRollout returns one rollout, or ErrNotFound.
+	GetRollout(ctx context.Context, id int64) (Rollout, error)
+	// RolloutByTicket returns the rollout that owns deploy ticket id, or
+	// ErrNotFound.
+	RolloutByTicket(ctx context.Context, ticketID int64) (Rollout, error)
+	// ListRollouts returns rollouts newest first (by ID), filtered by f.
+	ListRollouts(ctx context.Context, f RolloutFilter) ([]Rollout, error)
+	// UpdateRollout writes r's State, Phase, Error, StartedAt, EndedAt,
+	// Report and Runner (other fields are fixed at creation; Decision is
+	// written by DecideRollout).
+	UpdateRollout(ctx context.Context, r Rollout) error
+	// DecideRollout records an operator's decision ("promote" or "abort")
+	// on rollout id and returns the rollout; ErrNotQueued when the rollout
+	// ended, ErrInvalid for another decision.
+	DecideRollout(ctx context.Context, id int64, decision string) (Rollout, error)
+
+	// AssignRolloutNodes creates or replaces, in one transaction, the
+	// requests a rollout makes of nodes (RolloutID, Node identify each; all
+	// of one rollout): NodeID, Action, Stage, RunOnce, To, Task, Token,
+	// State (default assigned; Step, Error, Serving, UpgradeID cleared) and
+	// UpdatedAt (now). It is fenced: ErrLeaseLost, and nothing written,
+	// unless the Token is the fencing token of the environment's lease now
+	// held by the rollout's ticket, so a runner that lost its lease can no
+	// longer hand out work.
+	AssignRolloutNodes(ctx context.Context, nodes []RolloutNode) error
+	// ReportRolloutNode records a node's progress on task n.Task of
+	// rollout n.RolloutID: State, Step, Error, Serving, UpgradeID, and sets
+	// UpdatedAt. It changes nothing (and returns false) when the node's
+	// current task is another one (an old report arriving late).
+	ReportRolloutNode(ctx context.Context, n RolloutNode) (bool, error)
+	// ListRolloutNodes returns a rollout's nodes ordered by name.
+	ListRolloutNodes(ctx context.Context, rolloutID int64) ([]RolloutNode, error)
+
 	// Close stops watchers and closes the database.
 	Close() error
 }
@@ -220,6 +274,10 @@ type Environment struct {
 	Name      string    `json:"name"`
 	Version   int64     `json:"version"`
 	CreatedAt time.Time `json:"created_at"`
+	// CurrentRelease is the environment's last completed release: what a
+	// node outside a running rollout (joining, coming back) converges to;
+	// 0 when none yet.
+	CurrentRelease int64 `json:"current_release,omitempty"`
 }
 
 // Change says that the desired state of App/Env reached Version. An empty App
@@ -287,6 +345,10 @@ type Upgrade struct {
 	EndedAt     time.Time     `json:"ended_at"`   // zero until ended
 	Error       string        `json:"error,omitempty"`
 	Steps       []Step        `json:"steps,omitempty"` // filled by GetUpgrade only
+	// RolloutID and Task, set at creation, are the rollout task this
+	// upgrade does (0: a node converging outside any rollout).
+	RolloutID int64 `json:"rollout_id,omitempty"`
+	Task      int64 `json:"task,omitempty"`
 }
 
 // UpgradeFilter selects upgrades; zero fields match everything. App and Env
@@ -407,6 +469,10 @@ type Ticket struct {
 	ExpiresAt    time.Time   `json:"expires_at,omitzero"`  // lease expiry while running
 	EndedAt      time.Time   `json:"ended_at,omitzero"`    // zero until final
 	SupersededBy int64       `json:"superseded_by,omitempty"`
+	// Resumable says the ticket's work can be continued by another runner
+	// (a server-run rollout): when its lease lapses the queue waits for a
+	// TakeOverLease instead of expiring it for the next ticket.
+	Resumable bool `json:"resumable,omitempty"`
 }
 
 // Lease is an environment's deploy lease: which ticket holds it, with which
@@ -428,4 +494,97 @@ type QueueStatus struct {
 	Lease     *Lease   `json:"lease,omitempty"` // nil when free
 	LastToken int64    `json:"last_token"`      // the highest fencing token handed out
 	Queue     []Ticket `json:"queue"`           // queued tickets, next first
+}
+
+// RolloutState is where a rollout stands.
+type RolloutState string
+
+// The rollout states: queued (its ticket waits), running, paused (a canary
+// waits for promote or abort), then one of the final ones.
+const (
+	RolloutQueued     RolloutState = "queued"
+	RolloutRunning    RolloutState = "running"
+	RolloutPaused     RolloutState = "paused"
+	RolloutSucceeded  RolloutState = "succeeded"
+	RolloutFailed     RolloutState = "failed"
+	RolloutCancelled  RolloutState = "cancelled"  // cancelled while queued
+	RolloutSuperseded RolloutState = "superseded" // replaced while queued by a newer one
+	RolloutAborted    RolloutState = "aborted"    // a canary an operator aborted
+)
+
+// Done reports whether s is final.
+func (s RolloutState) Done() bool {
+	switch s {
+	case RolloutSucceeded, RolloutFailed, RolloutCancelled, RolloutSuperseded, RolloutAborted:
+		return true
+	}
+	return false
+}
+
+// Rollout kinds.
+const (
+	RolloutServer = "server" // run by the control server across agents
+	RolloutPush   = "push"   // a drover deploy over SSH, recorded and queued here
+)
+
+// Rollout is one release applied to an environment with a strategy, run by
+// the control server across agents (Kind server) or by a push deployer that
+// holds the environment's lease through the server (Kind push).
+type Rollout struct {
+	ID        int64        `json:"id"`
+	App       string       `json:"app"`
+	Env       string       `json:"env"`
+	Kind      string       `json:"kind"`
+	ReleaseID int64        `json:"release_id,omitempty"` // the server release (Kind server)
+	Release   string       `json:"release,omitempty"`    // the engine release ID, when known
+	TicketID  int64        `json:"ticket_id"`
+	Strategy  string       `json:"strategy"`
+	Plan      []byte       `json:"-"` // what the runner needs to run it (control's own JSON)
+	State     RolloutState `json:"state"`
+	Phase     string       `json:"phase,omitempty"`
+	Error     string       `json:"error,omitempty"`
+	Decision  string       `json:"decision,omitempty"` // an operator's promote or abort
+	Runner    string       `json:"runner,omitempty"`   // which server (or deployer) runs it now
+	CreatedBy string       `json:"created_by"`
+	CreatedAt time.Time    `json:"created_at"`
+	StartedAt time.Time    `json:"started_at,omitzero"`
+	EndedAt   time.Time    `json:"ended_at,omitzero"`
+	Report    []byte       `json:"-"` // the final rollout report as JSON
+}
+
+// RolloutFilter selects rollouts; zero fields match everything.
+type RolloutFilter struct {
+	App, Env string
+	States   []RolloutState
+	BeforeID int64 // only rollouts with ID < BeforeID (paging)
+	Limit    int   // 0 means no limit
+}
+
+// Rollout node states.
+const (
+	NodeAssigned = "assigned" // asked, not picked up yet
+	NodeWorking  = "working"
+	NodeDone     = "done"
+	NodeFailed   = "failed"
+)
+
+// RolloutNode is what a rollout asked of one node and how far the node
+// got: the node's current task in that rollout. Each new request gets a
+// higher Task; a report for an older task changes nothing.
+type RolloutNode struct {
+	RolloutID int64     `json:"rollout_id"`
+	Node      string    `json:"node"`              // node name (push: host name)
+	NodeID    int64     `json:"node_id,omitempty"` // 0 for push hosts
+	Task      int64     `json:"task"`
+	Action    string    `json:"action"`               // prepare, activate, hooks, rollback (push: the phase)
+	Stage     string    `json:"stage,omitempty"`      // hooks: their stage
+	RunOnce   []string  `json:"run_once,omitempty"`   // run_once hooks this task runs here
+	To        string    `json:"to,omitempty"`         // rollback: the engine release ID to switch back to
+	Token     int64     `json:"token"`                // the fencing token it was assigned under
+	State     string    `json:"state"`                // NodeAssigned, NodeWorking, NodeDone, NodeFailed
+	Step      string    `json:"step,omitempty"`       // the step it is at or failed
+	Error     string    `json:"error,omitempty"`      // why it failed
+	Serving   string    `json:"serving,omitempty"`    // the engine release ID it serves, as it reported
+	UpgradeID int64     `json:"upgrade_id,omitempty"` // the upgrade record of its work
+	UpdatedAt time.Time `json:"updated_at"`
 }
