@@ -34,6 +34,31 @@ func running(t *testing.T, st store.Store, holder string, resumable bool) (store
 	return tk, l
 }
 
+// startRollout creates a release of shop/production and a server rollout
+// of it whose resumable ticket holds the environment's lease since at.
+func startRollout(tb testing.TB, st store.Store, holder string) (store.Ticket, store.Lease, store.Rollout) {
+	tb.Helper()
+	ctx := context.Background()
+	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tk, err := st.EnqueueTicket(ctx, store.Ticket{App: "shop", Env: "production", Holder: holder, CreatedAt: at, Resumable: true}, false)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l, ok, err := st.TryAcquire(ctx, tk.ID, at, ttl)
+	if err != nil || !ok {
+		tb.Fatalf("ticket %d (%s): no free lease: ok=%v err=%v", tk.ID, holder, ok, err)
+	}
+	r, err := st.CreateRollout(ctx, store.Rollout{App: rel.App, Env: rel.Env, Kind: store.RolloutServer, ReleaseID: rel.ID, TicketID: tk.ID,
+		Strategy: "rolling", Plan: []byte(`{"strategy":"rolling"}`), CreatedBy: "alice", CreatedAt: at})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tk, l, r
+}
+
 // serverRollout creates a queued server rollout of release rel owned by ticket.
 func serverRollout(t *testing.T, st store.Store, rel store.Release, ticket int64) store.Rollout {
 	t.Helper()
@@ -203,10 +228,9 @@ func (s suite) testRollouts(t *testing.T) {
 func (s suite) testRolloutNodes(t *testing.T) {
 	st, _ := s.open(t)
 	ctx := ctxT(t)
-	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
+	tk, l, r := startRollout(t, st, "rollout")
+	rel, err := st.GetRelease(ctx, r.ReleaseID)
 	must(t, err)
-	tk, l := running(t, st, "rollout", true)
-	r := serverRollout(t, st, rel, tk.ID)
 	list := func() []store.RolloutNode {
 		t.Helper()
 		ns, err := st.ListRolloutNodes(ctx, r.ID)
@@ -311,10 +335,7 @@ func (s suite) testRolloutNodes(t *testing.T) {
 func (s suite) testQueueResumable(t *testing.T) {
 	st, _ := s.open(t)
 	ctx := ctxT(t)
-	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
-	must(t, err)
-	tk, l := running(t, st, "rollout 1", true)
-	r := serverRollout(t, st, rel, tk.ID)
+	tk, l, r := startRollout(t, st, "rollout 1")
 	next, err := st.EnqueueTicket(ctx, store.Ticket{App: "shop", Env: "production", Holder: "bob@laptop", CreatedAt: at}, false)
 	must(t, err)
 	got := wantState(t, st, tk.ID, store.TicketRunning)
@@ -554,10 +575,7 @@ func assignAll(ctx context.Context, st store.Store, r store.Rollout, l store.Lea
 func (s suite) testAssignMany(t *testing.T) {
 	st, _ := s.open(t)
 	ctx := ctxT(t)
-	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
-	must(t, err)
-	tk, l := running(t, st, "rollout", true)
-	r := serverRollout(t, st, rel, tk.ID)
+	_, l, r := startRollout(t, st, "rollout")
 	const n = 10000
 	for task := 1; task <= 2; task++ {
 		start := time.Now()
@@ -572,34 +590,22 @@ func (s suite) testAssignMany(t *testing.T) {
 }
 
 // BenchmarkAssignRolloutNodes measures one AssignRolloutNodes call of
-// 10,000 nodes on SQLite (each iteration replaces the previous task).
+// 10,000 nodes on each backend (each iteration replaces the previous task).
 func BenchmarkAssignRolloutNodes(b *testing.B) {
-	ctx := context.Background()
-	st, err := store.Open(ctx, dbtest.New(b, dbtest.SQLite))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	tk, err := st.EnqueueTicket(ctx, store.Ticket{App: "shop", Env: "production", Holder: "rollout", Resumable: true}, false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	l, ok, err := st.TryAcquire(ctx, tk.ID, time.Now(), time.Hour)
-	if err != nil || !ok {
-		b.Fatalf("acquire: ok=%v err=%v", ok, err)
-	}
-	r, err := st.CreateRollout(ctx, store.Rollout{App: "shop", Env: "production", Kind: store.RolloutServer, ReleaseID: rel.ID, TicketID: tk.ID})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if err := assignAll(ctx, st, r, l, 10000, i+1); err != nil {
-			b.Fatal(err)
-		}
+	for _, backend := range dbtest.Backends {
+		b.Run(backend, func(b *testing.B) {
+			st, err := store.Open(context.Background(), dbtest.New(b, backend))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { st.Close() })
+			_, l, r := startRollout(b, st, "rollout")
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := assignAll(context.Background(), st, r, l, 10000, i+1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

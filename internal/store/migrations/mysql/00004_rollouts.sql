@@ -31,6 +31,7 @@ CREATE TABLE rollouts (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 CREATE INDEX rollouts_app_env ON rollouts (app, env, id);
 CREATE INDEX rollouts_ticket ON rollouts (ticket_id);
+CREATE INDEX rollouts_state ON rollouts (state, id);
 
 CREATE TABLE rollout_nodes (
     rollout_id BIGINT NOT NULL,
