@@ -270,6 +270,12 @@ func (s suite) testRolloutNodes(t *testing.T) {
 	}
 	_, err = st.ReportRolloutNode(ctx, store.RolloutNode{RolloutID: r.ID, Node: "web2", Task: 1, State: "bored"})
 	wantErr(t, err, store.ErrInvalid)
+	// A progress report overtaken by the result does not undo it.
+	ok, err = st.ReportRolloutNode(ctx, store.RolloutNode{RolloutID: r.ID, Node: "web2", Task: 1, State: store.NodeWorking, Step: "fetch"})
+	must(t, err)
+	if ok {
+		t.Fatal("a progress report after the task's result was accepted")
+	}
 	ns = list()
 	if n := ns[1]; n.State != store.NodeDone || n.Step != "prepare" || n.Serving != "rel-1" || n.UpgradeID != 9 || n.Action != "prepare" || !reflect.DeepEqual(n.RunOnce, []string{"migrate"}) {
 		t.Fatalf("web2 after its report: %+v", n)
@@ -314,6 +320,8 @@ func (s suite) testRolloutNodes(t *testing.T) {
 	other := serverRollout(t, st, rel, tk.ID+1000)
 	fenced("rollout without the lease", []store.RolloutNode{{RolloutID: other.ID, Node: "web1", Task: 1, Action: "prepare", Token: l.Token}})
 	err = st.AssignRolloutNodes(ctx, []store.RolloutNode{fresh, {RolloutID: other.ID, Node: "web4", Token: l.Token}})
+	wantErr(t, err, store.ErrInvalid)
+	err = st.AssignRolloutNodes(ctx, []store.RolloutNode{fresh, fresh})
 	wantErr(t, err, store.ErrInvalid)
 	err = st.AssignRolloutNodes(ctx, []store.RolloutNode{{RolloutID: 999999, Node: "web1", Token: l.Token}})
 	wantErr(t, err, store.ErrNotFound)
