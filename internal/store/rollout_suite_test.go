@@ -396,6 +396,11 @@ func (s suite) testQueueResumable(t *testing.T) {
 		return tk
 	}
 	queuedRollout, gone, alive := enq("rollout 2", true), enq("gone", false), enq("alive", false)
+	status, err = st.QueueStatus(ctx, "shop", "production")
+	must(t, err)
+	if len(status.Queue) != 4 || status.Queue[0].Resumable || !status.Queue[1].Resumable || status.Queue[1].ID != queuedRollout.ID || status.Queue[2].Resumable {
+		t.Fatalf("queue %+v, want bob's plain ticket, then rollout 2 resumable, then plain ones", status.Queue)
+	}
 	must(t, st.ReleaseLease(ctx, l2, late.Add(2*time.Second)))
 	muchLater := late.Add(100 * ttl)
 	if _, ok := tryAcquire(t, st, alive.ID, muchLater); ok {
