@@ -11,9 +11,12 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -445,4 +448,105 @@ func TestFinishedTaskNotRedoneAfterRestart(t *testing.T) {
 		t.Fatalf("new task: seeded %v, want twice", got)
 	}
 	f.expect("new task", 5, 3, api.StatusSucceeded, "")
+}
+
+// helperEnv carries, to the agent process TestHelperAgentTask plays, its
+// configuration and the task it does.
+const helperEnv = "DROVER_AGENT_TEST_TASK"
+
+type helperTask struct {
+	Config *config.Agent
+	Want   api.DesiredApp
+}
+
+// TestHelperAgentTask is not a test: it is an agent process that does one
+// task (see TestRolloutTaskKilledMidPrepare), started by a test that kills
+// it.
+func TestHelperAgentTask(t *testing.T) {
+	spec := os.Getenv(helperEnv)
+	if spec == "" {
+		t.Skip("an agent process for TestRolloutTaskKilledMidPrepare")
+	}
+	var h helperTask
+	if err := json.Unmarshal([]byte(spec), &h); err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{Config: h.Config}
+	ctx := context.Background()
+	if err := a.connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.apply(ctx, &api.Desired{Version: 1, Apps: []api.DesiredApp{h.Want}})
+}
+
+// TestRolloutTaskKilledMidPrepare: an agent killed (SIGKILL) in the middle
+// of a prepare task does not count it finished: the next agent does the
+// task by the engine's resume, which runs the run_once migration that had
+// finished before the kill no second time, and reports the task done.
+func TestRolloutTaskKilledMidPrepare(t *testing.T) {
+	f := newTaskFixture(t)
+	gated := strings.Replace(fmt.Sprintf(taskYAML, ""),
+		`commands: ['echo "$DROVER_RELEASE" >> "$DROVER_SHARED_DIR/warmed"']`,
+		`commands: ['echo $$ > "$DROVER_SHARED_DIR/hook.pid"; touch "$DROVER_SHARED_DIR/at-gate"; i=0; while [ ! -f "$DROVER_SHARED_DIR/gate" ]; do i=$((i+1)); if [ $i -gt 1200 ]; then exit 1; fi; sleep 0.05; done; echo "$DROVER_RELEASE" >> "$DROVER_SHARED_DIR/warmed"']`, 1)
+	f.repo.Commit("gated", map[string]string{"drover.yml": gated})
+	f.agent() // joins: the node token is in state_dir
+	rel, id := f.release()
+	want := api.DesiredApp{App: "shop", Env: "production", Release: rel, Action: api.ActionPrepare, RunOnce: []string{api.RunOnceAll}, Token: 1, Rollout: 9, Task: 1}
+	spec, err := json.Marshal(helperTask{Config: f.cfg, Want: want})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperAgentTask$", "-test.count=1")
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(spec))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); <-exited })
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(f.shared("at-gate")); err == nil {
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatal("the agent process ended before the gated hook")
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent never reached the gated hook")
+		}
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	<-exited
+	// The hook runs in its own process group: it dies with its agent here.
+	if b, err := os.ReadFile(f.shared("hook.pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	}
+	if got := f.lines("migrated"); len(got) != 1 {
+		t.Fatalf("before the kill: migrated %v, want once", got)
+	}
+	starts, finals, _ := f.upgrades()
+	if len(starts) != 1 || len(finals) != 0 {
+		t.Fatalf("the killed agent reported %+v %+v, want one start and no end", starts, finals)
+	}
+
+	if err := os.WriteFile(f.shared("gate"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if res := f.apply(f.agent(), want); res.Upgraded != 1 || res.Failed != 0 {
+		t.Fatalf("the task after the restart: %+v, want done", res)
+	}
+	if got := f.lines("migrated"); len(got) != 1 {
+		t.Fatalf("after the resume: migrated %v, want once", got)
+	}
+	if got := f.lines("warmed"); len(got) != 1 || got[0] != id {
+		t.Fatalf("after the resume: warmed %v, want [%s]", got, id)
+	}
+	f.expect("resumed prepare", 9, 1, api.StatusSucceeded, "")
 }
