@@ -171,7 +171,10 @@ type Store interface {
 	// more than any token the environment ever handed out. When it must wait
 	// it returns false and the current holder's lease (zero when free). Each
 	// call also proves the waiter alive: a queued ticket not tried for ttl is
-	// expired so it cannot block the queue. A ticket that already holds the
+	// expired so it cannot block the queue (a Resumable one is not: any
+	// replica's runner picks it up). A holder whose lease lapsed loses it to
+	// the head, unless its ticket is Resumable: then the queue waits for
+	// TakeOverLease (or ReleaseLease). A ticket that already holds the
 	// lease gets it back. ErrSuperseded, ErrCancelled, ErrLeaseLost (the
 	// ticket expired), ErrNotFound.
 	TryAcquire(ctx context.Context, id int64, at time.Time, ttl time.Duration) (Lease, bool, error)
@@ -471,7 +474,9 @@ type Ticket struct {
 	SupersededBy int64       `json:"superseded_by,omitempty"`
 	// Resumable says the ticket's work can be continued by another runner
 	// (a server-run rollout): when its lease lapses the queue waits for a
-	// TakeOverLease instead of expiring it for the next ticket.
+	// TakeOverLease instead of expiring it for the next ticket, and while
+	// queued it is not expired for want of a waiter (any replica's runner
+	// tries it).
 	Resumable bool `json:"resumable,omitempty"`
 }
 
