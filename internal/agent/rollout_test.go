@@ -550,3 +550,25 @@ func TestRolloutTaskKilledMidPrepare(t *testing.T) {
 	}
 	f.expect("resumed prepare", 9, 1, api.StatusSucceeded, "")
 }
+
+// TestConfigWithoutHosts: in pull mode drover.yml may list no hosts for the
+// environment (its agents are the hosts) and name hook roles only agents
+// declare: the agent still deploys it, running the hooks of its roles.
+func TestConfigWithoutHosts(t *testing.T) {
+	f := newTaskFixture(t)
+	yml := strings.Replace(fmt.Sprintf(taskYAML, ""), "    hosts:\n      - {transport: local, roles: [web, db]}\n", "", 1)
+	f.repo.Commit("no hosts", map[string]string{"drover.yml": yml})
+	a := f.agent()
+	rel, id := f.release()
+	if res := f.apply(a, api.DesiredApp{Release: rel, Action: api.ActionPrepare, RunOnce: []string{api.RunOnceAll}, Token: 1, Rollout: 1, Task: 1}); res.Failed != 0 {
+		_, finals, _ := f.upgrades()
+		t.Fatalf("prepare of a drover.yml without hosts: %+v %+v", res, finals)
+	}
+	if got := f.lines("migrated"); len(got) != 1 || got[0] != id {
+		t.Fatalf("migrated %v, want [%s]", got, id)
+	}
+	f.apply(a, api.DesiredApp{Release: rel, Action: api.ActionHooks, Stage: config.StageBeforeActivate, RunOnce: []string{api.RunOnceAll}, Token: 1, Rollout: 1, Task: 2})
+	if got := f.lines("seeded"); len(got) != 1 {
+		t.Fatalf("the role db hook (RunOnceAll) on a node with role db: seeded %v, want once", got)
+	}
+}
