@@ -220,10 +220,13 @@ func (r *runner) start(ctx context.Context, ro store.Rollout, l Lease) {
 
 // rolloutRun is one run of a rollout by this runner, under one lease.
 type rolloutRun struct {
-	c     *Control
-	opts  RunnerOptions
-	log   *slog.Logger
-	ctx   context.Context // cancelled when the runner stops or the lease is lost
+	c    *Control
+	opts RunnerOptions
+	log  *slog.Logger
+	ctx  context.Context // cancelled when the runner stops or the lease is lost
+	// stop ends when the runner stops: the run then writes nothing more
+	// and its lease lapses for a takeover.
+	stop  context.Context
 	id    int64
 	app   string
 	env   string
@@ -261,6 +264,9 @@ func (run *rolloutRun) save(ctx context.Context, change func(*store.Rollout)) er
 	defer run.mu.Unlock()
 	if run.isLost() {
 		return ErrLeaseLost
+	}
+	if err := run.stop.Err(); err != nil {
+		return fmt.Errorf("runner stopping: %w", err)
 	}
 	change(&run.row)
 	if err := run.c.st.UpdateRollout(context.WithoutCancel(ctx), run.row); err != nil {
@@ -312,7 +318,7 @@ func (r *runner) run(ctx context.Context, ro store.Rollout, l Lease) {
 	c := r.c
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	run := &rolloutRun{c: c, opts: r.opts, log: r.log, ctx: rctx, id: ro.ID, app: ro.App, env: ro.Env, token: l.Token, lease: l,
+	run := &rolloutRun{c: c, opts: r.opts, log: r.log, ctx: rctx, stop: ctx, id: ro.ID, app: ro.App, env: ro.Env, token: l.Token, lease: l,
 		lost: make(chan struct{}), cancel: cancel, row: ro}
 	run.board = newNodeBoard(c.st, ro.ID, r.opts.Poll)
 	run.assign = &assigner{run: run}
@@ -482,10 +488,10 @@ func (run *rolloutRun) finish(ctx context.Context, rep *rollout.Report, err erro
 	run.log.Info("rollout ended", "rollout", run.id, "app", run.app, "env", run.env, "state", state, "err", msg)
 }
 
-// nodeReported wakes the run of rolloutID on this replica, if any, to read
+// NodeReported wakes the run of rolloutID on this replica, if any, to read
 // its nodes' rows now: the report path (Control.Report) calls it after it
 // recorded a node's progress.
-func (c *Control) nodeReported(rolloutID int64) {
+func (c *Control) NodeReported(rolloutID int64) {
 	c.boardsMu.Lock()
 	b := c.boards[rolloutID]
 	c.boardsMu.Unlock()

@@ -15,6 +15,7 @@ import (
 	"github.com/drover/drover/internal/control"
 	"github.com/drover/drover/internal/rollout"
 	"github.com/drover/drover/internal/store"
+	"github.com/drover/drover/internal/testenv/dbtest"
 )
 
 func sqliteStore(t *testing.T) store.Store {
@@ -284,5 +285,183 @@ func TestCanaryPromoteAndAbort(t *testing.T) {
 	env, _ := st.GetEnvironment(ctx, "shop", "production")
 	if env.CurrentRelease == rel3.ID || env.CurrentRelease == rel1.ID {
 		t.Errorf("current release %d after the abort, want the promoted one", env.CurrentRelease)
+	}
+}
+
+// TestRolloutsRunInFIFOOrder: two releases created together on one
+// environment roll out one after the other: the second starts only after
+// the first ended, and no node works on the second before the first is
+// done everywhere.
+func TestRolloutsRunInFIFOOrder(t *testing.T) {
+	st := sqliteStore(t)
+	c := newRunnerControl(t, st, control.Options{})
+	f := newFleet(t, st, "shop", "production", "n1:web,db", "n2:web", "n3:web")
+	for _, n := range []string{"n1", "n2", "n3"} {
+		f.set(n, func(n *simNode) { n.delay = 30 * time.Millisecond })
+	}
+	_, ro1 := create(t, c, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1}")})
+	_, ro2 := create(t, c, control.NewRelease{Spec: "tag:v2", Commit: commit2, Config: droverYML("{type: all-at-once}")})
+	if ro1.State != "queued" || ro1.Position != 1 || ro2.Position != 2 {
+		t.Fatalf("queued: %d at %d, %d at %d", ro1.ID, ro1.Position, ro2.ID, ro2.Position)
+	}
+	runRollouts(t, c, control.RunnerOptions{})
+	r1 := waitEnded(t, c, ro1.ID, 20*time.Second)
+	r2 := waitEnded(t, c, ro2.ID, 20*time.Second)
+	if r1.State != "succeeded" || r2.State != "succeeded" {
+		t.Fatalf("rollouts %s, %s\n%s", r1.State, r2.State, f)
+	}
+	if r2.StartedAt.Before(r1.EndedAt) {
+		t.Errorf("rollout 2 started at %s, before rollout 1 ended at %s", r2.StartedAt, r1.EndedAt)
+	}
+	var last1, first2 time.Time
+	for _, e := range f.events(nil) {
+		if e.Rollout == ro1.ID && e.End && e.At.After(last1) {
+			last1 = e.At
+		}
+		if e.Rollout == ro2.ID && (first2.IsZero() || e.At.Before(first2)) {
+			first2 = e.At
+		}
+	}
+	if !first2.After(last1) {
+		t.Errorf("the rollouts interleaved:\n%s", f)
+	}
+}
+
+// TestCancelSupersedeNoWait: a queued rollout is cancelled; --no-wait fails
+// with ErrBusy and records nothing while others wait; --supersede replaces
+// every older queued rollout; only the last one runs; a rollout that ended
+// cannot be cancelled.
+func TestCancelSupersedeNoWait(t *testing.T) {
+	ctx := context.Background()
+	st := sqliteStore(t)
+	c := newRunnerControl(t, st, control.Options{})
+	f := newFleet(t, st, "shop", "production", "n1:web,db", "n2:web")
+	_, ro1 := create(t, c, control.NewRelease{Spec: "tag:v1", Commit: commit1})
+	_, ro2 := create(t, c, control.NewRelease{Spec: "tag:v2", Commit: commit1})
+	_, ro3 := create(t, c, control.NewRelease{Spec: "tag:v3", Commit: commit1})
+	got, err := c.CancelRollout(ctx, ro2.ID, "ops")
+	if err != nil || got.State != "cancelled" || got.Error != "cancelled by ops" {
+		t.Fatalf("cancel: %+v, %v", got, err)
+	}
+	if r, _ := c.Rollout(ctx, ro3.ID); r.Position != 2 {
+		t.Errorf("after the cancel rollout 3 waits at %d, want 2", r.Position)
+	}
+	_, _, err = c.CreateRelease(ctx, control.NewRelease{App: "shop", Env: "production", Spec: "tag:v4", Commit: commit1, NoWait: true, By: "ci"})
+	if !errors.Is(err, control.ErrBusy) || !strings.Contains(err.Error(), "tag:v1") {
+		t.Fatalf("--no-wait behind queued rollouts: %v, want ErrBusy naming the first", err)
+	}
+	if rels, _ := st.ListReleases(ctx, store.ReleaseFilter{}); len(rels) != 3 {
+		t.Errorf("--no-wait recorded a release: %d releases", len(rels))
+	}
+	_, ro5 := create(t, c, control.NewRelease{Spec: "tag:v5", Commit: commit2, Supersede: true})
+	for _, id := range []int64{ro1.ID, ro3.ID} {
+		r, _ := c.Rollout(ctx, id)
+		if r.State != "superseded" || !strings.Contains(r.Error, "superseded") {
+			t.Errorf("rollout %d after --supersede: %s %q", id, r.State, r.Error)
+		}
+		if _, err := c.CancelRollout(ctx, id, "ops"); !errors.Is(err, control.ErrNotQueued) {
+			t.Errorf("cancel of superseded rollout %d: %v", id, err)
+		}
+	}
+	if ro5.Position != 1 {
+		t.Errorf("the superseding rollout waits at %d, want 1", ro5.Position)
+	}
+	runRollouts(t, c, control.RunnerOptions{})
+	if r := waitEnded(t, c, ro5.ID, 20*time.Second); r.State != "succeeded" {
+		t.Fatalf("rollout 5: %+v", r)
+	}
+	for _, e := range f.events(nil) {
+		if e.Rollout != ro5.ID {
+			t.Errorf("a cancelled or superseded rollout ran: %s (rollout %d)", e, e.Rollout)
+		}
+	}
+	if _, err := c.CancelRollout(ctx, ro5.ID, "ops"); !errors.Is(err, control.ErrNotQueued) {
+		t.Errorf("cancel of an ended rollout: %v", err)
+	}
+	list, err := c.Rollouts(ctx, "shop", "", 0)
+	if err != nil || len(list) != 4 || list[0].ID != ro5.ID || len(list[0].Nodes) != 2 {
+		t.Errorf("Rollouts: %d (%v), want 4 newest first with nodes", len(list), err)
+	}
+	if _, ro6, err := c.CreateRelease(ctx, control.NewRelease{App: "shop", Env: "production", Spec: "tag:v6", Commit: commit2, NoWait: true, By: "ci"}); err != nil || ro6.State != "queued" && ro6.State != "running" {
+		t.Errorf("--no-wait on an idle environment: %v", err)
+	}
+}
+
+// TestTakeover: the server running a rollout dies mid-rollout (runner A's
+// context ends while a node activates); another replica on the same
+// database (runner B, its own Control and store connection) takes the
+// rollout over once A's lease lapsed and finishes it from the recorded
+// per-node state: every node prepared and activated once, the run_once
+// hook ran once, the node that was activating kept its task (same number,
+// new fencing token), and B's tokens are higher than A's.
+func TestTakeover(t *testing.T) {
+	for _, backend := range []string{dbtest.SQLite, dbtest.Postgres} {
+		t.Run(backend, func(t *testing.T) {
+			url := dbtest.New(t, backend)
+			stA, stB := openStore(t, url), openStore(t, url)
+			a := newRunnerControl(t, stA, control.Options{})
+			b := newRunnerControl(t, stB, control.Options{})
+			f := newFleet(t, stA, "shop", "production", "n1:web,db", "n2:web", "n3:web")
+			release := make(chan struct{})
+			f.set("n2", func(n *simNode) {
+				n.hold = func(r store.RolloutNode) <-chan struct{} {
+					if r.Action == api.ActionActivate {
+						return release
+					}
+					return nil
+				}
+			})
+			stopA := runRollouts(t, a, control.RunnerOptions{Name: "a"})
+			_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1}")})
+			deadline := time.Now().Add(20 * time.Second)
+			for len(f.events(func(e simEvent) bool { return e.Node == "n2" && e.Action == api.ActionActivate })) == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("n2 never started to activate:\n%s", f)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			before, _ := a.Rollout(context.Background(), ro.ID)
+			stopA() // the server dies: its lease is no longer renewed
+			if r, _ := a.Rollout(context.Background(), ro.ID); r.State != "running" || r.Runner != "a" {
+				t.Fatalf("after runner A stopped the rollout is %s by %q, want still running by a", r.State, r.Runner)
+			}
+			runRollouts(t, b, control.RunnerOptions{Name: "b"})
+			taken := waitRollout(t, b, ro.ID, 20*time.Second, "taken over by b", func(r *api.Rollout) bool { return r.Runner == "b" })
+			if taken.Token <= before.Token {
+				t.Errorf("token after the takeover %d, before %d", taken.Token, before.Token)
+			}
+			close(release)
+			got := waitEnded(t, b, ro.ID, 20*time.Second)
+			if got.State != "succeeded" || got.Runner != "b" {
+				t.Fatalf("rollout %+v\n%s", got, f)
+			}
+			for _, action := range []string{api.ActionPrepare, api.ActionActivate} {
+				starts := f.starts(ro.ID, action)
+				if len(starts) != 3 || starts["n1"] != 1 || starts["n2"] != 1 || starts["n3"] != 1 {
+					t.Errorf("%s ran %v, want once on each node\n%s", action, starts, f)
+				}
+			}
+			if hooks := f.events(func(e simEvent) bool { return !e.End && e.Action == api.ActionHooks }); len(hooks) != 1 || hooks[0].Node != "n1" {
+				t.Errorf("run_once hooks ran %v, want once on n1", hooks)
+			}
+			var n2Before, n2After api.RolloutNode
+			for _, n := range before.Nodes {
+				if n.Node == "n2" {
+					n2Before = n
+				}
+			}
+			for _, n := range got.Nodes {
+				if n.Node == "n2" {
+					n2After = n
+				}
+			}
+			if n2Before.Action != api.ActionActivate || n2After.Task != n2Before.Task {
+				t.Errorf("n2's task before %+v, after %+v: want the same activate task", n2Before, n2After)
+			}
+			env, _ := stB.GetEnvironment(context.Background(), "shop", "production")
+			if env.CurrentRelease != got.ReleaseID {
+				t.Errorf("current release %d, want %d", env.CurrentRelease, got.ReleaseID)
+			}
+		})
 	}
 }
