@@ -102,12 +102,6 @@ func newFleet(t *testing.T, st store.Store, app, env string, specs ...string) *s
 	return f
 }
 
-func (f *simFleet) node(name string) *simNode {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.nodes[name]
-}
-
 // set changes a node's behaviour under the fleet's lock.
 func (f *simFleet) set(name string, fn func(n *simNode)) {
 	f.mu.Lock()
