@@ -34,6 +34,31 @@ func running(t *testing.T, st store.Store, holder string, resumable bool) (store
 	return tk, l
 }
 
+// startRollout creates a release of shop/production and a server rollout
+// of it whose resumable ticket holds the environment's lease since at.
+func startRollout(tb testing.TB, st store.Store, holder string) (store.Ticket, store.Lease, store.Rollout) {
+	tb.Helper()
+	ctx := context.Background()
+	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tk, err := st.EnqueueTicket(ctx, store.Ticket{App: "shop", Env: "production", Holder: holder, CreatedAt: at, Resumable: true}, false)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l, ok, err := st.TryAcquire(ctx, tk.ID, at, ttl)
+	if err != nil || !ok {
+		tb.Fatalf("ticket %d (%s): no free lease: ok=%v err=%v", tk.ID, holder, ok, err)
+	}
+	r, err := st.CreateRollout(ctx, store.Rollout{App: rel.App, Env: rel.Env, Kind: store.RolloutServer, ReleaseID: rel.ID, TicketID: tk.ID,
+		Strategy: "rolling", Plan: []byte(`{"strategy":"rolling"}`), CreatedBy: "alice", CreatedAt: at})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tk, l, r
+}
+
 // serverRollout creates a queued server rollout of release rel owned by ticket.
 func serverRollout(t *testing.T, st store.Store, rel store.Release, ticket int64) store.Rollout {
 	t.Helper()
@@ -203,10 +228,9 @@ func (s suite) testRollouts(t *testing.T) {
 func (s suite) testRolloutNodes(t *testing.T) {
 	st, _ := s.open(t)
 	ctx := ctxT(t)
-	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
+	tk, l, r := startRollout(t, st, "rollout")
+	rel, err := st.GetRelease(ctx, r.ReleaseID)
 	must(t, err)
-	tk, l := running(t, st, "rollout", true)
-	r := serverRollout(t, st, rel, tk.ID)
 	list := func() []store.RolloutNode {
 		t.Helper()
 		ns, err := st.ListRolloutNodes(ctx, r.ID)
@@ -246,6 +270,12 @@ func (s suite) testRolloutNodes(t *testing.T) {
 	}
 	_, err = st.ReportRolloutNode(ctx, store.RolloutNode{RolloutID: r.ID, Node: "web2", Task: 1, State: "bored"})
 	wantErr(t, err, store.ErrInvalid)
+	// A progress report overtaken by the result does not undo it.
+	ok, err = st.ReportRolloutNode(ctx, store.RolloutNode{RolloutID: r.ID, Node: "web2", Task: 1, State: store.NodeWorking, Step: "fetch"})
+	must(t, err)
+	if ok {
+		t.Fatal("a progress report after the task's result was accepted")
+	}
 	ns = list()
 	if n := ns[1]; n.State != store.NodeDone || n.Step != "prepare" || n.Serving != "rel-1" || n.UpgradeID != 9 || n.Action != "prepare" || !reflect.DeepEqual(n.RunOnce, []string{"migrate"}) {
 		t.Fatalf("web2 after its report: %+v", n)
@@ -291,6 +321,8 @@ func (s suite) testRolloutNodes(t *testing.T) {
 	fenced("rollout without the lease", []store.RolloutNode{{RolloutID: other.ID, Node: "web1", Task: 1, Action: "prepare", Token: l.Token}})
 	err = st.AssignRolloutNodes(ctx, []store.RolloutNode{fresh, {RolloutID: other.ID, Node: "web4", Token: l.Token}})
 	wantErr(t, err, store.ErrInvalid)
+	err = st.AssignRolloutNodes(ctx, []store.RolloutNode{fresh, fresh})
+	wantErr(t, err, store.ErrInvalid)
 	err = st.AssignRolloutNodes(ctx, []store.RolloutNode{{RolloutID: 999999, Node: "web1", Token: l.Token}})
 	wantErr(t, err, store.ErrNotFound)
 
@@ -311,10 +343,7 @@ func (s suite) testRolloutNodes(t *testing.T) {
 func (s suite) testQueueResumable(t *testing.T) {
 	st, _ := s.open(t)
 	ctx := ctxT(t)
-	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
-	must(t, err)
-	tk, l := running(t, st, "rollout 1", true)
-	r := serverRollout(t, st, rel, tk.ID)
+	tk, l, r := startRollout(t, st, "rollout 1")
 	next, err := st.EnqueueTicket(ctx, store.Ticket{App: "shop", Env: "production", Holder: "bob@laptop", CreatedAt: at}, false)
 	must(t, err)
 	got := wantState(t, st, tk.ID, store.TicketRunning)
@@ -367,6 +396,11 @@ func (s suite) testQueueResumable(t *testing.T) {
 		return tk
 	}
 	queuedRollout, gone, alive := enq("rollout 2", true), enq("gone", false), enq("alive", false)
+	status, err = st.QueueStatus(ctx, "shop", "production")
+	must(t, err)
+	if len(status.Queue) != 4 || status.Queue[0].Resumable || !status.Queue[1].Resumable || status.Queue[1].ID != queuedRollout.ID || status.Queue[2].Resumable {
+		t.Fatalf("queue %+v, want bob's plain ticket, then rollout 2 resumable, then plain ones", status.Queue)
+	}
 	must(t, st.ReleaseLease(ctx, l2, late.Add(2*time.Second)))
 	muchLater := late.Add(100 * ttl)
 	if _, ok := tryAcquire(t, st, alive.ID, muchLater); ok {
@@ -454,6 +488,69 @@ func (s suite) testTakeOverRace(t *testing.T) {
 	must(t, err)
 	if status.LastToken != token || status.Lease == nil || status.Lease.Token != token {
 		t.Fatalf("status after %d takeovers: %+v, want token %d", rounds, status, token)
+	}
+}
+
+// testFenceAcrossReplicas lets an old runner on one replica assign nodes
+// in a loop (paced, so SQLite's waiting writer gets its turn) while another
+// replica takes its lapsed lease over: assignments succeed until the
+// takeover, and the first one that starts after the takeover returned is
+// refused; the new runner's go through.
+func (s suite) testFenceAcrossReplicas(t *testing.T) {
+	st, url := s.open(t)
+	replica := s.openURL(t, url)
+	ctx := ctxT(t)
+	tk, l, r := startRollout(t, st, "rollout 1")
+	firstDone := make(chan struct{})
+	takenOver := make(chan struct{})
+	oldDone := make(chan error, 1)
+	go func() {
+		pace := time.NewTicker(2 * time.Millisecond)
+		defer pace.Stop()
+		for task := 1; task <= 5000; task++ {
+			after := false
+			select {
+			case <-takenOver:
+				after = true
+			default:
+			}
+			err := assignAll(ctx, st, r, l, 10, task)
+			if task == 1 {
+				close(firstDone)
+			}
+			switch {
+			case errors.Is(err, store.ErrLeaseLost) && after:
+				oldDone <- nil
+				return
+			case errors.Is(err, store.ErrLeaseLost): // the takeover committed, its call has not returned yet
+			case err != nil:
+				oldDone <- err
+				return
+			case after:
+				oldDone <- fmt.Errorf("task %d assigned under token %d after the takeover returned", task, l.Token)
+				return
+			}
+			select {
+			case <-pace.C:
+			case <-ctx.Done():
+				oldDone <- ctx.Err()
+				return
+			}
+		}
+		oldDone <- errors.New("no takeover within 5000 assignments")
+	}()
+	<-firstDone
+	l2, err := replica.TakeOverLease(ctx, tk.ID, at.Add(2*ttl), ttl)
+	close(takenOver)
+	must(t, err)
+	must(t, <-oldDone)
+	must(t, assignAll(ctx, replica, r, l2, 5, 10000))
+	ns, err := st.ListRolloutNodes(ctx, r.ID)
+	must(t, err)
+	for _, n := range ns[:5] {
+		if n.Token != l2.Token || n.Task != 10000 {
+			t.Fatalf("node %s after the new runner's assignment: %+v", n.Node, n)
+		}
 	}
 }
 
@@ -554,10 +651,7 @@ func assignAll(ctx context.Context, st store.Store, r store.Rollout, l store.Lea
 func (s suite) testAssignMany(t *testing.T) {
 	st, _ := s.open(t)
 	ctx := ctxT(t)
-	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
-	must(t, err)
-	tk, l := running(t, st, "rollout", true)
-	r := serverRollout(t, st, rel, tk.ID)
+	_, l, r := startRollout(t, st, "rollout")
 	const n = 10000
 	for task := 1; task <= 2; task++ {
 		start := time.Now()
@@ -572,34 +666,22 @@ func (s suite) testAssignMany(t *testing.T) {
 }
 
 // BenchmarkAssignRolloutNodes measures one AssignRolloutNodes call of
-// 10,000 nodes on SQLite (each iteration replaces the previous task).
+// 10,000 nodes on each backend (each iteration replaces the previous task).
 func BenchmarkAssignRolloutNodes(b *testing.B) {
-	ctx := context.Background()
-	st, err := store.Open(ctx, dbtest.New(b, dbtest.SQLite))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	tk, err := st.EnqueueTicket(ctx, store.Ticket{App: "shop", Env: "production", Holder: "rollout", Resumable: true}, false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	l, ok, err := st.TryAcquire(ctx, tk.ID, time.Now(), time.Hour)
-	if err != nil || !ok {
-		b.Fatalf("acquire: ok=%v err=%v", ok, err)
-	}
-	r, err := st.CreateRollout(ctx, store.Rollout{App: "shop", Env: "production", Kind: store.RolloutServer, ReleaseID: rel.ID, TicketID: tk.ID})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if err := assignAll(ctx, st, r, l, 10000, i+1); err != nil {
-			b.Fatal(err)
-		}
+	for _, backend := range dbtest.Backends {
+		b.Run(backend, func(b *testing.B) {
+			st, err := store.Open(context.Background(), dbtest.New(b, backend))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { st.Close() })
+			_, l, r := startRollout(b, st, "rollout")
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := assignAll(context.Background(), st, r, l, 10000, i+1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -177,7 +177,6 @@ func (s *sqlStore) RolloutByTicket(ctx context.Context, ticketID int64) (Rollout
 }
 
 func (s *sqlStore) ListRollouts(ctx context.Context, f RolloutFilter) ([]Rollout, error) {
-	const op = "list rollouts"
 	var where []string
 	var args []any
 	if f.App != "" {
@@ -196,20 +195,27 @@ func (s *sqlStore) ListRollouts(ctx context.Context, f RolloutFilter) ([]Rollout
 	if f.BeforeID > 0 {
 		where, args = append(where, "id < ?"), append(args, f.BeforeID)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q("SELECT "+rolloutCols+" FROM rollouts"+whereClause(where)+" ORDER BY id DESC"+limit(f.Limit)), args...)
+	out, err := queryAll(ctx, s.db, scanRollout, s.q("SELECT "+rolloutCols+" FROM rollouts"+whereClause(where)+" ORDER BY id DESC"+limit(f.Limit)), args...)
+	return out, wrap("list rollouts", err)
+}
+
+// queryAll runs query and scans every row with scan; an empty result is an
+// empty slice, not nil.
+func queryAll[T any](ctx context.Context, db queryer, scan func(interface{ Scan(...any) error }) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, wrap(op, err)
+		return nil, err
 	}
 	defer rows.Close()
-	out := []Rollout{}
+	out := []T{}
 	for rows.Next() {
-		r, err := scanRollout(rows)
+		v, err := scan(rows)
 		if err != nil {
-			return nil, wrap(op, err)
+			return nil, err
 		}
-		out = append(out, r)
+		out = append(out, v)
 	}
-	return out, wrap(op, rows.Err())
+	return out, rows.Err()
 }
 
 func (s *sqlStore) UpdateRollout(ctx context.Context, r Rollout) error {
@@ -296,7 +302,12 @@ func (s *sqlStore) AssignRolloutNodes(ctx context.Context, nodes []RolloutNode) 
 	op := fmt.Sprintf("assign %d node(s) of rollout %d", len(nodes), rid)
 	at := now()
 	args := make([]any, 0, len(nodes)*15)
+	seen := make(map[string]bool, len(nodes))
 	for i, n := range nodes {
+		if seen[n.Node] {
+			return wrap(op, fmt.Errorf("%w: node %s is listed twice (one task per node and call)", ErrInvalid, n.Node))
+		}
+		seen[n.Node] = true
 		if n.RolloutID != rid {
 			return wrap(op, fmt.Errorf("%w: node %s belongs to rollout %d, not %d (assign one rollout at a time)", ErrInvalid, n.Node, n.RolloutID, rid))
 		}
@@ -366,9 +377,14 @@ func (s *sqlStore) ReportRolloutNode(ctx context.Context, n RolloutNode) (bool, 
 		return false, wrap(op, err)
 	}
 	// One conditional UPDATE: a report for a task that is no longer the
-	// node's current one matches no row.
-	c, err := s.exec(ctx, s.db, "UPDATE rollout_nodes SET state = ?, step = ?, error = ?, serving = ?, upgrade_id = ?, updated_at = ? WHERE rollout_id = ? AND node = ? AND task = ?",
-		n.State, n.Step, n.Error, n.Serving, n.UpgradeID, now(), n.RolloutID, n.Node, n.Task)
+	// node's current one matches no row, and neither does a progress
+	// report arriving after the task's result.
+	query := "UPDATE rollout_nodes SET state = ?, step = ?, error = ?, serving = ?, upgrade_id = ?, updated_at = ? WHERE rollout_id = ? AND node = ? AND task = ?"
+	args := []any{n.State, n.Step, n.Error, n.Serving, n.UpgradeID, now(), n.RolloutID, n.Node, n.Task}
+	if n.State != NodeDone && n.State != NodeFailed {
+		query, args = query+" AND state NOT IN (?, ?)", append(args, NodeDone, NodeFailed)
+	}
+	c, err := s.exec(ctx, s.db, query, args...)
 	if err != nil {
 		return false, wrap(op, err)
 	}
@@ -376,19 +392,6 @@ func (s *sqlStore) ReportRolloutNode(ctx context.Context, n RolloutNode) (bool, 
 }
 
 func (s *sqlStore) ListRolloutNodes(ctx context.Context, rolloutID int64) ([]RolloutNode, error) {
-	op := fmt.Sprintf("list nodes of rollout %d", rolloutID)
-	rows, err := s.db.QueryContext(ctx, s.q("SELECT "+rolloutNodeCols+" FROM rollout_nodes WHERE rollout_id = ? ORDER BY node"), rolloutID)
-	if err != nil {
-		return nil, wrap(op, err)
-	}
-	defer rows.Close()
-	out := []RolloutNode{}
-	for rows.Next() {
-		n, err := scanRolloutNode(rows)
-		if err != nil {
-			return nil, wrap(op, err)
-		}
-		out = append(out, n)
-	}
-	return out, wrap(op, rows.Err())
+	out, err := queryAll(ctx, s.db, scanRolloutNode, s.q("SELECT "+rolloutNodeCols+" FROM rollout_nodes WHERE rollout_id = ? ORDER BY node"), rolloutID)
+	return out, wrap(fmt.Sprintf("list nodes of rollout %d", rolloutID), err)
 }
