@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/drover/drover/internal/lock"
@@ -82,7 +83,8 @@ type Options struct {
 	Clock Clock
 	// AllowCommands lets CreateRelease accept rollouts that run shell
 	// commands on the server (a command load balancer, a canary check
-	// command); the runner checks RunnerOptions.AllowCommands again.
+	// command); RunRollouts with RunnerOptions.AllowCommands turns it on
+	// too, and the runner checks its own option again before it runs one.
 	AllowCommands bool
 }
 
@@ -94,7 +96,7 @@ type Control struct {
 	lease   time.Duration
 	recheck time.Duration
 
-	allowCommands bool
+	allowCommands atomic.Bool
 
 	mu   sync.Mutex
 	wake map[envKey]chan struct{} // closed when the env's queue changed here
@@ -123,8 +125,9 @@ func New(st store.Store, opts Options) (*Control, error) {
 	if opts.Clock == nil {
 		opts.Clock = realClock{}
 	}
-	return &Control{st: st, clock: opts.Clock, lease: opts.Lease, recheck: opts.Recheck, allowCommands: opts.AllowCommands,
-		wake: map[envKey]chan struct{}{}, boards: map[int64]*nodeBoard{}}, nil
+	c := &Control{st: st, clock: opts.Clock, lease: opts.Lease, recheck: opts.Recheck, wake: map[envKey]chan struct{}{}, boards: map[int64]*nodeBoard{}}
+	c.allowCommands.Store(opts.AllowCommands)
+	return c, nil
 }
 
 // LeaseDuration is how long a lease lasts without renewal; renew well

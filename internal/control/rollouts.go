@@ -57,7 +57,7 @@ func (c *Control) CreateRelease(ctx context.Context, req NewRelease) (store.Rele
 	if err := checkRelease(&req); err != nil {
 		return store.Release{}, nil, err
 	}
-	doc, err := newPlanDoc(req, c.allowCommands)
+	doc, err := newPlanDoc(req, c.allowCommands.Load())
 	if err != nil {
 		return store.Release{}, nil, err
 	}

@@ -62,6 +62,9 @@ func (c *Control) RunRollouts(ctx context.Context, opts RunnerOptions) error {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.AllowCommands {
+		c.allowCommands.Store(true)
+	}
 	r := &runner{c: c, opts: opts, log: opts.Logger.With("runner", opts.Name), running: map[int64]bool{}}
 	defer r.wg.Wait()
 	for {
