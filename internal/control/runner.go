@@ -443,9 +443,15 @@ func (run *rolloutRun) targets(ctx context.Context, ro store.Rollout, rel store.
 func (run *rolloutRun) finish(ctx context.Context, rep *rollout.Report, err error) {
 	c := run.c
 	bg := context.WithoutCancel(ctx)
-	// The last check of the fence before writing the outcome.
-	if _, rerr := c.Renew(bg, run.lease); errors.Is(rerr, ErrLeaseLost) {
-		run.loseLease(rerr)
+	// The last check of the fence before writing the outcome: a runner
+	// that cannot confirm its lease leaves the outcome to whoever takes
+	// the rollout over (every task is done: it ends at once).
+	if _, rerr := c.Renew(bg, run.lease); rerr != nil {
+		if errors.Is(rerr, ErrLeaseLost) {
+			run.loseLease(rerr)
+		} else {
+			run.log.Warn("could not confirm the lease before recording the outcome; leaving it to a takeover", "rollout", run.id, "err", rerr)
+		}
 		return
 	}
 	state, msg := store.RolloutSucceeded, ""

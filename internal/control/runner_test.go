@@ -1,13 +1,17 @@
 package control_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -464,4 +468,130 @@ func TestTakeover(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTakeoverAllAtOnce: runner A dies while one node of an all-at-once
+// rollout is switching and the others are already done; runner B takes
+// over, hands no node a second activation and does not wait at the
+// barrier for nodes past it.
+func TestTakeoverAllAtOnce(t *testing.T) {
+	url := dbtest.New(t, dbtest.SQLite)
+	stA, stB := openStore(t, url), openStore(t, url)
+	a := newRunnerControl(t, stA, control.Options{})
+	b := newRunnerControl(t, stB, control.Options{})
+	f := newFleet(t, stA, "shop", "production", "n1:web,db", "n2:web", "n3:web")
+	release := make(chan struct{})
+	f.set("n3", func(n *simNode) {
+		n.hold = func(r store.RolloutNode) <-chan struct{} {
+			if r.Action == api.ActionActivate {
+				return release
+			}
+			return nil
+		}
+	})
+	stopA := runRollouts(t, a, control.RunnerOptions{Name: "a"})
+	_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: all-at-once}")})
+	deadline := time.Now().Add(20 * time.Second)
+	for len(f.events(func(e simEvent) bool { return e.End && e.Action == api.ActionActivate })) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("n1 and n2 never activated:\n%s", f)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopA()
+	runRollouts(t, b, control.RunnerOptions{Name: "b"})
+	waitRollout(t, b, ro.ID, 20*time.Second, "taken over by b", func(r *api.Rollout) bool { return r.Runner == "b" })
+	close(release)
+	got := waitEnded(t, b, ro.ID, 20*time.Second)
+	if got.State != "succeeded" {
+		t.Fatalf("rollout %+v\n%s", got, f)
+	}
+	if a := f.starts(ro.ID, api.ActionActivate); len(a) != 3 || a["n1"] != 1 || a["n2"] != 1 || a["n3"] != 1 {
+		t.Errorf("activations %v, want one per node\n%s", a, f)
+	}
+	if h := f.events(func(e simEvent) bool { return !e.End && e.Action == api.ActionHooks }); len(h) != 1 {
+		t.Errorf("run_once hooks ran %d times, want once", len(h))
+	}
+}
+
+// renewFails is a store whose lease renewals fail while fail is set, as a
+// server cut off from its database.
+type renewFails struct {
+	store.Store
+	fail atomic.Bool
+}
+
+func (s *renewFails) RenewLease(ctx context.Context, l store.Lease, at time.Time, ttl time.Duration) (store.Lease, error) {
+	if s.fail.Load() {
+		return store.Lease{}, errors.New("connection refused (simulated)")
+	}
+	return s.Store.RenewLease(ctx, l, at, ttl)
+}
+
+// TestLostLeaseStopsTheRunner: runner A cannot renew its lease (cut off
+// from the database) while a node works; the lease lapses, runner B takes
+// the rollout over and finishes it; A stops when it learns its lease is
+// lost and records nothing: the rollout ends succeeded by B, each node
+// activated once.
+func TestLostLeaseStopsTheRunner(t *testing.T) {
+	url := dbtest.New(t, dbtest.SQLite)
+	stA := &renewFails{Store: openStore(t, url)}
+	stB := openStore(t, url)
+	a := newRunnerControl(t, stA, control.Options{})
+	b := newRunnerControl(t, stB, control.Options{})
+	f := newFleet(t, stB, "shop", "production", "n1:web,db", "n2:web")
+	release := make(chan struct{})
+	f.set("n2", func(n *simNode) {
+		n.hold = func(r store.RolloutNode) <-chan struct{} {
+			if r.Action == api.ActionActivate {
+				return release
+			}
+			return nil
+		}
+	})
+	var logA lockedBuffer
+	runRollouts(t, a, control.RunnerOptions{Name: "a", Logger: slog.New(slog.NewTextHandler(&logA, nil))})
+	_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1}")})
+	deadline := time.Now().Add(20 * time.Second)
+	for len(f.events(func(e simEvent) bool { return e.Node == "n2" && e.Action == api.ActionActivate })) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("n2 never started to activate:\n%s", f)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stA.fail.Store(true)
+	runRollouts(t, b, control.RunnerOptions{Name: "b"})
+	waitRollout(t, b, ro.ID, 20*time.Second, "taken over by b", func(r *api.Rollout) bool { return r.Runner == "b" })
+	close(release)
+	got := waitEnded(t, b, ro.ID, 20*time.Second)
+	if got.State != "succeeded" || got.Runner != "b" {
+		t.Fatalf("rollout %+v\n%s", got, f)
+	}
+	if a := f.starts(ro.ID, api.ActionActivate); len(a) != 2 || a["n1"] != 1 || a["n2"] != 1 {
+		t.Errorf("activations %v, want one per node\n%s", a, f)
+	}
+	for !strings.Contains(logA.String(), "rollout lost its lease") {
+		if time.Now().After(deadline) {
+			t.Fatalf("runner A never said it lost its lease:\n%s", logA.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// lockedBuffer is a log destination safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
