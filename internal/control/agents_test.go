@@ -208,6 +208,33 @@ func (f *simFleet) handle(ctx context.Context, wg *sync.WaitGroup, ro store.Roll
 	}()
 }
 
+// holdActivation makes node's activations wait until the returned channel
+// is closed.
+func (f *simFleet) holdActivation(node string) chan struct{} {
+	release := make(chan struct{})
+	f.set(node, func(n *simNode) {
+		n.hold = func(r store.RolloutNode) <-chan struct{} {
+			if r.Action == api.ActionActivate {
+				return release
+			}
+			return nil
+		}
+	})
+	return release
+}
+
+// waitEvents waits until at least n journal entries match.
+func (f *simFleet) waitEvents(t *testing.T, n int, what string, match func(simEvent) bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(f.events(match)) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s:\n%s", what, f)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // events returns the journal entries that match.
 func (f *simFleet) events(match func(simEvent) bool) []simEvent {
 	f.mu.Lock()

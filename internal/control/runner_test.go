@@ -406,24 +406,10 @@ func TestTakeover(t *testing.T) {
 			a := newRunnerControl(t, stA, control.Options{})
 			b := newRunnerControl(t, stB, control.Options{})
 			f := newFleet(t, stA, "shop", "production", "n1:web,db", "n2:web", "n3:web")
-			release := make(chan struct{})
-			f.set("n2", func(n *simNode) {
-				n.hold = func(r store.RolloutNode) <-chan struct{} {
-					if r.Action == api.ActionActivate {
-						return release
-					}
-					return nil
-				}
-			})
+			release := f.holdActivation("n2")
 			stopA := runRollouts(t, a, control.RunnerOptions{Name: "a"})
 			_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1}")})
-			deadline := time.Now().Add(20 * time.Second)
-			for len(f.events(func(e simEvent) bool { return e.Node == "n2" && e.Action == api.ActionActivate })) == 0 {
-				if time.Now().After(deadline) {
-					t.Fatalf("n2 never started to activate:\n%s", f)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			f.waitEvents(t, 1, "n2 never started to activate", func(e simEvent) bool { return e.Node == "n2" && e.Action == api.ActionActivate })
 			before, _ := a.Rollout(context.Background(), ro.ID)
 			stopA() // the server dies: its lease is no longer renewed
 			if r, _ := a.Rollout(context.Background(), ro.ID); r.State != "running" || r.Runner != "a" {
@@ -480,24 +466,10 @@ func TestTakeoverAllAtOnce(t *testing.T) {
 	a := newRunnerControl(t, stA, control.Options{})
 	b := newRunnerControl(t, stB, control.Options{})
 	f := newFleet(t, stA, "shop", "production", "n1:web,db", "n2:web", "n3:web")
-	release := make(chan struct{})
-	f.set("n3", func(n *simNode) {
-		n.hold = func(r store.RolloutNode) <-chan struct{} {
-			if r.Action == api.ActionActivate {
-				return release
-			}
-			return nil
-		}
-	})
+	release := f.holdActivation("n3")
 	stopA := runRollouts(t, a, control.RunnerOptions{Name: "a"})
 	_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: all-at-once}")})
-	deadline := time.Now().Add(20 * time.Second)
-	for len(f.events(func(e simEvent) bool { return e.End && e.Action == api.ActionActivate })) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("n1 and n2 never activated:\n%s", f)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	f.waitEvents(t, 2, "n1 and n2 never activated", func(e simEvent) bool { return e.End && e.Action == api.ActionActivate })
 	stopA()
 	runRollouts(t, b, control.RunnerOptions{Name: "b"})
 	waitRollout(t, b, ro.ID, 20*time.Second, "taken over by b", func(r *api.Rollout) bool { return r.Runner == "b" })
@@ -540,25 +512,11 @@ func TestLostLeaseStopsTheRunner(t *testing.T) {
 	a := newRunnerControl(t, stA, control.Options{})
 	b := newRunnerControl(t, stB, control.Options{})
 	f := newFleet(t, stB, "shop", "production", "n1:web,db", "n2:web")
-	release := make(chan struct{})
-	f.set("n2", func(n *simNode) {
-		n.hold = func(r store.RolloutNode) <-chan struct{} {
-			if r.Action == api.ActionActivate {
-				return release
-			}
-			return nil
-		}
-	})
+	release := f.holdActivation("n2")
 	var logA lockedBuffer
 	runRollouts(t, a, control.RunnerOptions{Name: "a", Logger: slog.New(slog.NewTextHandler(&logA, nil))})
 	_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1}")})
-	deadline := time.Now().Add(20 * time.Second)
-	for len(f.events(func(e simEvent) bool { return e.Node == "n2" && e.Action == api.ActionActivate })) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("n2 never started to activate:\n%s", f)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	f.waitEvents(t, 1, "n2 never started to activate", func(e simEvent) bool { return e.Node == "n2" && e.Action == api.ActionActivate })
 	stA.fail.Store(true)
 	runRollouts(t, b, control.RunnerOptions{Name: "b"})
 	waitRollout(t, b, ro.ID, 20*time.Second, "taken over by b", func(r *api.Rollout) bool { return r.Runner == "b" })
@@ -570,6 +528,7 @@ func TestLostLeaseStopsTheRunner(t *testing.T) {
 	if a := f.starts(ro.ID, api.ActionActivate); len(a) != 2 || a["n1"] != 1 || a["n2"] != 1 {
 		t.Errorf("activations %v, want one per node\n%s", a, f)
 	}
+	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(logA.String(), "rollout lost its lease") {
 		if time.Now().After(deadline) {
 			t.Fatalf("runner A never said it lost its lease:\n%s", logA.String())
