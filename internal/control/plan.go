@@ -29,9 +29,11 @@ type planDoc struct {
 	// NoConfig says the release came without drover.yml: the default
 	// strategy, no load balancer, and each stage's run_once hooks run on
 	// one node through api.RunOnceAll.
-	NoConfig bool     `json:"no_config,omitempty"`
-	Hotfix   bool     `json:"hotfix,omitempty"`
-	Skip     []string `json:"skip,omitempty"`
+	NoConfig bool `json:"no_config,omitempty"`
+	// Hotfix is read by Desired too (key "hotfix"): agents skip the hooks
+	// marked hotfix: skip.
+	Hotfix bool     `json:"hotfix,omitempty"`
+	Skip   []string `json:"skip,omitempty"`
 }
 
 // configName names the drover.yml of a release in error messages.

@@ -140,6 +140,13 @@ func (c *Control) checkIdle(ctx context.Context, app, env string, mine int64) er
 		return err
 	}
 	var who []string
+	if st.Holder != nil && st.Expired {
+		// A crashed push deployer's lapsed lease passes to the next in
+		// line; a server rollout's waits for a takeover, so it is busy.
+		if t, err := c.st.GetTicket(ctx, st.Holder.TicketID); err == nil && !t.Resumable {
+			st.Holder = nil
+		}
+	}
 	if st.Holder != nil && st.Holder.TicketID != mine {
 		who = append(who, fmt.Sprintf("%s holds the lease (token %d) since %s", st.Holder.Holder, st.Holder.Token, st.Holder.Since.Format(time.RFC3339)))
 	}

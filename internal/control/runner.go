@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -466,9 +467,8 @@ func (run *rolloutRun) finish(ctx context.Context, rep *rollout.Report, err erro
 		if msg == "" {
 			msg = "more nodes failed than max_fail allows"
 		}
-		if ro, gerr := c.st.GetRollout(bg, run.id); gerr == nil && ro.Decision == release.CanaryAbort && run.plan != nil &&
-			run.plan.App.Environments[run.env].Strategy.Type == config.StrategyCanary {
-			state = store.RolloutAborted
+		if strings.HasPrefix(rep.Err, "canary aborted by ") {
+			state = store.RolloutAborted // an operator's abort, not a failed check
 		}
 	}
 	var report []byte
