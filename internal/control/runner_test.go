@@ -554,3 +554,67 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestCreateReleaseRefuses: what the server refuses is a *ConfigError
+// that says what is wrong (the file and line for drover.yml), and nothing
+// is recorded.
+func TestCreateReleaseRefuses(t *testing.T) {
+	ctx := context.Background()
+	st := sqliteStore(t)
+	c := newRunnerControl(t, st, control.Options{})
+	for _, tc := range []struct {
+		name string
+		req  control.NewRelease
+		want string
+	}{
+		{"bad name", control.NewRelease{App: "Shop!", Env: "production", Spec: "branch:main"}, `app "Shop!"`},
+		{"bad spec", control.NewRelease{App: "shop", Env: "production", Spec: "main"}, "main"},
+		{"bad commit", control.NewRelease{App: "shop", Env: "production", Spec: "branch:main", Commit: "abc"}, "full hex SHA"},
+		{"yaml line", control.NewRelease{App: "shop", Env: "production", Spec: "branch:main", Commit: commit1, Config: droverYML("{type: rollin}")},
+			"drover.yml@111111111111:8: environments.production.strategy.type: unknown strategy"},
+		{"no such env", control.NewRelease{App: "shop", Env: "staging", Spec: "branch:main", Config: droverYML("{type: rolling}")}, `has no environment "staging" (it has: production)`},
+		{"other app", control.NewRelease{App: "blog", Env: "production", Spec: "branch:main", Config: droverYML("{type: rolling}")}, `app is "shop", not "blog"`},
+		{"strategy", control.NewRelease{App: "shop", Env: "production", Spec: "branch:main", Strategy: "blue-green"}, `unknown strategy "blue-green"`},
+		{"skip unknown", control.NewRelease{App: "shop", Env: "production", Spec: "branch:main", Config: droverYML("{type: rolling}"), Skip: []string{"backup"}}, "--skip backup"},
+		{"skip without config", control.NewRelease{App: "shop", Env: "production", Spec: "branch:main", Skip: []string{"migrate"}}, "without drover.yml"},
+		{"canary command", control.NewRelease{App: "shop", Env: "production", Spec: "branch:main", Config: droverYML("{type: canary, canary: {wait: 1m, command: ./check}}")}, "strategy.canary.command"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := c.CreateRelease(ctx, tc.req)
+			var ce *control.ConfigError
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want a ConfigError with %q", err, tc.want)
+			}
+		})
+	}
+	if rels, _ := st.ListReleases(ctx, store.ReleaseFilter{}); len(rels) != 0 {
+		t.Errorf("refused releases were recorded: %v", rels)
+	}
+	if q, _ := c.Status(ctx, "shop", "production"); len(q.Queue) != 0 {
+		t.Errorf("refused releases queued: %v", q.Queue)
+	}
+	// --skip of a run_once hook drover.yml has is taken, and kept in the plan.
+	_, ro, err := c.CreateRelease(ctx, control.NewRelease{App: "shop", Env: "production", Spec: "branch:main", Config: droverYML("{type: rolling}"), Skip: []string{"migrate"}, Strategy: "serial"})
+	if err != nil || ro.Strategy != "serial" || ro.State != "queued" {
+		t.Fatalf("--skip migrate --strategy serial: %+v, %v", ro, err)
+	}
+}
+
+// TestNoNodes: a rollout of an environment without registered agents
+// fails and says so; the environment's release stays as it was.
+func TestNoNodes(t *testing.T) {
+	st := sqliteStore(t)
+	c := newRunnerControl(t, st, control.Options{})
+	runRollouts(t, c, control.RunnerOptions{})
+	_, ro := create(t, c, control.NewRelease{Commit: commit1})
+	got := waitEnded(t, c, ro.ID, 20*time.Second)
+	if got.State != "failed" || !strings.Contains(got.Error, "no agent is registered for shop/production") {
+		t.Fatalf("rollout %+v", got)
+	}
+	if env, _ := st.GetEnvironment(context.Background(), "shop", "production"); env.CurrentRelease != 0 {
+		t.Errorf("current release %d", env.CurrentRelease)
+	}
+	if q, _ := c.Status(context.Background(), "shop", "production"); q.Holder != nil {
+		t.Errorf("the lease is still held: %+v", q.Holder)
+	}
+}
