@@ -92,6 +92,9 @@ type Control struct {
 
 	mu   sync.Mutex
 	wake map[envKey]chan struct{} // closed when the env's queue changed here
+
+	desired desiredCache // Desired's per-environment answers (desired.go)
+	reports reportHub    // wakes runners on reports (upgrades.go)
 }
 
 type envKey struct{ app, env string }
