@@ -1,0 +1,78 @@
+package main
+
+import (
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	"github.com/drover/drover/internal/cli"
+)
+
+func newRolloutsCmd(g *globals) *cobra.Command {
+	o := &cli.RolloutsOptions{}
+	cmd := &cobra.Command{
+		Use:   "rollouts APP [ENV]",
+		Short: "List APP's rollouts on the control server: running, queued with position, finished, per-node progress",
+		Example: `  drover rollouts shop production
+  drover rollouts shop -o json`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.IO = cli.StdIO(g.output)
+			o.App = args[0]
+			if len(args) == 2 {
+				o.Env = args[1]
+			}
+			return cli.Rollouts(cmd.Context(), o)
+		},
+	}
+	clientFlags(cmd, &o.ClientOptions)
+	cmd.Flags().IntVar(&o.Limit, "limit", 20, "show at most this many rollouts (1-200)")
+	return cmd
+}
+
+func newRolloutCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "rollout", Short: "Show or cancel one rollout on the control server"}
+	show := &cli.RolloutOptions{}
+	showCmd := &cobra.Command{
+		Use:     "show ID",
+		Short:   "Show a rollout with every node's progress",
+		Example: "  drover rollout show 12\n  drover rollout show 12 -o json",
+		Args:    exactArgs(1, "a rollout ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := rolloutID(args[0])
+			if err != nil {
+				return err
+			}
+			show.IO, show.ID = cli.StdIO(g.output), id
+			return cli.RolloutShow(cmd.Context(), show)
+		},
+	}
+	clientFlags(showCmd, &show.ClientOptions)
+	cancel := &cli.RolloutOptions{}
+	cancelCmd := &cobra.Command{
+		Use:     "cancel ID",
+		Short:   "Take a queued rollout out of its environment's queue (a running one cannot be cancelled)",
+		Example: "  drover rollout cancel 13",
+		Args:    exactArgs(1, "a rollout ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := rolloutID(args[0])
+			if err != nil {
+				return err
+			}
+			cancel.IO, cancel.ID = cli.StdIO(g.output), id
+			return cli.RolloutCancel(cmd.Context(), cancel)
+		},
+	}
+	clientFlags(cancelCmd, &cancel.ClientOptions)
+	cmd.AddCommand(showCmd, cancelCmd)
+	return cmd
+}
+
+// rolloutID parses a rollout ID argument.
+func rolloutID(s string) (int64, error) {
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, &cli.UsageError{Err: errRolloutID}
+	}
+	return id, nil
+}
