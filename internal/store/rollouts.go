@@ -302,7 +302,12 @@ func (s *sqlStore) AssignRolloutNodes(ctx context.Context, nodes []RolloutNode) 
 	op := fmt.Sprintf("assign %d node(s) of rollout %d", len(nodes), rid)
 	at := now()
 	args := make([]any, 0, len(nodes)*15)
+	seen := make(map[string]bool, len(nodes))
 	for i, n := range nodes {
+		if seen[n.Node] {
+			return wrap(op, fmt.Errorf("%w: node %s is listed twice (one task per node and call)", ErrInvalid, n.Node))
+		}
+		seen[n.Node] = true
 		if n.RolloutID != rid {
 			return wrap(op, fmt.Errorf("%w: node %s belongs to rollout %d, not %d (assign one rollout at a time)", ErrInvalid, n.Node, n.RolloutID, rid))
 		}
@@ -372,9 +377,14 @@ func (s *sqlStore) ReportRolloutNode(ctx context.Context, n RolloutNode) (bool, 
 		return false, wrap(op, err)
 	}
 	// One conditional UPDATE: a report for a task that is no longer the
-	// node's current one matches no row.
-	c, err := s.exec(ctx, s.db, "UPDATE rollout_nodes SET state = ?, step = ?, error = ?, serving = ?, upgrade_id = ?, updated_at = ? WHERE rollout_id = ? AND node = ? AND task = ?",
-		n.State, n.Step, n.Error, n.Serving, n.UpgradeID, now(), n.RolloutID, n.Node, n.Task)
+	// node's current one matches no row, and neither does a progress
+	// report arriving after the task's result.
+	query := "UPDATE rollout_nodes SET state = ?, step = ?, error = ?, serving = ?, upgrade_id = ?, updated_at = ? WHERE rollout_id = ? AND node = ? AND task = ?"
+	args := []any{n.State, n.Step, n.Error, n.Serving, n.UpgradeID, now(), n.RolloutID, n.Node, n.Task}
+	if n.State != NodeDone && n.State != NodeFailed {
+		query, args = query+" AND state NOT IN (?, ?)", append(args, NodeDone, NodeFailed)
+	}
+	c, err := s.exec(ctx, s.db, query, args...)
 	if err != nil {
 		return false, wrap(op, err)
 	}

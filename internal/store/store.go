@@ -235,7 +235,7 @@ type Store interface {
 	// requests a rollout makes of nodes (RolloutID, Node identify each; all
 	// of one rollout): NodeID, Action, Stage, RunOnce, To, Task, Token,
 	// State (default assigned; Step, Error, Serving, UpgradeID cleared) and
-	// UpdatedAt (now). It is fenced: ErrLeaseLost, and nothing written,
+	// UpdatedAt (now); ErrInvalid when a node is listed twice. It is fenced: ErrLeaseLost, and nothing written,
 	// unless the Token is the fencing token of the environment's lease now
 	// held by the rollout's ticket, so a runner that lost its lease can no
 	// longer hand out work.
@@ -243,7 +243,9 @@ type Store interface {
 	// ReportRolloutNode records a node's progress on task n.Task of
 	// rollout n.RolloutID: State, Step, Error, Serving, UpgradeID, and sets
 	// UpdatedAt. It changes nothing (and returns false) when the node's
-	// current task is another one (an old report arriving late).
+	// current task is another one (an old report arriving late), or when
+	// the task already ended (done or failed) and the report is not final
+	// (a progress report overtaken by the result).
 	ReportRolloutNode(ctx context.Context, n RolloutNode) (bool, error)
 	// ListRolloutNodes returns a rollout's nodes ordered by name.
 	ListRolloutNodes(ctx context.Context, rolloutID int64) ([]RolloutNode, error)
