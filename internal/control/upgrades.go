@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/store"
@@ -81,7 +80,7 @@ func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartU
 		if _, err := c.st.ReportRolloutNode(ctx, rn); err != nil {
 			return store.Upgrade{}, store.Release{}, err
 		}
-		c.reports.notify(req.Rollout)
+		c.NodeReported(req.Rollout)
 	}
 	return u, rel, nil
 }
@@ -165,7 +164,7 @@ func (c *Control) Report(ctx context.Context, n store.Node, u store.Upgrade, req
 	if _, err := c.st.ReportRolloutNode(ctx, rn); err != nil {
 		return err
 	}
-	c.reports.notify(u.RolloutID)
+	c.NodeReported(u.RolloutID)
 	return nil
 }
 
@@ -183,40 +182,4 @@ func (c *Control) saveStep(ctx context.Context, upgradeID int64, st api.Step, pr
 		return c.st.AppendStepLog(ctx, upgradeID, st.Name, st.Log[len(prev):])
 	}
 	return nil
-}
-
-// NodeReported returns a channel closed at the next report (or start of
-// work) on a task of rollout id that lands on this Control. The runner's
-// agent target takes it before it reads the rollout's nodes and waits on
-// it along with its poll timer, so a report on this replica wakes it at
-// once; reports on other replicas are seen at the next poll.
-func (c *Control) NodeReported(id int64) <-chan struct{} { return c.reports.wait(id) }
-
-// reportHub wakes waiters of a rollout's reports; the zero value is ready.
-type reportHub struct {
-	mu sync.Mutex
-	ch map[int64]chan struct{}
-}
-
-func (h *reportHub) wait(id int64) <-chan struct{} {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.ch == nil {
-		h.ch = map[int64]chan struct{}{}
-	}
-	ch, ok := h.ch[id]
-	if !ok {
-		ch = make(chan struct{})
-		h.ch[id] = ch
-	}
-	return ch
-}
-
-func (h *reportHub) notify(id int64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if ch, ok := h.ch[id]; ok {
-		close(ch)
-		delete(h.ch, id)
-	}
 }
