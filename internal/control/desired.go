@@ -2,14 +2,13 @@ package control
 
 // Desired state: what each node should do now, read by ten thousand
 // long-polling agents at once. Every environment's answer is loaded once
-// per change (five queries) and shared by all its waiters; the server
+// per change and shared by all its waiters; the server
 // drops it (Invalidate) on every store change, which every replica sees
 // through store.Watch.
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -110,6 +109,7 @@ func (c *desiredCache) get(ctx context.Context, st store.Store, app, env string)
 // load reads the environment's version first, then what it stands for: a
 // change made meanwhile then shows under an older version and is read
 // again when its Change arrives, never hidden under a newer version.
+// Six queries per environment and change, whatever the number of waiters.
 func (e *envDesired) load(ctx context.Context, st store.Store, app, env string) {
 	defer close(e.done)
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
@@ -118,14 +118,29 @@ func (e *envDesired) load(ctx context.Context, st store.Store, app, env string) 
 }
 
 func (e *envDesired) fill(ctx context.Context, st store.Store, app, env string) error {
-	en, err := st.GetEnvironment(ctx, app, env)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil // no release yet: version 0, nothing to run
+	var err error
+	if e.version, err = st.Version(ctx, app, env); err != nil || e.version == 0 {
+		return err // version 0: no environment yet, nothing to run
 	}
+	// The running rollout before the current release: the runner records
+	// a rollout's success as the current release first and ends the
+	// rollout second, so a node sees the rollout's task or the new current
+	// release, never the previous release in between.
+	ros, err := st.ListRollouts(ctx, store.RolloutFilter{App: app, Env: env, States: []store.RolloutState{store.RolloutRunning, store.RolloutPaused}})
 	if err != nil {
 		return err
 	}
-	e.version = en.Version
+	// One rollout runs per environment; should two show (a takeover in
+	// flight), the newest wins.
+	if i := slices.IndexFunc(ros, func(r store.Rollout) bool { return r.Kind == store.RolloutServer }); i >= 0 {
+		if err := e.fillRollout(ctx, st, ros[i]); err != nil {
+			return err
+		}
+	}
+	en, err := st.GetEnvironment(ctx, app, env)
+	if err != nil {
+		return err
+	}
 	if en.CurrentRelease != 0 {
 		if e.current, err = apiRelease(ctx, st, en.CurrentRelease); err != nil {
 			return err
@@ -136,17 +151,11 @@ func (e *envDesired) fill(ctx context.Context, st store.Store, app, env string) 
 		return err
 	}
 	e.token = qs.LastToken
-	ros, err := st.ListRollouts(ctx, store.RolloutFilter{App: app, Env: env, States: []store.RolloutState{store.RolloutRunning, store.RolloutPaused}})
-	if err != nil {
-		return err
-	}
-	// One rollout runs per environment; should two show (a takeover in
-	// flight), the newest wins.
-	i := slices.IndexFunc(ros, func(r store.Rollout) bool { return r.Kind == store.RolloutServer })
-	if i < 0 {
-		return nil
-	}
-	ro := ros[i]
+	return nil
+}
+
+// fillRollout records rollout ro's tasks.
+func (e *envDesired) fillRollout(ctx context.Context, st store.Store, ro store.Rollout) error {
 	nodes, err := st.ListRolloutNodes(ctx, ro.ID)
 	if err != nil || len(nodes) == 0 {
 		return err

@@ -466,17 +466,20 @@ func (run *rolloutRun) finish(ctx context.Context, rep *rollout.Report, err erro
 	if rep != nil {
 		report, _ = json.Marshal(rep)
 	}
-	if serr := run.save(bg, func(r *store.Rollout) {
-		r.State, r.Error, r.EndedAt, r.Report = state, msg, c.clock.Now(), report
-	}); serr != nil {
-		run.log.Warn("record the rollout's outcome", "rollout", run.id, "err", serr)
-		return
-	}
+	// The current release first, then the rollout's end: Desired, which
+	// reads the running rollout before the current release, then never
+	// sees neither (it would send nodes back to the previous release).
 	if state == store.RolloutSucceeded {
 		ro := run.row
 		if serr := c.st.SetCurrentRelease(bg, run.app, run.env, ro.ReleaseID); serr != nil {
 			run.log.Warn("record the environment's current release", "rollout", run.id, "err", serr)
 		}
+	}
+	if serr := run.save(bg, func(r *store.Rollout) {
+		r.State, r.Error, r.EndedAt, r.Report = state, msg, c.clock.Now(), report
+	}); serr != nil {
+		run.log.Warn("record the rollout's outcome", "rollout", run.id, "err", serr)
+		return
 	}
 	run.cancel() // stops the lease's renewal before it is released
 	if rerr := c.Release(bg, run.lease); rerr != nil {

@@ -11,23 +11,23 @@ import (
 	"github.com/drover/drover/internal/store"
 )
 
-// gatedStore is a inner SQLite store whose GetEnvironment (the first read
-// of a desired-state lookup) waits for a gate while the gate is shut, as a
+// gatedStore is a inner SQLite store whose Version (the first read of a
+// desired-state lookup) waits for a gate while the gate is shut, as a
 // slow database would; it honours its context the way database drivers do.
 type gatedStore struct {
 	store.Store
 	gate chan struct{} // nil: open
 }
 
-func (g *gatedStore) GetEnvironment(ctx context.Context, app, env string) (store.Environment, error) {
+func (g *gatedStore) Version(ctx context.Context, app, env string) (int64, error) {
 	if g.gate != nil {
 		select {
 		case <-g.gate:
 		case <-ctx.Done():
-			return store.Environment{}, ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
-	return g.Store.GetEnvironment(ctx, app, env)
+	return g.Store.Version(ctx, app, env)
 }
 
 // goroutinesIn counts goroutines running fn (fn is a frame of their
