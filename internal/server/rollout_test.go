@@ -296,3 +296,123 @@ func TestRolloutEndpointsAdminOnly(t *testing.T) {
 		}
 	}
 }
+
+// simAgent plays a node's agent over the API: it long-polls its desired
+// state and does every new rollout task at once, reporting success with
+// the release it then serves, until ctx ends.
+func simAgent(ctx context.Context, t *testing.T, c *api.Client, done func(api.DesiredApp) bool) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		known := int64(-1)
+		did := map[[2]int64]bool{}
+		for ctx.Err() == nil {
+			d, err := c.Desired(ctx, known, 5*time.Second)
+			if err != nil {
+				errc <- err
+				return
+			}
+			known = d.Version
+			a := d.Apps[0]
+			if done(a) {
+				errc <- nil
+				return
+			}
+			if a.Rollout == 0 || did[[2]int64{a.Rollout, a.Task}] {
+				continue
+			}
+			did[[2]int64{a.Rollout, a.Task}] = true
+			up, err := c.StartUpgrade(ctx, api.StartUpgrade{ReleaseID: a.Release.ID, App: a.App, Env: a.Env, Rollout: a.Rollout, Task: a.Task})
+			if err != nil {
+				errc <- err
+				return
+			}
+			if err := c.Report(ctx, up.ID, api.Report{Status: api.StatusSucceeded, Step: a.Action, Serving: "r" + a.Release.Commit[:7]}); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- ctx.Err()
+	}()
+	return errc
+}
+
+// TestReleaseRolloutOverAPI: a release created over the API is rolled out
+// by the server's own runner across two agents that work through the API;
+// once it succeeded, the rollout lists as succeeded with both nodes done
+// and every node's desired state is the new release outside any rollout.
+// A second release queued behind a held lease is refused with --no-wait
+// (409 naming the holder), can be cancelled while queued, and a bad
+// strategy is a 400.
+func TestReleaseRolloutOverAPI(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin := e.client(e.admin)
+	agents := []*api.Client{e.join("web1"), e.join("web2")}
+	rc, err := admin.CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "tag:v1", Commit: sha})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.ID == 0 || rc.Rollout == nil || rc.Rollout.ID == 0 || (rc.Rollout.State != "queued" && rc.Rollout.State != "running") {
+		t.Fatalf("release created: %+v rollout %+v, want the release and its queued or running rollout", rc.Release, rc.Rollout)
+	}
+	var errs []<-chan error
+	for _, a := range agents {
+		errs = append(errs, simAgent(ctx, t, a, func(d api.DesiredApp) bool {
+			return d.Rollout == 0 && d.Release != nil && d.Release.ID == rc.ID
+		}))
+	}
+	for i, errc := range errs {
+		if err := <-errc; err != nil {
+			t.Fatalf("agent web%d: %v", i+1, err)
+		}
+	}
+	ro, err := admin.Rollout(ctx, rc.Rollout.ID)
+	if err != nil || ro.State != "succeeded" || len(ro.Nodes) != 2 {
+		t.Fatalf("rollout after both nodes converged: %+v %v, want succeeded over 2 nodes", ro, err)
+	}
+	for _, n := range ro.Nodes {
+		if n.State != "done" || n.Serving != "r"+sha[:7] {
+			t.Errorf("node %+v, want done serving r%s", n, sha[:7])
+		}
+	}
+	list, err := admin.Rollouts(ctx, "hello", "demo", 5)
+	if err != nil || len(list) != 1 || list[0].ID != ro.ID {
+		t.Fatalf("rollouts: %+v %v, want the one rollout", list, err)
+	}
+
+	// Hold the environment's lease as a push deployer would.
+	tk, err := e.st.EnqueueTicket(ctx, store.Ticket{App: "hello", Env: "demo", Holder: "alice@laptop"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := e.st.TryAcquire(ctx, tk.ID, time.Now(), time.Hour); err != nil || !ok {
+		t.Fatalf("hold the lease: %v %v", ok, err)
+	}
+	before, _ := e.st.ListReleases(ctx, store.ReleaseFilter{})
+	_, err = admin.CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "tag:v2", Commit: sha, NoWait: true})
+	wantStatus(t, "--no-wait while alice deploys", err, http.StatusConflict, "alice@laptop", "--no-wait")
+	_, err = admin.CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "tag:v2", Commit: sha, Strategy: "sideways"})
+	wantStatus(t, "an unknown strategy", err, http.StatusBadRequest, "sideways")
+	if after, _ := e.st.ListReleases(ctx, store.ReleaseFilter{}); len(after) != len(before) {
+		t.Errorf("refused releases were recorded: %d → %d", len(before), len(after))
+	}
+	queued, err := admin.CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "tag:v2", Commit: sha})
+	if err != nil || queued.Rollout == nil || queued.Rollout.State != "queued" || queued.Rollout.Position != 1 {
+		t.Fatalf("release behind alice: %+v %v, want its rollout queued at position 1", queued.Rollout, err)
+	}
+	q, err := admin.Queue(ctx, "hello", "demo")
+	if err != nil || q.Holder == nil || q.Holder.Holder != "alice@laptop" || len(q.Queue) != 1 {
+		t.Fatalf("queue: %+v %v, want alice holding and one rollout queued", q, err)
+	}
+	cancelled, err := admin.CancelRollout(ctx, queued.Rollout.ID)
+	if err != nil || cancelled.State != "cancelled" {
+		t.Fatalf("cancel the queued rollout: %+v %v", cancelled, err)
+	}
+	_, err = admin.CancelRollout(ctx, ro.ID)
+	wantStatus(t, "cancel a finished rollout", err, http.StatusConflict)
+	_, err = admin.Decide(ctx, 9999, "promote")
+	wantStatus(t, "decide an unknown rollout", err, http.StatusNotFound)
+	_, err = admin.DecideEnv(ctx, "hello", "demo", "abort")
+	wantStatus(t, "abort with no canary running", err, http.StatusNotFound, "no running canary")
+}

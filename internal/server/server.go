@@ -40,7 +40,8 @@ type Server struct {
 	control *control.Control
 
 	// Runner configures the rollouts this server runs (control.RunRollouts,
-	// started by Start); set it before Start.
+	// started by Start); set it before Start. With AllowCommands, releases
+	// whose drover.yml has the server run commands are accepted too.
 	Runner control.RunnerOptions
 
 	// MaxWait caps a long-poll's wait.
@@ -102,6 +103,15 @@ func New(st store.Store, log *slog.Logger) *Server {
 // Start follows the store's changes until ctx ends, waking long-polls on
 // this replica whenever any replica changes a desired state.
 func (s *Server) Start(ctx context.Context) error {
+	if s.Runner.AllowCommands {
+		// CreateRelease checks commands against the control plane's own
+		// setting: build it again with them allowed (nothing used it yet).
+		ctl, err := control.New(s.store, control.Options{AllowCommands: true})
+		if err != nil {
+			return err
+		}
+		s.control = ctl
+	}
 	ch, err := s.store.Watch(ctx)
 	if err != nil {
 		return fmt.Errorf("watch store: %w", err)
