@@ -10,6 +10,7 @@ import (
 
 	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/store"
+	"github.com/drover/drover/internal/testenv/servertest"
 )
 
 // completed records rel as a release whose rollout finished: the
@@ -297,45 +298,6 @@ func TestRolloutEndpointsAdminOnly(t *testing.T) {
 	}
 }
 
-// simAgent plays a node's agent over the API: it long-polls its desired
-// state and does every new rollout task at once, reporting success with
-// the release it then serves, until ctx ends.
-func simAgent(ctx context.Context, t *testing.T, c *api.Client, done func(api.DesiredApp) bool) <-chan error {
-	errc := make(chan error, 1)
-	go func() {
-		known := int64(-1)
-		did := map[[2]int64]bool{}
-		for ctx.Err() == nil {
-			d, err := c.Desired(ctx, known, 5*time.Second)
-			if err != nil {
-				errc <- err
-				return
-			}
-			known = d.Version
-			a := d.Apps[0]
-			if done(a) {
-				errc <- nil
-				return
-			}
-			if a.Rollout == 0 || did[[2]int64{a.Rollout, a.Task}] {
-				continue
-			}
-			did[[2]int64{a.Rollout, a.Task}] = true
-			up, err := c.StartUpgrade(ctx, api.StartUpgrade{ReleaseID: a.Release.ID, App: a.App, Env: a.Env, Rollout: a.Rollout, Task: a.Task})
-			if err != nil {
-				errc <- err
-				return
-			}
-			if err := c.Report(ctx, up.ID, api.Report{Status: api.StatusSucceeded, Step: a.Action, Serving: "r" + a.Release.Commit[:7]}); err != nil {
-				errc <- err
-				return
-			}
-		}
-		errc <- ctx.Err()
-	}()
-	return errc
-}
-
 // TestReleaseRolloutOverAPI: a release created over the API is rolled out
 // by the server's own runner across two agents that work through the API;
 // once it succeeded, the rollout lists as succeeded with both nodes done
@@ -358,7 +320,7 @@ func TestReleaseRolloutOverAPI(t *testing.T) {
 	}
 	var errs []<-chan error
 	for _, a := range agents {
-		errs = append(errs, simAgent(ctx, t, a, func(d api.DesiredApp) bool {
+		errs = append(errs, servertest.Agent(ctx, a, func(d api.DesiredApp) bool {
 			return d.Rollout == 0 && d.Release != nil && d.Release.ID == rc.ID
 		}))
 	}
@@ -372,8 +334,8 @@ func TestReleaseRolloutOverAPI(t *testing.T) {
 		t.Fatalf("rollout after both nodes converged: %+v %v, want succeeded over 2 nodes", ro, err)
 	}
 	for _, n := range ro.Nodes {
-		if n.State != "done" || n.Serving != "r"+sha[:7] {
-			t.Errorf("node %+v, want done serving r%s", n, sha[:7])
+		if n.State != "done" || n.Serving != servertest.Serving(rc.Release) {
+			t.Errorf("node %+v, want done serving %s", n, servertest.Serving(rc.Release))
 		}
 	}
 	list, err := admin.Rollouts(ctx, "hello", "demo", 5)
