@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"strconv"
 
 	"github.com/spf13/cobra"
@@ -32,39 +33,31 @@ func newRolloutsCmd(g *globals) *cobra.Command {
 
 func newRolloutCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "rollout", Short: "Show or cancel one rollout on the control server"}
-	show := &cli.RolloutOptions{}
-	showCmd := &cobra.Command{
-		Use:     "show ID",
-		Short:   "Show a rollout with every node's progress",
-		Example: "  drover rollout show 12\n  drover rollout show 12 -o json",
+	cmd.AddCommand(
+		rolloutIDCmd(g, "show ID", "Show a rollout with every node's progress", "  drover rollout show 12\n  drover rollout show 12 -o json", cli.RolloutShow),
+		rolloutIDCmd(g, "cancel ID", "Take a queued rollout out of its environment's queue (a running one cannot be cancelled)", "  drover rollout cancel 13", cli.RolloutCancel),
+	)
+	return cmd
+}
+
+// rolloutIDCmd is a command on one rollout given by its ID.
+func rolloutIDCmd(g *globals, use, short, example string, run func(context.Context, *cli.RolloutOptions) error) *cobra.Command {
+	o := &cli.RolloutOptions{}
+	cmd := &cobra.Command{
+		Use:     use,
+		Short:   short,
+		Example: example,
 		Args:    exactArgs(1, "a rollout ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := rolloutID(args[0])
 			if err != nil {
 				return err
 			}
-			show.IO, show.ID = cli.StdIO(g.output), id
-			return cli.RolloutShow(cmd.Context(), show)
+			o.IO, o.ID = cli.StdIO(g.output), id
+			return run(cmd.Context(), o)
 		},
 	}
-	clientFlags(showCmd, &show.ClientOptions)
-	cancel := &cli.RolloutOptions{}
-	cancelCmd := &cobra.Command{
-		Use:     "cancel ID",
-		Short:   "Take a queued rollout out of its environment's queue (a running one cannot be cancelled)",
-		Example: "  drover rollout cancel 13",
-		Args:    exactArgs(1, "a rollout ID"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := rolloutID(args[0])
-			if err != nil {
-				return err
-			}
-			cancel.IO, cancel.ID = cli.StdIO(g.output), id
-			return cli.RolloutCancel(cmd.Context(), cancel)
-		},
-	}
-	clientFlags(cancelCmd, &cancel.ClientOptions)
-	cmd.AddCommand(showCmd, cancelCmd)
+	clientFlags(cmd, &o.ClientOptions)
 	return cmd
 }
 

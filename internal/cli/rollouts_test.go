@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +71,6 @@ func TestReleaseCreateWait(t *testing.T) {
 	if err := ReleaseCreate(ctx, o); err != nil {
 		t.Fatalf("release create --wait: %v\n%s%s", err, out.String(), errOut.String())
 	}
-	t.Logf("release create --wait printed:\n%s", out.String())
 	for _, want := range []string{"release 1: hello demo tag:v1 → " + v1 + "; rollout 1 ", "rollout 1: succeeded", "web1: activate", "web2: activate"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output does not say %q:\n%s", want, out.String())
@@ -123,8 +123,45 @@ func TestReleaseCreateWait(t *testing.T) {
 	if err := Status(ctx, &StatusOptions{ClientOptions: ClientOptions{Server: srv.URL, Token: srv.Admin, IO: IO{Out: &out}}, App: "hello", Env: "demo"}); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("status printed:\n%s", out.String())
 	if !strings.Contains(out.String(), "hello/demo: lock held by alice@laptop") || !strings.Contains(out.String(), "queue: empty") {
 		t.Errorf("status does not show the lock:\n%s", out.String())
+	}
+}
+
+// TestReleaseCreateWaitFails: --wait ends with an error (exit 1) when the
+// rollout fails, naming the rollout and the failure; -o json still prints
+// the final rollout.
+func TestReleaseCreateWaitFails(t *testing.T) {
+	srv := servertest.Start(t, servertest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin, err := api.NewClient(srv.URL, srv.Admin, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jt, err := admin.CreateJoinToken(ctx, api.CreateJoinToken{AnyApp: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := admin.Join(ctx, api.Join{JoinToken: jt.Token, Node: "web1", Hostname: "web1", Apps: []api.NodeApp{{App: "hello", Env: "demo"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	c, _ := api.NewClient(srv.URL, j.Token, "")
+	agent := servertest.FailingAgent(agentCtx, c, func(api.DesiredApp) bool { return false })
+	t.Cleanup(func() { stopAgent(); <-agent })
+
+	var out bytes.Buffer
+	sha := strings.Repeat("a", 40)
+	o := &ReleaseCreateOptions{ClientOptions: ClientOptions{Server: srv.URL, Token: srv.Admin, IO: IO{Out: &out, Err: &out, Output: "json"}},
+		App: "hello", Env: "demo", Spec: "commit:" + sha, Wait: true, Poll: 20 * time.Millisecond}
+	err = ReleaseCreate(ctx, o)
+	if !errors.Is(err, errRolloutFailed) || ExitCode(err) != ExitFailed || !strings.Contains(err.Error(), "rollout 1 of hello/demo failed") {
+		t.Fatalf("release create --wait of a failing rollout: %v (exit %d)\n%s", err, ExitCode(err), out.String())
+	}
+	var ro api.Rollout
+	if jerr := json.Unmarshal(out.Bytes(), &ro); jerr != nil || ro.State != "failed" || len(ro.Nodes) != 1 || ro.Nodes[0].Error != "make: exit 2" {
+		t.Fatalf("-o json: %v\n%s", jerr, out.String())
 	}
 }

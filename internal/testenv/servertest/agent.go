@@ -13,6 +13,15 @@ import (
 // until(the node's desired state) holds (nil error) or ctx ends or a call
 // fails. It stands in for the real agent where a test is about the server.
 func Agent(ctx context.Context, c *api.Client, until func(api.DesiredApp) bool) <-chan error {
+	return agent(ctx, c, until, api.Report{Status: api.StatusSucceeded})
+}
+
+// FailingAgent is Agent reporting every task failed at step "build".
+func FailingAgent(ctx context.Context, c *api.Client, until func(api.DesiredApp) bool) <-chan error {
+	return agent(ctx, c, until, api.Report{Status: api.StatusFailed, Step: "build", Error: "make: exit 2"})
+}
+
+func agent(ctx context.Context, c *api.Client, until func(api.DesiredApp) bool, report api.Report) <-chan error {
 	errc := make(chan error, 1)
 	go func() {
 		known := int64(-1)
@@ -38,7 +47,11 @@ func Agent(ctx context.Context, c *api.Client, until func(api.DesiredApp) bool) 
 				errc <- err
 				return
 			}
-			if err := c.Report(ctx, up.ID, api.Report{Status: api.StatusSucceeded, Step: a.Action, Serving: Serving(*a.Release)}); err != nil {
+			r := report
+			if r.Status == api.StatusSucceeded {
+				r.Step, r.Serving = a.Action, Serving(*a.Release)
+			}
+			if err := c.Report(ctx, up.ID, r); err != nil {
 				errc <- err
 				return
 			}
