@@ -100,7 +100,10 @@ type Control struct {
 
 	mu   sync.Mutex
 	wake map[envKey]chan struct{} // closed when the env's queue changed here
-	kick chan struct{}            // closed when a rollout may start here (runner.go)
+
+	desired desiredCache // Desired's per-environment answers (desired.go)
+
+	kick chan struct{} // closed when a rollout may start here (runner.go)
 
 	boardsMu sync.Mutex
 	boards   map[int64]*nodeBoard // the nodes of each rollout this replica runs

@@ -335,29 +335,6 @@ type RunnerOptions struct {
 	Logger *slog.Logger
 }
 
-// Desired is the desired state of a node's registrations (one per app/env):
-// inside a running rollout the task it asks of the node, else the
-// environment's last completed release.
-func (c *Control) Desired(ctx context.Context, nodes []store.Node) (*api.Desired, error) {
-	return nil, errTODO
-}
-
-// Invalidate drops what Desired cached of app/env (app "": everything);
-// the server calls it on every store change.
-func (c *Control) Invalidate(app, env string) {}
-
-// StartUpgrade records that node n starts the work req names (a release,
-// and inside a rollout its task).
-func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartUpgrade) (store.Upgrade, store.Release, error) {
-	return store.Upgrade{}, store.Release{}, errTODO
-}
-
-// Report records node n's progress on its upgrade u and on the rollout task
-// the upgrade does.
-func (c *Control) Report(ctx context.Context, n store.Node, u store.Upgrade, req api.Report) error {
-	return errTODO
-}
-
 // BeginPush queues a push deploy; the answer is its rollout (kind push).
 func (c *Control) BeginPush(ctx context.Context, req api.BeginPush) (*api.Rollout, error) {
 	return nil, errTODO

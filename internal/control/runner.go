@@ -475,8 +475,10 @@ func (run *rolloutRun) finish(ctx context.Context, rep *rollout.Report, err erro
 	if rep != nil {
 		report, _ = json.Marshal(rep)
 	}
-	// The environment's release first: whoever sees the rollout ended
-	// sees the release it made current.
+	// The environment's release first, then the rollout's end: whoever
+	// sees the rollout ended sees the release it made current, and
+	// Desired (which reads the running rollout before the current
+	// release) never sends a node back to the previous release between.
 	if state == store.RolloutSucceeded {
 		if serr := c.st.SetCurrentRelease(bg, run.app, run.env, run.row.ReleaseID); serr != nil {
 			run.log.Warn("record the environment's current release", "rollout", run.id, "err", serr)
