@@ -1,7 +1,10 @@
 package control
 
-// The contract of server-run rollouts (issue 11). Bodies are being written;
-// the signatures are what internal/server and internal/cli build on.
+// Server-run rollouts (issue 11): the API the server's handlers call. A
+// release created here is rolled out by a runner (runner.go, on any
+// replica) with the strategy code of push mode (internal/rollout) over
+// agent targets (agenttarget.go), from the plan CreateRelease stored
+// (plan.go).
 
 import (
 	"context"
