@@ -136,7 +136,7 @@ func checkRelease(req *NewRelease) error {
 }
 
 // checkIdle returns ErrBusy, naming who holds or waits, when app/env has a
-// deploy running or queued other than ticket mine (0: none of ours).
+// deploy running, or queued ahead of ticket mine (0: none of ours yet).
 func (c *Control) checkIdle(ctx context.Context, app, env string, mine int64) error {
 	st, err := c.Status(ctx, app, env)
 	if err != nil {
@@ -154,9 +154,10 @@ func (c *Control) checkIdle(ctx context.Context, app, env string, mine int64) er
 		who = append(who, fmt.Sprintf("%s holds the lease (token %d) since %s", st.Holder.Holder, st.Holder.Token, st.Holder.Since.Format(time.RFC3339)))
 	}
 	for _, t := range st.Queue {
-		if t.ID != mine {
-			who = append(who, fmt.Sprintf("%s waits (position %d)", t.Holder, t.Position))
+		if t.ID == mine {
+			break // those behind it came later: it goes first
 		}
+		who = append(who, fmt.Sprintf("%s waits (position %d)", t.Holder, t.Position))
 	}
 	if len(who) == 0 {
 		return nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -706,5 +707,48 @@ func TestEndedRolloutFreesLapsedLease(t *testing.T) {
 	_, ro2 := create(t, c, control.NewRelease{Spec: "tag:v2", Commit: commit2})
 	if got := waitEnded(t, c, ro2.ID, 20*time.Second); got.State != "succeeded" {
 		t.Fatalf("rollout 2 %+v", got)
+	}
+}
+
+// TestNoWaitRace: --no-wait releases created at the same moment on an
+// idle environment: exactly one goes on, the others fail with ErrBusy and
+// record no release.
+func TestNoWaitRace(t *testing.T) {
+	for _, backend := range []string{dbtest.SQLite, dbtest.Postgres} {
+		t.Run(backend, func(t *testing.T) { testNoWaitRace(t, openStore(t, dbtest.New(t, backend))) })
+	}
+}
+
+func testNoWaitRace(t *testing.T, st store.Store) {
+	ctx := context.Background()
+	c := newRunnerControl(t, st, control.Options{})
+	const n = 8
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, _, err := c.CreateRelease(ctx, control.NewRelease{App: "shop", Env: "production", Spec: fmt.Sprintf("tag:v%d", i), Commit: commit1, NoWait: true, By: "ci"})
+			errs <- err
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	ok := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, control.ErrBusy):
+			t.Errorf("a --no-wait release failed with %v, want ErrBusy", err)
+		}
+	}
+	rels, _ := st.ListReleases(ctx, store.ReleaseFilter{})
+	if ok != 1 || len(rels) != 1 {
+		t.Errorf("%d of %d --no-wait releases went on, %d recorded; want exactly one", ok, n, len(rels))
 	}
 }
