@@ -80,7 +80,7 @@ type desiredCache struct {
 type envDesired struct {
 	done    chan struct{}
 	err     error
-	version int64 // the environment's (0: it does not exist yet)
+	version int64        // the environment's (0: it does not exist yet)
 	current *api.Release // the environment's last completed release
 	token   int64        // the environment's last fencing token
 
