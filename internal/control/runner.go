@@ -356,7 +356,9 @@ func (r *runner) run(ctx context.Context, ro store.Rollout, l Lease) {
 		lost: make(chan struct{}), cancel: cancel, row: ro}
 	run.board = newNodeBoard(c.st, ro.ID, r.opts.Poll)
 	run.assign = &assigner{run: run}
+	kept := make(chan struct{}) // closed once the lease is no longer renewed
 	go func() {
+		defer close(kept)
 		if err, ok := <-c.Keep(rctx, l); ok && err != nil {
 			run.loseLease(err)
 		}
@@ -373,12 +375,30 @@ func (r *runner) run(ctx context.Context, ro store.Rollout, l Lease) {
 	rep, err := run.deploy(rctx, ro)
 	switch {
 	case ctx.Err() != nil:
-		r.log.Info("runner stopping: rollout left for a takeover", "rollout", ro.ID)
+		cancel()
+		<-kept
+		run.handOver()
 		return
 	case run.isLost():
 		return
 	}
 	run.finish(ctx, rep, err)
+}
+
+// handOver ends the lease of a run its runner stopped (the server shuts
+// down) now instead of when it lapses: the rollout stopped where it was
+// and another replica, or this server restarted, takes it over at once.
+func (run *rolloutRun) handOver() {
+	if run.isLost() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := run.c.st.RenewLease(ctx, run.lease, run.c.clock.Now(), time.Nanosecond); err != nil {
+		run.log.Warn("runner stopping: rollout left for a takeover once its lease lapses", "rollout", run.id, "err", err)
+		return
+	}
+	run.log.Info("runner stopping: rollout handed over for a takeover", "rollout", run.id)
 }
 
 // deploy prepares the run (plan, nodes, the row) and runs the strategy.

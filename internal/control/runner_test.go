@@ -410,7 +410,7 @@ func TestTakeover(t *testing.T) {
 	}{{"sqlite", dbtest.SQLite, false}, {"postgres", dbtest.Postgres, false}, {"sqlite/desired", dbtest.SQLite, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			url := dbtest.New(t, tc.backend)
-			stA, stB := openStore(t, url), openStore(t, url)
+			stA, stB := &renewFails{Store: openStore(t, url)}, openStore(t, url)
 			a := newRunnerControl(t, stA, control.Options{})
 			b := newRunnerControl(t, stB, control.Options{})
 			var f *simFleet
@@ -424,7 +424,8 @@ func TestTakeover(t *testing.T) {
 			_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1}")})
 			f.waitEvents(t, 1, "n2 never started to activate", func(e simEvent) bool { return e.Node == "n2" && e.Action == api.ActionActivate })
 			before, _ := a.Rollout(context.Background(), ro.ID)
-			stopA() // the server dies: its lease is no longer renewed
+			stA.fail.Store(true) // the server dies: its lease is no longer renewed, nor handed over
+			stopA()
 			if r, _ := a.Rollout(context.Background(), ro.ID); r.State != "running" || r.Runner != "a" {
 				t.Fatalf("after runner A stopped the rollout is %s by %q, want still running by a", r.State, r.Runner)
 			}
@@ -469,10 +470,10 @@ func TestTakeover(t *testing.T) {
 	}
 }
 
-// TestTakeoverAllAtOnce: runner A dies while one node of an all-at-once
-// rollout is switching and the others are already done; runner B takes
-// over, hands no node a second activation and does not wait at the
-// barrier for nodes past it.
+// TestTakeoverAllAtOnce: runner A stops (the server shuts down) while one
+// node of an all-at-once rollout is switching and the others are already
+// done; A hands its lease over, runner B takes over at once, hands no node
+// a second activation and does not wait at the barrier for nodes past it.
 func TestTakeoverAllAtOnce(t *testing.T) {
 	url := dbtest.New(t, dbtest.SQLite)
 	stA, stB := openStore(t, url), openStore(t, url)
@@ -483,9 +484,13 @@ func TestTakeoverAllAtOnce(t *testing.T) {
 	stopA := runRollouts(t, a, control.RunnerOptions{Name: "a"})
 	_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: all-at-once}")})
 	f.waitEvents(t, 2, "n1 and n2 never activated", func(e simEvent) bool { return e.End && e.Action == api.ActionActivate })
-	stopA()
+	stopA() // a graceful stop hands the lease over: no wait for it to lapse
+	stopped := time.Now()
 	runRollouts(t, b, control.RunnerOptions{Name: "b"})
 	waitRollout(t, b, ro.ID, 20*time.Second, "taken over by b", func(r *api.Rollout) bool { return r.Runner == "b" })
+	if d := time.Since(stopped); d > 2500*time.Millisecond {
+		t.Errorf("runner B took over %s after A stopped; A's lease (5s) should have been handed over at its stop", d)
+	}
 	close(release)
 	got := waitEnded(t, b, ro.ID, 20*time.Second)
 	if got.State != "succeeded" {
