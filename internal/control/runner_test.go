@@ -121,6 +121,8 @@ func TestRunOnceWithoutConfig(t *testing.T) {
 // it, succeeds and names the node; past it the rollout fails (a node dead
 // in prepare: no node moves).
 func TestNodeTimeoutCountsAgainstMaxFail(t *testing.T) {
+	// Long enough for a live simulated agent on a busy machine (-race).
+	const nodeTimeout = 2 * time.Second
 	for _, tc := range []struct {
 		action, maxFail string
 		want            store.RolloutState
@@ -138,14 +140,14 @@ func TestNodeTimeoutCountsAgainstMaxFail(t *testing.T) {
 			f.set("n2", func(n *simNode) {
 				n.silent = func(r store.RolloutNode) bool { return r.Action == tc.action }
 			})
-			runRollouts(t, c, control.RunnerOptions{NodeTimeout: 700 * time.Millisecond})
+			runRollouts(t, c, control.RunnerOptions{NodeTimeout: nodeTimeout})
 			start := time.Now()
 			_, ro := create(t, c, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1, max_fail: " + tc.maxFail + "}")})
 			got := waitEnded(t, c, ro.ID, 20*time.Second)
 			if got.State != string(tc.want) {
 				t.Fatalf("rollout %s, want %s: %+v\n%s", got.State, tc.want, got, f)
 			}
-			if time.Since(start) < 700*time.Millisecond {
+			if time.Since(start) < nodeTimeout {
 				t.Errorf("ended after %s, before the node timeout", time.Since(start))
 			}
 			rep := report(t, st, ro.ID)
