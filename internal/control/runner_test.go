@@ -759,3 +759,34 @@ func testNoWaitRace(t *testing.T, st store.Store) {
 		t.Errorf("%d of %d --no-wait releases went on, %d recorded; want exactly one", ok, n, len(rels))
 	}
 }
+
+// TestManyNodesAssignedTogether: an all-at-once rollout of 200 nodes hands
+// their tasks out in a few writes (each a version bump that wakes every
+// agent's long-poll), not one per node.
+func TestManyNodesAssignedTogether(t *testing.T) {
+	ctx := context.Background()
+	st := sqliteStore(t)
+	c := newRunnerControl(t, st, control.Options{})
+	specs := make([]string, 200)
+	for i := range specs {
+		specs[i] = fmt.Sprintf("n%03d:web", i)
+	}
+	f := newFleet(t, st, "shop", "production", specs...)
+	before, err := st.Version(ctx, "shop", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRollouts(t, c, control.RunnerOptions{})
+	_, ro := create(t, c, control.NewRelease{Commit: commit1})
+	if got := waitEnded(t, c, ro.ID, 60*time.Second); got.State != "succeeded" {
+		t.Fatalf("rollout %s %q", got.State, got.Error)
+	}
+	if a := f.starts(ro.ID, api.ActionActivate); len(a) != 200 {
+		t.Fatalf("%d nodes activated, want 200", len(a))
+	}
+	after, _ := st.Version(ctx, "shop", "production")
+	t.Logf("%d version bumps", after-before)
+	if bumps := after - before; bumps > 100 {
+		t.Errorf("the rollout bumped the version %d times for 400 tasks of 200 nodes; want them handed out together", bumps)
+	}
+}
