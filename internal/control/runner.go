@@ -319,6 +319,10 @@ func (run *rolloutRun) setState(st store.RolloutState) error {
 
 // Phase implements rollout.Observer.
 func (run *rolloutRun) Phase(name string) {
+	if i := strings.Index(name, "; drover promote "); i >= 0 && strings.HasPrefix(name, "canary: paused on ") {
+		// The push deployer's hint; a server rollout is decided by its ID.
+		name = fmt.Sprintf("%s; drover promote --rollout %d or drover abort --rollout %d", name[:i], run.id, run.id)
+	}
 	if err := run.save(run.ctx, func(r *store.Rollout) { r.Phase = name }); err != nil && !errors.Is(err, ErrLeaseLost) {
 		run.log.Warn("record the rollout's phase", "rollout", run.id, "phase", name, "err", err)
 	}

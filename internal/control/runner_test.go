@@ -257,8 +257,8 @@ func TestCanaryPromoteAndAbort(t *testing.T) {
 	if a := f.starts(ro.ID, api.ActionActivate); len(a) != 1 || a["n1"] != 1 {
 		t.Fatalf("paused with activations %v, want the canary n1 only", a)
 	}
-	if !strings.Contains(paused.Phase, "canary: paused on n1") {
-		t.Errorf("phase %q", paused.Phase)
+	if want := fmt.Sprintf("canary: paused on n1; drover promote --rollout %d or drover abort --rollout %d", ro.ID, ro.ID); paused.Phase != want {
+		t.Errorf("phase %q, want %q", paused.Phase, want)
 	}
 	if _, err := c.Decide(ctx, first.ID, "promote", "ops"); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("promote of a rollout that is no canary: %v", err)
