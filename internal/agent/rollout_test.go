@@ -147,7 +147,7 @@ func (f *taskFixture) release() (*api.Release, string) {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	return rel, release.NewID(rel.CreatedAt, rel.Commit)
+	return &rel.Release, release.NewID(rel.CreatedAt, rel.Commit)
 }
 
 // apply hands the agent one desired state for the node's app.

@@ -381,6 +381,10 @@ var (
 	unitRE     = regexp.MustCompile(`^[A-Za-z0-9@._:\\-]+$`)
 )
 
+// ValidName reports whether s may name an app, an environment or a
+// service: lowercase letters, digits, '-', '_' or '.', at most 63.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
 func (v *validator) validate(f *File) {
 	if f.App == "" {
 		v.at("$", "missing required key app (the app's name, like app: shop)")
