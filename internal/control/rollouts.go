@@ -124,22 +124,3 @@ func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartU
 func (c *Control) Report(ctx context.Context, n store.Node, u store.Upgrade, req api.Report) error {
 	return errTODO
 }
-
-// BeginPush queues a push deploy; the answer is its rollout (kind push).
-func (c *Control) BeginPush(ctx context.Context, req api.BeginPush) (*api.Rollout, error) {
-	return nil, errTODO
-}
-
-// WaitPush waits up to wait for push rollout id to hold its environment's
-// lease: State running with its Token, or still queued with its Position.
-// Each call proves the waiter alive.
-func (c *Control) WaitPush(ctx context.Context, id int64, wait time.Duration) (*api.Rollout, error) {
-	return nil, errTODO
-}
-
-// PushProgress records a push deploy's progress and renews its lease;
-// ErrLeaseLost when the lease is no longer its own (token differs). With
-// p.Done it records the outcome and frees the lease.
-func (c *Control) PushProgress(ctx context.Context, id, token int64, p api.PushProgress) (*api.Rollout, error) {
-	return nil, errTODO
-}

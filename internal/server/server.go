@@ -177,6 +177,9 @@ func (s *Server) routes() {
 	m.Handle("GET /api/v1/nodes", admin(s.listNodes))
 	m.Handle("GET /api/v1/status", admin(s.status))
 	m.Handle("GET /api/v1/queue", admin(s.queue))
+	m.Handle("POST /api/v1/push", admin(s.beginPush))
+	m.Handle("POST /api/v1/push/{id}/wait", admin(s.waitPush))
+	m.Handle("POST /api/v1/push/{id}/progress", admin(s.pushProgress))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.URL.Path, "/api/") {
 			writeError(w, http.StatusNotFound, "not found", "")
