@@ -379,6 +379,7 @@ func (v *validator) validate(f *File) {
 		v.at("$.keep_releases", "must be at least 1, got %d", f.KeepReleases)
 	}
 	v.validateShared(f)
+	v.validateServer(f)
 	roles := v.validateEnvironments(f)
 	v.validateHooks(f, roles)
 	v.validateServices(f)
