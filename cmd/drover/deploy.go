@@ -48,6 +48,7 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	f.StringVar(&o.Export, "export", "", "how to write a commit into a release: archive or checkout")
 	f.BoolVar(&o.Hotfix, "hotfix", false, "deploy code only: hooks marked hotfix: skip in drover.yml and cleanup do not run (resume and activate of the release keep it)")
 	leaseFlag(cmd, &o.Lease)
+	noWaitFlag(cmd, &o.NoWait)
 	skipFlag(cmd, o)
 	return cmd
 }
@@ -74,6 +75,7 @@ func newActivateCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "all-at-once (default; also two-phase), rolling, serial or canary")
 	leaseFlag(cmd, &o.Lease)
+	noWaitFlag(cmd, &o.NoWait)
 	skipFlag(cmd, o)
 	return cmd
 }
@@ -96,6 +98,7 @@ host runs, and finishes it: hosts and steps already done are skipped.`,
 	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "all-at-once (default; also two-phase), rolling, serial or canary")
 	cmd.Flags().IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
 	leaseFlag(cmd, &o.Lease)
+	noWaitFlag(cmd, &o.NoWait)
 	skipFlag(cmd, o)
 	return cmd
 }
@@ -116,6 +119,7 @@ func newRollbackCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.To, "to", "", "the release to go back to (default: the previous good one, the same on every host)")
 	leaseFlag(cmd, &o.Lease)
+	noWaitFlag(cmd, &o.NoWait)
 	return cmd
 }
 
@@ -124,4 +128,10 @@ func newRollbackCmd(g *globals) *cobra.Command {
 func leaseFlag(cmd *cobra.Command, d *time.Duration) {
 	cmd.Flags().DurationVar(d, "lock-lease", lock.DefaultLease,
 		fmt.Sprintf("the deploy lock lapses this long after the deployer's last heartbeat (%s to %s)", lock.MinLease, lock.MaxLease))
+}
+
+// noWaitFlag adds --no-wait: with a control server (DROVER_SERVER or
+// server: in drover.yml), fail at once when its deploy lock is busy.
+func noWaitFlag(cmd *cobra.Command, b *bool) {
+	cmd.Flags().BoolVar(b, "no-wait", false, "with a drover server (DROVER_SERVER or server: in drover.yml): fail at once when another deploy holds or waits for the environment's lock, instead of waiting in its queue")
 }
