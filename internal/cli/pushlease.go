@@ -201,7 +201,7 @@ func (sl *serverLease) lose(err error) {
 		detail = se.Detail
 	}
 	sl.mu.Lock()
-	sl.lost = fmt.Sprintf("lost the deploy lock of %s %s on the drover server %s (%s): another deploy took the lock; this deploy stopped before its next step that changes a host. drover releases %s shows where each host is", sl.app, sl.env, sl.server, detail, sl.env)
+	sl.lost = fmt.Sprintf("lost the deploy lock of %s %s on the drover server %s: %s; this deploy stopped before its next step that changes a host (drover releases %s shows where each host is)", sl.app, sl.env, sl.server, detail, sl.env)
 	sl.mu.Unlock()
 	sl.cancel(errLeaseLost)
 }
@@ -255,7 +255,7 @@ func (sl *serverLease) wrap(run func(rollout.Observer) (*rollout.Report, error))
 		rep, err := run(sl.observer(obs))
 		if msg := sl.lostText(); msg != "" && rep != nil {
 			if rep.Err != "" {
-				msg += "\n" + rep.Err
+				msg += ". " + rep.Err
 			}
 			rep.Err = msg
 		}

@@ -274,7 +274,7 @@ func (c *Control) PushProgress(ctx context.Context, id, token int64, p api.PushP
 	if err != nil {
 		if errors.Is(err, ErrLeaseLost) {
 			c.reapPushes(ctx, r.App, r.Env)
-			return nil, fmt.Errorf("push rollout %d of %s/%s: %w: %s", id, r.App, r.Env, ErrLeaseLost, c.holderText(ctx, r.App, r.Env))
+			return nil, fmt.Errorf("%w: %s", ErrLeaseLost, c.holderText(ctx, r.App, r.Env))
 		}
 		return nil, err
 	}
