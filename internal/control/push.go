@@ -199,8 +199,8 @@ func (c *Control) startPush(ctx context.Context, r *store.Rollout, l store.Lease
 // reapPushes ends app/env's push rollouts whose deployer went away: the
 // ticket of a running one expired (its lease lapsed and the next deploy
 // took it over) or that of a queued one lapsed, was superseded or
-// cancelled. It is lazy: WaitPush and BeginPush call it, and so may
-// whatever lists rollouts. Failures are left for the next call.
+// cancelled. It is lazy: WaitPush, BeginPush, Rollouts and Rollout call
+// it. Failures are left for the next call.
 func (c *Control) reapPushes(ctx context.Context, app, env string) {
 	rs, err := c.st.ListRollouts(ctx, store.RolloutFilter{App: app, Env: env, States: []store.RolloutState{store.RolloutQueued, store.RolloutRunning}, Limit: 1000})
 	if err != nil {
@@ -226,10 +226,6 @@ func (c *Control) reapPushes(ctx context.Context, app, env string) {
 		_ = c.st.UpdateRollout(ctx, r)
 	}
 }
-
-// ReapPushes is reapPushes for whoever lists app/env's rollouts: push
-// deploys whose deployer went away show as failed from then on.
-func (c *Control) ReapPushes(ctx context.Context, app, env string) { c.reapPushes(ctx, app, env) }
 
 // pushEnd says how a push rollout in state ends given its ticket: "" while
 // the ticket is alive.

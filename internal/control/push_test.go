@@ -233,3 +233,28 @@ func TestPushLeavesTheQueue(t *testing.T) {
 		t.Fatalf("queue after leaving = %+v", st)
 	}
 }
+
+// TestPushVanishedBehindAServerRollout: a push deployer stops reporting
+// and a server-run rollout's runner takes the lapsed lease (through the
+// store, not WaitPush): Rollouts and Rollout show the push deploy failed,
+// the deployer stopped reporting.
+func TestPushVanishedBehindAServerRollout(t *testing.T) {
+	c, _, clock := setup(t)
+	ctx := ctxT(t)
+	gone := beginPush(t, c, "alice@laptop", "web1")
+	runner := enqueue(t, c, "rollout 9", control.EnqueueOptions{})
+	clock.Advance(lease + time.Second)
+	if _, ok, err := c.TryAcquire(ctx, runner); err != nil || !ok {
+		t.Fatalf("the runner taking the lapsed lease: %v, %v", ok, err)
+	}
+	one, err := c.Rollout(ctx, gone.ID)
+	must(t, err)
+	if one.State != string(store.RolloutFailed) || !strings.Contains(one.Error, "deployer stopped reporting") {
+		t.Fatalf("Rollout of the vanished push = %+v, want failed: deployer stopped reporting", one)
+	}
+	all, err := c.Rollouts(ctx, "shop", "", 10)
+	must(t, err)
+	if len(all) != 1 || all[0].Kind != store.RolloutPush || all[0].State != one.State || len(all[0].Nodes) != 1 {
+		t.Fatalf("Rollouts = %+v, want the failed push with its host", all)
+	}
+}

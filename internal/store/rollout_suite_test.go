@@ -396,6 +396,11 @@ func (s suite) testQueueResumable(t *testing.T) {
 		return tk
 	}
 	queuedRollout, gone, alive := enq("rollout 2", true), enq("gone", false), enq("alive", false)
+	status, err = st.QueueStatus(ctx, "shop", "production")
+	must(t, err)
+	if len(status.Queue) != 4 || status.Queue[0].Resumable || !status.Queue[1].Resumable || status.Queue[1].ID != queuedRollout.ID || status.Queue[2].Resumable {
+		t.Fatalf("queue %+v, want bob's plain ticket, then rollout 2 resumable, then plain ones", status.Queue)
+	}
 	must(t, st.ReleaseLease(ctx, l2, late.Add(2*time.Second)))
 	muchLater := late.Add(100 * ttl)
 	if _, ok := tryAcquire(t, st, alive.ID, muchLater); ok {
@@ -483,6 +488,69 @@ func (s suite) testTakeOverRace(t *testing.T) {
 	must(t, err)
 	if status.LastToken != token || status.Lease == nil || status.Lease.Token != token {
 		t.Fatalf("status after %d takeovers: %+v, want token %d", rounds, status, token)
+	}
+}
+
+// testFenceAcrossReplicas lets an old runner on one replica assign nodes
+// in a loop (paced, so SQLite's waiting writer gets its turn) while another
+// replica takes its lapsed lease over: assignments succeed until the
+// takeover, and the first one that starts after the takeover returned is
+// refused; the new runner's go through.
+func (s suite) testFenceAcrossReplicas(t *testing.T) {
+	st, url := s.open(t)
+	replica := s.openURL(t, url)
+	ctx := ctxT(t)
+	tk, l, r := startRollout(t, st, "rollout 1")
+	firstDone := make(chan struct{})
+	takenOver := make(chan struct{})
+	oldDone := make(chan error, 1)
+	go func() {
+		pace := time.NewTicker(2 * time.Millisecond)
+		defer pace.Stop()
+		for task := 1; task <= 5000; task++ {
+			after := false
+			select {
+			case <-takenOver:
+				after = true
+			default:
+			}
+			err := assignAll(ctx, st, r, l, 10, task)
+			if task == 1 {
+				close(firstDone)
+			}
+			switch {
+			case errors.Is(err, store.ErrLeaseLost) && after:
+				oldDone <- nil
+				return
+			case errors.Is(err, store.ErrLeaseLost): // the takeover committed, its call has not returned yet
+			case err != nil:
+				oldDone <- err
+				return
+			case after:
+				oldDone <- fmt.Errorf("task %d assigned under token %d after the takeover returned", task, l.Token)
+				return
+			}
+			select {
+			case <-pace.C:
+			case <-ctx.Done():
+				oldDone <- ctx.Err()
+				return
+			}
+		}
+		oldDone <- errors.New("no takeover within 5000 assignments")
+	}()
+	<-firstDone
+	l2, err := replica.TakeOverLease(ctx, tk.ID, at.Add(2*ttl), ttl)
+	close(takenOver)
+	must(t, err)
+	must(t, <-oldDone)
+	must(t, assignAll(ctx, replica, r, l2, 5, 10000))
+	ns, err := st.ListRolloutNodes(ctx, r.ID)
+	must(t, err)
+	for _, n := range ns[:5] {
+		if n.Token != l2.Token || n.Task != 10000 {
+			t.Fatalf("node %s after the new runner's assignment: %+v", n.Node, n)
+		}
 	}
 }
 

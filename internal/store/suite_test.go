@@ -55,6 +55,7 @@ func runSuite(t *testing.T, backend string) {
 		{"RolloutNodes", s.testRolloutNodes},
 		{"QueueResumable", s.testQueueResumable},
 		{"TakeOverRace", s.testTakeOverRace},
+		{"FenceAcrossReplicas", s.testFenceAcrossReplicas},
 		{"UpgradeRolloutTask", s.testUpgradeRolloutTask},
 		{"MigrateCurrentRelease", s.testMigrateCurrentRelease},
 		{"AssignMany", s.testAssignMany},
