@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drover/drover/internal/api"
+	"github.com/drover/drover/internal/testenv/servertest"
 )
 
 // TestPushAPI: a push deployer queues through the API, long-polls for the
@@ -70,5 +71,62 @@ func TestPushAPI(t *testing.T) {
 	}
 	if code, body := e.raw("POST", "/api/v1/push/99/wait", e.admin, nil); code != http.StatusNotFound {
 		t.Errorf("wait on an unknown push: %d %s, want 404", code, body)
+	}
+}
+
+// TestPushAndServerRolloutQueue: push deploys and a server-run rollout of
+// one environment take the lease in the order they asked: the rollout
+// waits for the push deploy ahead of it, and the push deploy behind it
+// waits until the rollout (across an agent) has finished.
+func TestPushAndServerRolloutQueue(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	admin := e.client(e.admin)
+	agent := e.join("web1")
+	begin := api.BeginPush{App: "hello", Env: "demo", Holder: "alice@laptop", Hosts: []string{"web1"}}
+	alice, err := admin.BeginPush(ctx, begin)
+	if err != nil || alice.State != "running" {
+		t.Fatalf("alice's push: %+v, %v", alice, err)
+	}
+	rc, err := admin.CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "tag:v1", Commit: sha})
+	if err != nil || rc.Rollout == nil || rc.Rollout.State != "queued" || rc.Rollout.Position != 1 {
+		t.Fatalf("a release behind alice's push: %+v, %v; want its rollout queued at 1", rc, err)
+	}
+	begin.Holder = "bob@ci"
+	bob, err := admin.BeginPush(ctx, begin)
+	if err != nil || bob.State != "queued" || bob.Position != 2 || bob.HeldBy != "alice@laptop" {
+		t.Fatalf("bob's push behind alice and the rollout: %+v, %v", bob, err)
+	}
+	if _, err := admin.PushProgress(ctx, alice.ID, alice.Token, api.PushProgress{Done: true, OK: true}); err != nil {
+		t.Fatal(err)
+	}
+	// The runner takes the lease; with no agent working yet the rollout
+	// holds it, and bob waits behind it.
+	for {
+		w, err := admin.WaitPush(ctx, bob.ID, time.Second)
+		if err != nil || w.State != "queued" {
+			t.Fatalf("bob while the rollout runs: %+v, %v; want queued", w, err)
+		}
+		if w.Position == 1 && w.HeldBy != "" && w.HeldBy != "alice@laptop" {
+			break
+		}
+	}
+	if ro, err := admin.Rollout(ctx, rc.Rollout.ID); err != nil || ro.State != "running" {
+		t.Fatalf("the server rollout after alice's push: %+v, %v; want running", ro, err)
+	}
+	errc := servertest.Agent(ctx, agent, func(d api.DesiredApp) bool { return d.Rollout == 0 && d.Release != nil && d.Release.ID == rc.ID })
+	var got *api.Rollout
+	for got == nil || got.State == "queued" {
+		if got, err = admin.WaitPush(ctx, bob.ID, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	ro, err := admin.Rollout(ctx, rc.Rollout.ID)
+	if err != nil || ro.State != "succeeded" || got.State != "running" || ro.EndedAt.After(got.StartedAt) {
+		t.Fatalf("the rollout %+v (%v) and bob's push %+v: want the rollout succeeded before bob started", ro, err, got)
 	}
 }
