@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"sync"
@@ -61,6 +62,7 @@ type serverLease struct {
 	id       int64
 	token    int64
 	every    time.Duration // report at least this often
+	errOut   io.Writer     // where a failure to record the outcome is said
 
 	mu    sync.Mutex
 	phase string
@@ -137,7 +139,7 @@ func takeServerLease(ctx context.Context, c *Common, e *env, releaseID string, n
 	if shown != "" {
 		fmt.Fprintf(c.IO.Err, "got the deploy lock of %s %s (rollout %d)\n", e.app.App, e.env.Name, r.ID)
 	}
-	sl := &serverLease{c: client, server: server, app: e.app.App, env: e.env.Name, id: r.ID, token: r.Token,
+	sl := &serverLease{c: client, server: server, app: e.app.App, env: e.env.Name, id: r.ID, token: r.Token, errOut: c.IO.Err,
 		every: max(time.Second, r.RenewEvery/2), nodes: map[string]api.RolloutNode{}, dirty: map[string]bool{}, done: make(chan struct{})}
 	if r.RenewEvery <= 0 {
 		sl.every = 10 * time.Second
@@ -340,5 +342,7 @@ func (sl *serverLease) finish(ctx context.Context, rep *rollout.Report, err erro
 	}
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 	defer cancel()
-	_, _ = sl.c.PushProgress(bg, sl.id, sl.token, p)
+	if _, err := sl.c.PushProgress(bg, sl.id, sl.token, p); err != nil {
+		fmt.Fprintf(sl.errOut, "warning: could not record the outcome of this deploy on the drover server %s (rollout %d): %v; its lease lapses on its own and the server will show the deploy as stopped reporting\n", sl.server, sl.id, err)
+	}
 }
