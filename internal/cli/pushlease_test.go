@@ -210,6 +210,19 @@ func TestDeployQueuesOnTheServer(t *testing.T) {
 	if out, err := p.deploy(t, cli.DeployOptions{}); err != nil {
 		t.Fatalf("deploy with DROVER_SERVER=off: %v\n%s", err, out)
 	}
+
+	// A rollback takes the server's lease too, and is recorded there.
+	t.Setenv("DROVER_SERVER", srv.URL)
+	var log bytes.Buffer
+	ro := &cli.RollbackOptions{To: before, Lease: lock.DefaultLease, Common: cli.Common{File: filepath.Join(p.repo.Dir, "drover.yml"), Env: "test",
+		Transport: transport.Options{Binary: p.bin}, IO: cli.IO{Out: &log, Err: &log}}}
+	if _, err := cli.Rollback(ctx, ro); err != nil || p.current() != before {
+		t.Fatalf("rollback --to %s under the server's lease: %v, current %s\n%s", before, err, p.current(), log.String())
+	}
+	rs := pushRollouts(t, srv.Store)
+	if len(rs) != 4 || rs[0].Kind != store.RolloutPush || rs[0].State != store.RolloutSucceeded || rs[0].Release != before {
+		t.Errorf("the rollback's rollout on the server: %+v, want a succeeded push rollout to %s", rs[0], before)
+	}
 }
 
 // aheadClock is the system clock moved on: a Control on it sees every
