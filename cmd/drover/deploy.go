@@ -16,6 +16,7 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   verb + " ENV",
 		Short: "Push a release to every host of ENV over SSH: prepare everywhere, then activate",
+		Long:  "Push a release to every host of ENV over SSH: prepare everywhere, then activate.\n\n" + serverQueue,
 		Example: `  drover deploy staging                      # the tip of branch staging
   drover deploy production --version tag:v1.2
   drover deploy production --version commit:3f9c2ab --strategy serial --parallel 10
@@ -36,6 +37,7 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	}
 	if verb == "prepare" {
 		cmd.Short = "Prepare a release on every host of ENV without activating it"
+		cmd.Long = cmd.Short + ".\n\n" + serverQueue
 		cmd.Example = `  drover prepare production                 # then: drover activate production RELEASE
   drover prepare staging --keep-days 10     # a private release cleanup keeps for 10 days
   drover prepare production --hotfix        # activating it later skips what a hotfix skips`
@@ -135,3 +137,11 @@ func leaseFlag(cmd *cobra.Command, d *time.Duration) {
 func noWaitFlag(cmd *cobra.Command, b *bool) {
 	cmd.Flags().BoolVar(b, "no-wait", false, "with a drover server (DROVER_SERVER or server: in drover.yml): fail at once when another deploy holds or waits for the environment's lock, instead of waiting in its queue")
 }
+
+// serverQueue is what deploy and prepare say of a drover server's queue.
+const serverQueue = `With a drover server (DROVER_SERVER and DROVER_TOKEN, or server: in drover.yml)
+the deploy first takes ENV's deploy lock from the server, waiting in its queue
+behind other deploys and server rollouts (it shows who holds the lock and its
+place; Ctrl-C leaves the queue; --no-wait fails instead). Its progress is
+recorded there (drover rollouts APP ENV). DROVER_SERVER=off deploys without the
+server.`
