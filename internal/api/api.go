@@ -2,7 +2,10 @@
 // types the server, the agent and the CLI share, and a client for them.
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Prefix is the path of version 1 of the API.
 const Prefix = "/api/v1"
@@ -71,6 +74,15 @@ type Rollout struct {
 	StartedAt time.Time     `json:"started_at,omitzero"`
 	EndedAt   time.Time     `json:"ended_at,omitzero"`
 	Nodes     []RolloutNode `json:"nodes,omitempty"`
+	// HeldBy and HeldSince, while the rollout is queued: who holds the
+	// environment's deploy lease now and since when (empty when it is
+	// free and a deploy ahead is about to take it).
+	HeldBy    string    `json:"held_by,omitempty"`
+	HeldSince time.Time `json:"held_since,omitzero"`
+	// RenewEvery, for a push rollout that holds the lease: send
+	// PushProgress at least this often, or the lease lapses and the next
+	// deploy takes the lock.
+	RenewEvery time.Duration `json:"renew_every,omitempty"`
 }
 
 // RolloutNode is one node's progress in a rollout.
@@ -112,6 +124,8 @@ type PushProgress struct {
 	Done  bool          `json:"done,omitempty"`
 	OK    bool          `json:"ok,omitempty"`
 	Error string        `json:"error,omitempty"`
+	// Report is the deployer's final rollout report (JSON), with Done.
+	Report json.RawMessage `json:"report,omitempty"`
 }
 
 // Queue answers GET /api/v1/queue?app=&env=: an environment's deploy

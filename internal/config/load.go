@@ -406,6 +406,7 @@ func (v *validator) validate(f *File) {
 		v.at("$.keep_releases", "must be at least 1, got %d", f.KeepReleases)
 	}
 	v.validateShared(f)
+	v.validateServer(f)
 	roles := v.validateEnvironments(f)
 	if v.pull && slices.ContainsFunc(f.EnvironmentNames(), func(n string) bool { return f.Environments[n] == nil || len(f.Environments[n].Hosts) == 0 }) {
 		// The agents of a hostless environment declare their roles when

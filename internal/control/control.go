@@ -207,20 +207,25 @@ func (c *Control) TryAcquire(ctx context.Context, t *Ticket) (Lease, bool, error
 // the ticket leaves the queue (or, if it just got the lease, releases it)
 // and ctx's error is returned.
 func (c *Control) Acquire(ctx context.Context, t *Ticket) (Lease, error) {
+	l, _, err := c.acquire(ctx, t, nil)
+	if ctx.Err() != nil {
+		return Lease{}, c.abandon(ctx, t)
+	}
+	return l, err
+}
+
+// acquire is Acquire's wait, which also stops when until fires (nil:
+// never): then it returns false and the holder's lease, and t stays in the
+// queue. It does not leave the queue when ctx ends either; the caller does.
+func (c *Control) acquire(ctx context.Context, t *Ticket, until <-chan time.Time) (Lease, bool, error) {
 	for {
 		changed := c.waitCh(t.App, t.Env)
-		if ctx.Err() != nil {
-			return Lease{}, c.abandon(ctx, t)
+		if err := ctx.Err(); err != nil {
+			return Lease{}, false, err
 		}
 		l, ok, err := c.TryAcquire(ctx, t)
-		if ctx.Err() != nil {
-			return Lease{}, c.abandon(ctx, t)
-		}
-		if err != nil {
-			return Lease{}, err
-		}
-		if ok {
-			return l, nil
+		if err != nil || ok || ctx.Err() != nil {
+			return l, ok, err
 		}
 		wait := c.recheck
 		if l.TicketID != 0 {
@@ -233,6 +238,9 @@ func (c *Control) Acquire(ctx context.Context, t *Ticket) (Lease, error) {
 		case <-changed:
 		case <-timer.C():
 		case <-ctx.Done():
+		case <-until:
+			timer.Stop()
+			return l, false, nil
 		}
 		timer.Stop()
 	}

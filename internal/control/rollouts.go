@@ -22,8 +22,6 @@ import (
 	"github.com/drover/drover/internal/store"
 )
 
-var errTODO = errors.New("control: not implemented yet")
-
 // ErrBusy: the environment has a running or queued rollout and the caller
 // asked not to wait (--no-wait).
 var ErrBusy = errors.New("another rollout of this environment runs or waits")
@@ -185,6 +183,7 @@ func (c *Control) settleSuperseded(ctx context.Context, app, env string, newer i
 // Rollouts lists app's rollouts (env "" for every environment), newest
 // first, queued ones with their position, each with its nodes' progress.
 func (c *Control) Rollouts(ctx context.Context, app, env string, limit int) ([]api.Rollout, error) {
+	c.reapPushes(ctx, app, env) // push deploys whose deployer went away show as ended
 	rs, err := c.st.ListRollouts(ctx, store.RolloutFilter{App: app, Env: env, Limit: limit})
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
@@ -229,6 +228,10 @@ func (c *Control) rolloutAPI(ctx context.Context, ro store.Rollout) (*api.Rollou
 // Rollout returns one rollout with its nodes' progress.
 func (c *Control) Rollout(ctx context.Context, id int64) (*api.Rollout, error) {
 	ro, err := c.st.GetRollout(ctx, id)
+	if err == nil && ro.Kind == store.RolloutPush && !ro.State.Done() {
+		c.reapPushes(ctx, ro.App, ro.Env)
+		ro, err = c.st.GetRollout(ctx, id)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
@@ -339,23 +342,4 @@ type RunnerOptions struct {
 	// queue (default 250ms).
 	Poll   time.Duration
 	Logger *slog.Logger
-}
-
-// BeginPush queues a push deploy; the answer is its rollout (kind push).
-func (c *Control) BeginPush(ctx context.Context, req api.BeginPush) (*api.Rollout, error) {
-	return nil, errTODO
-}
-
-// WaitPush waits up to wait for push rollout id to hold its environment's
-// lease: State running with its Token, or still queued with its Position.
-// Each call proves the waiter alive.
-func (c *Control) WaitPush(ctx context.Context, id int64, wait time.Duration) (*api.Rollout, error) {
-	return nil, errTODO
-}
-
-// PushProgress records a push deploy's progress and renews its lease;
-// ErrLeaseLost when the lease is no longer its own (token differs). With
-// p.Done it records the outcome and frees the lease.
-func (c *Control) PushProgress(ctx context.Context, id, token int64, p api.PushProgress) (*api.Rollout, error) {
-	return nil, errTODO
 }

@@ -212,8 +212,10 @@ func (s *Server) routes() {
 	m.Handle("POST /api/v1/rollouts/{id}/cancel", admin(s.cancelRollout))
 	m.Handle("POST /api/v1/rollouts/{id}/decide", admin(s.decideRollout))
 	m.Handle("POST /api/v1/rollouts/decide", admin(s.decideEnv))
-	// Push deploys sharing the queue (push.go): POST /api/v1/push,
-	// /api/v1/push/{id}/wait and /api/v1/push/{id}/progress go here.
+	// Push deploys sharing the queue (push.go).
+	m.Handle("POST /api/v1/push", admin(s.beginPush))
+	m.Handle("POST /api/v1/push/{id}/wait", admin(s.waitPush))
+	m.Handle("POST /api/v1/push/{id}/progress", admin(s.pushProgress))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.URL.Path, "/api/") {
 			writeError(w, http.StatusNotFound, "not found", "")
