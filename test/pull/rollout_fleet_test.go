@@ -24,7 +24,6 @@ import (
 	"net/http/httputil"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -497,15 +496,6 @@ func (r *rolloutFleet) startV1() string {
 		r.allServing()
 	}
 	return id
-}
-
-// nodeNamed is the fleet's node of that name.
-func (r *rolloutFleet) nodeNamed(name string) *node {
-	i := slices.IndexFunc(r.nodes, func(n *node) bool { return n.name == name })
-	if i < 0 {
-		r.t.Fatalf("no node %q", name)
-	}
-	return r.nodes[i]
 }
 
 // writeGates opens the prepare gates of commit on every node at once.
