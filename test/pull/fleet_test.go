@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -368,11 +369,17 @@ func (f *fleet) drover(args ...string) result {
 // droverIn runs the CLI in dir, killing it after limit.
 func (f *fleet) droverIn(dir string, limit time.Duration, args ...string) result {
 	f.t.Helper()
+	return f.droverEnv(dir, limit, nil, args...)
+}
+
+// droverEnv is droverIn with extra environment variables (NAME=value).
+func (f *fleet) droverEnv(dir string, limit time.Duration, extra []string, args ...string) result {
+	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, f.bin, args...)
 	cmd.Dir = dir
-	cmd.Env = f.env
+	cmd.Env = append(slices.Clone(f.env), extra...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -109,26 +109,9 @@ func TestRolloutTwoReleasesOneAfterTheOther(t *testing.T) {
 		f.commitEnv("v2", keys, map[string]string{"GATED": ""}),
 		f.commitEnv("v3", keys, map[string]string{"GATED": ""}),
 	}
-	created := make([]api.ReleaseCreated, 2)
-	runs := make([]result, 2)
-	var wg sync.WaitGroup
-	for i, c := range commits {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runs[i] = f.drover(createArgs(f.repo.Dir, c)...)
-		}()
-	}
-	wg.Wait()
-	for i, r := range runs {
-		if r.code != 0 {
-			t.Fatalf("release create %s: exit %d\n%s%s", commits[i][:7], r.code, r.stdout, r.stderr)
-		}
-		created[i] = decode[api.ReleaseCreated](t, "release create -o json", r.stdout)
-		if created[i].Rollout == nil {
-			t.Fatalf("release create %s: no rollout in %s", commits[i][:7], r.stdout)
-		}
-	}
+	// As from two CI machines: each its own cache (and repository mirror);
+	// TestReleaseCreateTogetherOnOneMachine shares one.
+	created := f.createTogether(commits, true)
 	// FIFO: the rollout created first runs first.
 	if created[1].Rollout.ID < created[0].Rollout.ID {
 		created[0], created[1] = created[1], created[0]
@@ -161,6 +144,9 @@ func TestRolloutTwoReleasesOneAfterTheOther(t *testing.T) {
 		t.Errorf("the second rollout started at %s, the first ended at %s: want the second to start after", ro2.StartedAt, ro1.EndedAt)
 	}
 	id1, id2 := ro1.Release, ro2.Release
+	if id1 == "" || id2 == "" {
+		t.Fatalf("the rollouts name no engine release: first %+v, second %+v", ro1, ro2)
+	}
 	var lastOfFirst, firstOfSecond event
 	for _, n := range f.nodes {
 		evs := nodeEvents(t, n)
@@ -188,6 +174,67 @@ func TestRolloutTwoReleasesOneAfterTheOther(t *testing.T) {
 	for _, id := range []string{id1, id2} {
 		if got := f.migratedFor(id); got != 1 {
 			t.Errorf("migration ran %d times for %s, want once: %v", got, id, f.migrated())
+		}
+	}
+}
+
+// createTogether runs `release create` of each commit at once (no
+// --wait), each with its own XDG cache when ownCache, and checks that each
+// resolved its commit and sent drover.yml (the rollout takes its rolling
+// strategy); it returns the answers in the order of commits.
+func (r *rolloutFleet) createTogether(commits []string, ownCache bool) []api.ReleaseCreated {
+	r.t.Helper()
+	runs := make([]result, len(commits))
+	var wg sync.WaitGroup
+	for i, c := range commits {
+		var extra []string
+		if ownCache {
+			extra = []string{"XDG_CACHE_HOME=" + filepath.Join(r.root, fmt.Sprintf("cache-%d", i))}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runs[i] = r.droverEnv(r.root, 60*time.Second, extra, createArgs(r.repo.Dir, c)...)
+		}()
+	}
+	wg.Wait()
+	created := make([]api.ReleaseCreated, len(commits))
+	for i, res := range runs {
+		if res.code != 0 {
+			r.t.Fatalf("release create %s: exit %d\n%s%s", commits[i][:7], res.code, res.stdout, res.stderr)
+		}
+		created[i] = decode[api.ReleaseCreated](r.t, "release create -o json", res.stdout)
+		if created[i].Rollout == nil {
+			r.t.Fatalf("release create %s: no rollout in %s", commits[i][:7], res.stdout)
+		}
+		if ro := created[i].Rollout; created[i].Commit != commits[i] || ro.Strategy != "rolling" || ro.Release == "" {
+			r.t.Errorf("release create %s together with another: commit %q, rollout strategy %q, release %q; want the commit resolved and drover.yml's rolling strategy\nstderr: %s",
+				commits[i][:7], created[i].Commit, ro.Strategy, ro.Release, res.stderr)
+		}
+	}
+	return created
+}
+
+// TestReleaseCreateTogetherOnOneMachine: two `release create` at once on
+// one machine (one CI runner, one cache with one repository mirror): each
+// resolves its commit and sends drover.yml, so each rollout takes the
+// environment's strategy from it; neither silently falls back to the
+// default strategy (no drain) because the other held the mirror.
+func TestReleaseCreateTogetherOnOneMachine(t *testing.T) {
+	f := newRolloutFleet(t, rolloutOptions{nodes: 1})
+	f.startV1()
+	keys := f.strategyKeys(rollingOne, false)
+	for round := range 3 { // a race: give it a few chances
+		commits := []string{
+			f.commitEnv(fmt.Sprintf("a%d", round), keys, nil),
+			f.commitEnv(fmt.Sprintf("b%d", round), keys, nil),
+		}
+		created := f.createTogether(commits, false)
+		for _, rc := range created {
+			f.waitRollout(rc.Rollout.ID, bound)
+		}
+		if t.Failed() {
+			return
 		}
 	}
 }
