@@ -19,6 +19,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -407,6 +409,8 @@ func startFailover(t testing.TB, replicas []*replica) string {
 		},
 		Transport:     &http.Transport{DialContext: dial, DisableKeepAlives: true},
 		FlushInterval: -1,
+		// A killed replica cuts its requests short: expected, not news.
+		ErrorLog: log.New(io.Discard, "", 0),
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
