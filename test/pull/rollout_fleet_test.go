@@ -13,7 +13,8 @@ package pull
 // RELEASE" to one file outside every node's releases (fleet.migrations).
 // A file BOOT in the commit makes the app take that many seconds from its
 // start to listening, as a real app does; FAIL and GATED work as in
-// fleet_test.go.
+// fleet_test.go; GATED_ACTIVATE holds each node's activation likewise in a
+// before_activate hook (shared/at-act-gate-COMMIT, shared/act-gate-COMMIT).
 
 import (
 	"context"
@@ -67,6 +68,16 @@ hooks:
         done
       fi
   migrate: {run_once: true, commands: ['echo "$DROVER_HOST $DROVER_RELEASE" >> %[3]s']}
+  before_activate:
+    - |
+      if [ -f GATED_ACTIVATE ]; then
+        touch "$DROVER_SHARED_DIR/at-act-gate-$DROVER_COMMIT"
+        i=0
+        while [ ! -f "$DROVER_SHARED_DIR/act-gate-$DROVER_COMMIT" ]; do
+          i=$((i+1)); if [ $i -gt 1800 ]; then echo "gate never opened"; exit 1; fi
+          sleep 0.05
+        done
+      fi
   after_activate:
     - echo "activate $DROVER_RELEASE $DROVER_COMMIT $(date +%%s.%%N)" >> "$DROVER_SHARED_DIR/events"
 services:
