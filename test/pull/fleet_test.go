@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -126,39 +127,81 @@ type node struct {
 
 func (n *node) shared(name string) string { return filepath.Join(n.deployTo, "shared", name) }
 
-// fleet is a server, a repository and three nodes.
+// fleet is a server (or several replicas), a repository and its nodes.
 type fleet struct {
 	t      *testing.T
 	bin    string
 	root   string
 	data   string
-	addr   string
-	url    string
-	server *proc
+	addr   string // the first server's address
+	url    string // what agents and the CLI use: the server, or the replicas' proxy
+	server *proc  // the first server
 	repo   *gitrepo.Repo
 	nodes  []*node
 	env    []string
 	procs  []*proc
 	mu     sync.Mutex
+
+	opts     fleetOptions
+	replicas []*replica
+}
+
+// replica is one `drover server` process of the fleet.
+type replica struct {
+	addr string
+	proc *proc
+}
+
+// fleetOptions shape a fleet; zero values give newFleet's: one SQLite
+// server, nodes web1..web3, appYAML.
+type fleetOptions struct {
+	names []string // node names
+	// yaml returns the first commit's drover.yml for the repository.
+	yaml func(f *fleet) string
+	// serverArgs are added to every `drover server` command line.
+	serverArgs []string
+	// db is the store's URL (--db); "" keeps SQLite in the data dir.
+	db string
+	// replicas is how many servers share db, behind one failover proxy
+	// that agents and the CLI use; default 1 (no proxy).
+	replicas int
 }
 
 // newFleet starts a server and writes three agent configs (agents are not
 // started: startAgents).
-func newFleet(t *testing.T) *fleet {
+func newFleet(t *testing.T) *fleet { return newFleetWith(t, fleetOptions{}) }
+
+// newFleetWith starts the fleet's servers and writes an agent config per
+// node (agents are not started: startAgents).
+func newFleetWith(t *testing.T, o fleetOptions) *fleet {
 	t.Helper()
-	f := &fleet{t: t, bin: apptest.DroverBinary(t), root: t.TempDir()}
+	if len(o.names) == 0 {
+		o.names = []string{"web1", "web2", "web3"}
+	}
+	if o.yaml == nil {
+		o.yaml = func(f *fleet) string { return fmt.Sprintf(appYAML, f.repo.Dir, apptest.HelloBinary(t)) }
+	}
+	o.replicas = max(o.replicas, 1)
+	f := &fleet{t: t, bin: apptest.DroverBinary(t), root: t.TempDir(), opts: o}
 	f.data = filepath.Join(f.root, "server")
-	ports := apptest.FreePorts(t, 4)
-	f.addr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	ports := apptest.FreePorts(t, o.replicas+len(o.names))
+	for i := range o.replicas {
+		f.replicas = append(f.replicas, &replica{addr: fmt.Sprintf("127.0.0.1:%d", ports[i])})
+	}
+	f.addr = f.replicas[0].addr
 	f.url = "http://" + f.addr
+	if o.replicas > 1 {
+		f.url = startFailover(t, f.replicas)
+	}
 	f.env = append(os.Environ(),
 		"DROVER_SERVER="+f.url,
 		"DROVER_TOKEN=@"+filepath.Join(f.data, "admin.token"),
 		"XDG_CACHE_HOME="+filepath.Join(f.root, "cache"),
+		"XDG_STATE_HOME="+filepath.Join(f.root, "state"),
 		"NO_COLOR=1")
 
 	f.repo = gitrepo.New(t)
-	f.repo.Commit("v1", map[string]string{"drover.yml": fmt.Sprintf(appYAML, f.repo.Dir, apptest.HelloBinary(t)), "VERSION": "1\n"})
+	f.repo.Commit("v1", map[string]string{"drover.yml": o.yaml(f), "VERSION": "1\n"})
 
 	t.Cleanup(func() {
 		f.mu.Lock()
@@ -179,10 +222,12 @@ func newFleet(t *testing.T) *fleet {
 			}
 		}
 	})
-	f.startServer()
+	for i := range f.replicas {
+		f.startReplica(i)
+	}
 
-	for i, name := range []string{"web1", "web2", "web3"} {
-		n := &node{name: name, dir: filepath.Join(f.root, name), port: ports[i+1]}
+	for i, name := range o.names {
+		n := &node{name: name, dir: filepath.Join(f.root, name), port: ports[o.replicas+i]}
 		n.deployTo = filepath.Join(n.dir, "srv")
 		n.config = filepath.Join(n.dir, "agent.yml")
 		jt := strings.TrimSpace(f.mustDrover("server", "join-token", "create", "--ttl", "1h", "--app", app, "--env", env))
@@ -220,6 +265,12 @@ func tail(s string, n int) string {
 // start runs the drover binary in the background with output to a log file.
 func (f *fleet) start(logName string, args ...string) *proc {
 	f.t.Helper()
+	return f.startIn(f.root, logName, args...)
+}
+
+// startIn is start in directory dir.
+func (f *fleet) startIn(dir, logName string, args ...string) *proc {
+	f.t.Helper()
 	logPath := filepath.Join(f.root, logName)
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -227,7 +278,7 @@ func (f *fleet) start(logName string, args ...string) *proc {
 	}
 	fmt.Fprintf(lf, "=== %s %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
 	cmd := exec.Command(f.bin, args...)
-	cmd.Dir = f.root
+	cmd.Dir = dir
 	cmd.Env = f.env
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
@@ -246,23 +297,46 @@ func (f *fleet) start(logName string, args ...string) *proc {
 	return p
 }
 
-// startServer starts `drover server` on the fleet's address and data dir
-// and waits until /healthz answers.
+// startServer (re)starts the first `drover server` on the fleet's
+// address and data dir and waits until /healthz answers.
 func (f *fleet) startServer() {
 	f.t.Helper()
-	f.server = f.start("server.log", "server", "--data", f.data, "--listen", f.addr)
-	f.waitFor("the server answers /healthz", func() (bool, string) {
-		if !f.server.alive() {
-			f.t.Fatalf("server exited: %v\n%s", f.server.err, readFile(f.server.log))
+	f.startReplica(0)
+}
+
+// startReplica (re)starts server replica i and waits until its /healthz
+// answers. Replicas share the data dir (the admin token) and the store.
+func (f *fleet) startReplica(i int) *proc {
+	f.t.Helper()
+	r := f.replicas[i]
+	args := []string{"server", "--data", f.data, "--listen", r.addr}
+	if f.opts.db != "" {
+		args = append(args, "--db", f.opts.db)
+	}
+	if len(f.replicas) > 1 {
+		args = append(args, "--runner-name", replicaName(i))
+	}
+	args = append(args, f.opts.serverArgs...)
+	r.proc = f.start(fmt.Sprintf("server%d.log", i+1), args...)
+	if i == 0 {
+		f.server = r.proc
+	}
+	f.waitFor(fmt.Sprintf("server %d answers /healthz", i+1), func() (bool, string) {
+		if !r.proc.alive() {
+			f.t.Fatalf("server %d exited: %v\n%s", i+1, r.proc.err, readFile(r.proc.log))
 		}
-		resp, err := http.Get(f.url + "/healthz")
+		resp, err := http.Get("http://" + r.addr + "/healthz")
 		if err != nil {
 			return false, err.Error()
 		}
 		resp.Body.Close()
 		return resp.StatusCode == 200, resp.Status
 	})
+	return r.proc
 }
+
+// replicaName is server replica i's runner name (--runner-name).
+func replicaName(i int) string { return fmt.Sprintf("server%d", i+1) }
 
 // startAgent starts the node's agent daemon.
 func (f *fleet) startAgent(n *node, extra ...string) *proc {
@@ -289,11 +363,23 @@ type result struct {
 // directory without drover.yml.
 func (f *fleet) drover(args ...string) result {
 	f.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	return f.droverIn(f.root, 60*time.Second, args...)
+}
+
+// droverIn runs the CLI in dir, killing it after limit.
+func (f *fleet) droverIn(dir string, limit time.Duration, args ...string) result {
+	f.t.Helper()
+	return f.droverEnv(dir, limit, nil, args...)
+}
+
+// droverEnv is droverIn with extra environment variables (NAME=value).
+func (f *fleet) droverEnv(dir string, limit time.Duration, extra []string, args ...string) result {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, f.bin, args...)
-	cmd.Dir = f.root
-	cmd.Env = f.env
+	cmd.Dir = dir
+	cmd.Env = append(slices.Clone(f.env), extra...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

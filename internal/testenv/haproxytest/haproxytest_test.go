@@ -36,3 +36,30 @@ func TestStartServesAndChecks(t *testing.T) {
 		t.Errorf("TCPSocket = %q", hp.TCPSocket)
 	}
 }
+
+// TestStatsAndStates: show stat and show servers state are read per
+// server, and a drained server shows as drained in both.
+func TestStatsAndStates(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	t.Cleanup(app.Close)
+	addr := strings.TrimPrefix(app.URL, "http://")
+	hp := haproxytest.Start(t, haproxytest.Options{Servers: []haproxytest.Server{{Name: "s1", Addr: addr}, {Name: "s2", Addr: addr}}})
+	hp.WaitServers(t, 5*time.Second, "both serving", haproxytest.Stat.Serving)
+	if st := hp.Stats(t); len(st) != 2 {
+		t.Fatalf("stats: %+v", st)
+	}
+	if s := hp.States(t); len(s) != 2 || s["s1"].Out() || s["s2"].Out() {
+		t.Fatalf("states with both UP: %v", s)
+	}
+	hp.Command(t, "set server app/s2 state drain")
+	if st := hp.Stats(t)["s2"]; st.Serving() {
+		t.Errorf("drained s2 serving: %+v", st)
+	}
+	s := hp.States(t)
+	if !s["s2"].Drained() || !s["s2"].Out() || s["s1"].Out() {
+		t.Errorf("after draining s2: %v", s)
+	}
+	if hp.Retries(t) != 0 {
+		t.Errorf("retries %d with no failure", hp.Retries(t))
+	}
+}
