@@ -281,8 +281,13 @@ func (t *agentTarget) stoppedReporting(ctx context.Context, want, cur store.Roll
 	if !t.run.isLost() {
 		rec := want
 		rec.State, rec.Step, rec.Error = store.NodeFailed, cur.Step, err.Error()
-		if _, werr := t.run.c.st.ReportRolloutNode(context.WithoutCancel(ctx), rec); werr != nil {
+		bg := context.WithoutCancel(ctx)
+		if _, werr := t.run.c.st.ReportRolloutNode(bg, rec); werr != nil {
 			t.run.log.Warn("record a node that stopped reporting", "rollout", t.run.id, "node", t.node.Name, "err", werr)
+		} else if _, werr := t.run.c.st.BumpVersion(bg, t.run.app, t.run.env); werr != nil {
+			// The node leaves the rollout (Desired gives it the last
+			// completed release): every replica's cache must see it.
+			t.run.log.Warn("announce a node that stopped reporting", "rollout", t.run.id, "node", t.node.Name, "err", werr)
 		}
 	}
 	return err

@@ -26,8 +26,8 @@ const lookupTimeout = 30 * time.Second
 // inside a running (or paused) server rollout of the environment that has a
 // task for the node, that task; else the environment's last completed
 // release (CurrentRelease) with Action activate and Rollout 0, so a node
-// joining mid-rollout, coming back, or left out of a canary never gets a
-// half-rolled release.
+// joining mid-rollout, coming back, left out of a canary, or whose task
+// failed never gets a half-rolled release.
 //
 // Version is a digest of this node's answer, not a counter: it changes
 // exactly when the answer changes, so a long-poll woken by a change to its
@@ -94,7 +94,11 @@ type envDesired struct {
 
 // answer is node n's desired state in this environment.
 func (e *envDesired) answer(n store.Node) api.DesiredApp {
-	if t, ok := e.tasks[n.Name]; ok && (t.NodeID == 0 || t.NodeID == n.ID) {
+	// A failed task takes the node out of the rollout (it reported the
+	// failure, or the runner gave up on it): it converges to the last
+	// completed release like a node outside the rollout, so an agent that
+	// comes back late never does the task outside the rollout's steps.
+	if t, ok := e.tasks[n.Name]; ok && (t.NodeID == 0 || t.NodeID == n.ID) && t.State != store.NodeFailed {
 		return api.DesiredApp{App: n.App, Env: n.Env, Release: e.release, Action: t.Action, Token: t.Token,
 			Rollout: e.rollout, Task: t.Task, Stage: t.Stage, RunOnce: t.RunOnce, To: t.To, Hotfix: e.hotfix}
 	}

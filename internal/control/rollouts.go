@@ -338,6 +338,12 @@ type RunnerOptions struct {
 	// turns Options.AllowCommands on too), and a runner without it refuses
 	// to run one another replica accepted.
 	AllowCommands bool
+	// StaleAfter leaves out of a new rollout the nodes whose agent was
+	// not seen for this long (a machine scaled in or switched off; default
+	// DefaultStaleAfter): waiting NodeTimeout for each would fail every
+	// rollout. The report names them; they converge to the environment's
+	// release when they come back.
+	StaleAfter time.Duration
 	// Poll is how often a runner re-reads its nodes' progress and the
 	// queue (default 250ms).
 	Poll   time.Duration

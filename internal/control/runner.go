@@ -24,6 +24,9 @@ import (
 const (
 	DefaultNodeTimeout = 2 * time.Minute
 	DefaultRunnerPoll  = 250 * time.Millisecond
+	// DefaultStaleAfter is RunnerOptions.StaleAfter's default: the
+	// server's own stale mark (three long-polls and some).
+	DefaultStaleAfter = 100 * time.Second
 )
 
 // liveStates are the states of a rollout that is not over.
@@ -59,6 +62,9 @@ func (c *Control) RunRollouts(ctx context.Context, opts RunnerOptions) error {
 	}
 	if opts.Poll <= 0 {
 		opts.Poll = DefaultRunnerPoll
+	}
+	if opts.StaleAfter <= 0 {
+		opts.StaleAfter = DefaultStaleAfter
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -266,6 +272,9 @@ type rolloutRun struct {
 	env   string
 	token int64
 	lease Lease
+	// stale are the environment's nodes left out when the rollout began:
+	// their agents were not seen for StaleAfter.
+	stale []store.Node
 	plan  *planDoc
 
 	board  *nodeBoard
@@ -451,7 +460,13 @@ func (run *rolloutRun) deploy(ctx context.Context, ro store.Rollout) (*rollout.R
 	if len(targets) == 0 {
 		return nil, fmt.Errorf("no agent is registered for %s/%s, so nothing was rolled out; start agents there (drover agent) and create the release again", run.app, run.env)
 	}
-	return rollout.Deploy(ctx, plan, rts, run)
+	rep, err := rollout.Deploy(ctx, plan, rts, run)
+	if rep != nil {
+		for _, n := range run.stale {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s: left out, its agent was not seen since %s (over %s); it gets the environment's release when it comes back", n.Name, n.LastSeen.UTC().Format(time.RFC3339), run.opts.StaleAfter))
+		}
+	}
+	return rep, err
 }
 
 // targets are the rollout's nodes: the environment's registered nodes when
@@ -474,10 +489,15 @@ func (run *rolloutRun) targets(ctx context.Context, ro store.Rollout, rel store.
 	}
 	names := map[int64]string{} // server release → engine release
 	var out []*agentTarget
+	now := run.c.clock.Now()
 	for _, n := range nodes {
 		before, ok := began[n.Name]
 		if began != nil && !ok {
-			continue // joined after the rollout began
+			continue // joined after the rollout began, or was left out
+		}
+		if began == nil && now.Sub(n.LastSeen) > run.opts.StaleAfter {
+			run.stale = append(run.stale, n)
+			continue
 		}
 		if began == nil && n.CurrentRelease != 0 {
 			if id, seen := names[n.CurrentRelease]; seen {

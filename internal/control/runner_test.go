@@ -790,3 +790,32 @@ func TestManyNodesAssignedTogether(t *testing.T) {
 		t.Errorf("the rollout bumped the version %d times for 400 tasks of 200 nodes; want them handed out together", bumps)
 	}
 }
+
+// TestStaleNodeLeftOut: a node whose agent was not seen for StaleAfter (a
+// machine scaled in) is left out of a new rollout, with a note, instead of
+// failing it after the node timeout; it converges to the release later.
+func TestStaleNodeLeftOut(t *testing.T) {
+	st := sqliteStore(t)
+	c := newRunnerControl(t, st, control.Options{})
+	f := newFleet(t, st, "shop", "production", "n1:web,db", "n2:web", "n3:web")
+	n3, err := st.FindNode(context.Background(), "n3", "shop", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.TouchNode(context.Background(), n3.ID, time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	runRollouts(t, c, control.RunnerOptions{StaleAfter: 10 * time.Minute})
+	_, ro := create(t, c, control.NewRelease{Commit: commit1})
+	got := waitEnded(t, c, ro.ID, 20*time.Second)
+	if got.State != string(store.RolloutSucceeded) {
+		t.Fatalf("rollout %s: %+v\n%s", got.State, got, f)
+	}
+	rep := report(t, st, ro.ID)
+	if slices.ContainsFunc(rep.Hosts, func(h *rollout.HostResult) bool { return h.Host == "n3" }) {
+		t.Errorf("n3 (not seen for an hour) took part: %+v", rep.Hosts)
+	}
+	if len(rep.Hosts) != 2 || !slices.ContainsFunc(rep.Notes, func(n string) bool { return strings.HasPrefix(n, "n3: left out") }) {
+		t.Errorf("report hosts %d, notes %q: want n1 and n2, and a note on n3", len(rep.Hosts), rep.Notes)
+	}
+}

@@ -167,8 +167,16 @@ func (c *Control) Report(ctx context.Context, n store.Node, u store.Upgrade, req
 			rn.Error = "failed at step " + req.Step
 		}
 	}
-	if _, err := c.st.ReportRolloutNode(ctx, rn); err != nil {
+	changed, err := c.st.ReportRolloutNode(ctx, rn)
+	if err != nil {
 		return err
+	}
+	if changed && rn.State == store.NodeFailed {
+		// The node leaves the rollout: its desired state is now the last
+		// completed release (see Desired); tell every replica's cache.
+		if _, err := c.st.BumpVersion(ctx, n.App, n.Env); err != nil {
+			return err
+		}
 	}
 	c.NodeReported(u.RolloutID)
 	return nil

@@ -386,3 +386,33 @@ func TestReleaseRolloutOverAPI(t *testing.T) {
 	_, err = admin.DecideEnv(ctx, "hello", "demo", "abort")
 	wantStatus(t, "abort with no canary running", err, http.StatusNotFound, "no running canary")
 }
+
+// TestFailedTaskConvergesToCurrent: a node whose task failed (it reported
+// the failure, or the runner gave up on it for not reporting) is out of
+// the rollout: it gets the environment's last completed release, never the
+// failed task again (an agent coming back would else activate the new
+// release outside the rollout's load-balancer steps).
+func TestFailedTaskConvergesToCurrent(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	web1, web2 := e.join("web1"), e.join("web2")
+	v1 := e.completed(store.Release{App: "hello", Env: "demo", Spec: "tag:v1", Commit: sha})
+	r := e.startRollout(store.Release{App: "hello", Env: "demo", Spec: "tag:v2", Commit: strings.Repeat("2", 40)}, `{}`)
+	r.assign("web1", api.ActionActivate)
+	r.assign("web2", api.ActionActivate)
+	n := r.node("web1")
+	n.State, n.Error = store.NodeFailed, "node web1 stopped reporting for 2m0s"
+	if ok, err := e.st.ReportRolloutNode(ctx, n); err != nil || !ok {
+		t.Fatalf("record web1's task failed: %v %v", ok, err)
+	}
+	if _, err := e.st.BumpVersion(ctx, "hello", "demo"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "web1 to leave its failed task", func() bool { _, g := desiredNow(t, web1); return g.Rollout == 0 })
+	if _, got := desiredNow(t, web1); got.Release == nil || got.Release.ID != v1.ID || got.Action != api.ActionActivate {
+		t.Fatalf("web1 after its task failed: %+v, want v1 (release %d)", got, v1.ID)
+	}
+	if _, got := desiredNow(t, web2); got.Rollout != r.ro.ID || got.Action != api.ActionActivate {
+		t.Fatalf("web2, still in the rollout: %+v, want its activate task", got)
+	}
+}

@@ -135,6 +135,9 @@ func (s *Server) runRollouts(ctx context.Context) {
 	if opts.Logger == nil {
 		opts.Logger = s.log
 	}
+	if opts.StaleAfter == 0 {
+		opts.StaleAfter = s.StaleAfter // what drover status flags stale is left out
+	}
 	if err := s.control.RunRollouts(ctx, opts); err != nil && ctx.Err() == nil {
 		s.log.Error("rollout runner stopped; releases are recorded but not rolled out by this server", "err", err)
 	}
