@@ -279,7 +279,11 @@ func (a *Agent) apply(ctx context.Context, d *api.Desired) Result {
 		})
 		ran, err := a.upgrade(ctx, app, want)
 		stopping()
+		var later *notStarted
 		switch {
+		case errors.As(err, &later):
+			res.Failed++ // for --once: nothing was done this time
+			log.Warn("the server could not record the upgrade; nothing ran, trying again with the next desired state", "err", err)
 		case err != nil:
 			res.Failed++
 			log.Error("upgrade failed", "err", err)

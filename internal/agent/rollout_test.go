@@ -77,6 +77,9 @@ type taskFixture struct {
 
 	mu    sync.Mutex
 	calls []call
+	// refuseStarts answers that many StartUpgrade calls 503, as a server
+	// that is away for a moment.
+	refuseStarts int
 }
 
 func newTaskFixture(t *testing.T) *taskFixture {
@@ -91,6 +94,18 @@ func newTaskFixture(t *testing.T) *taskFixture {
 	target, _ := url.Parse(f.srv.URL)
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	rec := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/upgrades") {
+			f.mu.Lock()
+			refuse := f.refuseStarts > 0
+			if refuse {
+				f.refuseStarts--
+			}
+			f.mu.Unlock()
+			if refuse {
+				http.Error(w, "server restarting", http.StatusServiceUnavailable)
+				return
+			}
+		}
 		if strings.Contains(r.URL.Path, "/upgrades") {
 			b, _ := io.ReadAll(r.Body)
 			r.Body = io.NopCloser(bytes.NewReader(b))
@@ -571,4 +586,25 @@ func TestConfigWithoutHosts(t *testing.T) {
 	if got := f.lines("seeded"); len(got) != 1 {
 		t.Fatalf("the role db hook (RunOnceAll) on a node with role db: seeded %v, want once", got)
 	}
+}
+
+// TestTaskRetriedWhenServerAwayAtStart: a rollout task the agent could not
+// even start recording (the server was away) is not a failed task: the
+// next desired state runs it. Before, it was skipped for the agent's life
+// and the rollout failed the node after its timeout.
+func TestTaskRetriedWhenServerAwayAtStart(t *testing.T) {
+	f := newTaskFixture(t)
+	a := f.agent()
+	rel, _ := f.release()
+	f.mu.Lock()
+	f.refuseStarts = 1
+	f.mu.Unlock()
+	want := api.DesiredApp{Release: rel, Action: api.ActionPrepare, Token: 3, Rollout: 7, Task: 1}
+	if res := f.apply(a, want); res.Upgraded != 0 {
+		t.Fatalf("with the server away: %+v, want nothing done", res)
+	}
+	if res := f.apply(a, want); res.Failed != 0 || res.Upgraded != 1 {
+		t.Fatalf("the same task once the server is back: %+v, want it done", res)
+	}
+	f.expect("prepare", 7, 1, api.StatusSucceeded, "")
 }

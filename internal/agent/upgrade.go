@@ -35,7 +35,7 @@ func (a *Agent) upgrade(ctx context.Context, app *config.AgentApp, want api.Desi
 			return false, err
 		}
 		if commit, err = a.client.Resolve(ctx, rel.ID, mine); err != nil {
-			return false, fmt.Errorf("record resolved commit: %w", err)
+			return false, &notStarted{fmt.Errorf("record resolved commit: %w", err)}
 		}
 	}
 	id := release.NewID(rel.CreatedAt, commit)
@@ -44,7 +44,7 @@ func (a *Agent) upgrade(ctx context.Context, app *config.AgentApp, want api.Desi
 	}
 	up, err := a.client.StartUpgrade(ctx, api.StartUpgrade{ReleaseID: rel.ID, App: app.App, Env: app.Env, Rollout: want.Rollout, Task: want.Task})
 	if err != nil {
-		return false, fmt.Errorf("record upgrade: %w", err)
+		return false, &notStarted{fmt.Errorf("record upgrade: %w", err)}
 	}
 	rep := &reporter{agent: a, client: a.client, id: up.ID}
 	// The work goes on when ctx ends (see apply); retrying the final report
@@ -249,3 +249,11 @@ func (a *Agent) deliver(ctx context.Context, key string, rep *reporter) {
 
 // pendingReport is a final report the daemon is still sending.
 type pendingReport struct{ cancel context.CancelFunc }
+
+// notStarted is an upgrade that never began because the server could not
+// record it (away, restarting): nothing ran, so it is tried again with the
+// next desired state instead of being remembered as failed.
+type notStarted struct{ err error }
+
+func (e *notStarted) Error() string { return e.err.Error() }
+func (e *notStarted) Unwrap() error { return e.err }
