@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover/drover/internal/cli"
+	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/server"
 )
 
@@ -43,6 +44,7 @@ server after a restart) once its lease lapses.`,
 	cmd.Flags().Float64Var(&o.JoinRate, "join-rate", server.DefaultJoinRate, "agent joins a second taken from one address (bursts of 10x); -1: no limit")
 	cmd.Flags().DurationVar(&o.NodeTimeout, "node-timeout", 2*time.Minute, "a node that does not pick up or report on its rollout task for this long fails it (counted against max_fail)")
 	cmd.Flags().BoolVar(&o.AllowCommands, "allow-commands", false, "let rollouts run shell commands on this server (a command load balancer, a canary check command); refused otherwise")
+	cmd.Flags().DurationVar(&o.Lease, "deploy-lease", lock.DefaultLease, "how long an environment's deploy lease outlives its holder's last renewal: another replica (or this server restarted) takes a dead server's rollouts over after it (5s-1h)")
 	cmd.Flags().StringVar(&o.RunnerName, "runner-name", "", "name this server shows as the runner of its rollouts (default hostname:pid)")
 	cmd.Flags().Float64Var(&o.JoinRateTot, "join-rate-total", server.DefaultJoinRateTotal, "agent joins a second taken from all addresses (bursts of 10x); -1: no limit")
 

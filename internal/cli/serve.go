@@ -18,6 +18,7 @@ import (
 	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/control"
+	"github.com/drover/drover/internal/lock"
 	"github.com/drover/drover/internal/server"
 	"github.com/drover/drover/internal/store"
 )
@@ -39,9 +40,11 @@ type ServerOptions struct {
 	// this server runs (control.RunnerOptions).
 	NodeTimeout   time.Duration
 	AllowCommands bool
-	RunnerName    string
-	IO            IO
-	Logger        *slog.Logger
+	// Lease is the deploy lease's length (--deploy-lease; 0: the default).
+	Lease      time.Duration
+	RunnerName string
+	IO         IO
+	Logger     *slog.Logger
 	// Ready, when set, receives the URL once the server listens (tests).
 	Ready func(url string)
 }
@@ -101,6 +104,12 @@ func Serve(ctx context.Context, o *ServerOptions) error {
 	if o.JoinRateTot != 0 {
 		srv.JoinRateTotal, srv.JoinBurstTotal = max(0, o.JoinRateTot), max(1, int(10*o.JoinRateTot))
 	}
+	if o.Lease != 0 {
+		if err := lock.CheckLease(o.Lease); err != nil {
+			return &UsageError{fmt.Errorf("--deploy-lease %s: %w", o.Lease, err)}
+		}
+	}
+	srv.Lease = o.Lease
 	srv.Runner = control.RunnerOptions{Name: o.RunnerName, NodeTimeout: o.NodeTimeout, AllowCommands: o.AllowCommands, Logger: log}
 	if err := srv.Start(ctx); err != nil {
 		return err

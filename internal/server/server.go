@@ -43,6 +43,11 @@ type Server struct {
 	// started by Start); set it before Start. With AllowCommands, releases
 	// whose drover.yml has the server run commands are accepted too.
 	Runner control.RunnerOptions
+	// Lease is how long an environment's deploy lease outlives its last
+	// renewal (control.Options.Lease): how soon another replica takes over
+	// the rollouts of a server that died. 0: lock.DefaultLease. Set it
+	// before Start.
+	Lease time.Duration
 
 	// MaxWait caps a long-poll's wait.
 	MaxWait time.Duration
@@ -103,10 +108,11 @@ func New(st store.Store, log *slog.Logger) *Server {
 // Start follows the store's changes until ctx ends, waking long-polls on
 // this replica whenever any replica changes a desired state.
 func (s *Server) Start(ctx context.Context) error {
-	if s.Runner.AllowCommands {
-		// CreateRelease checks commands against the control plane's own
-		// setting: build it again with them allowed (nothing used it yet).
-		ctl, err := control.New(s.store, control.Options{AllowCommands: true})
+	if s.Runner.AllowCommands || s.Lease != 0 {
+		// The control plane's options are set between New and Start:
+		// build it again with them (nothing used it yet). CreateRelease
+		// checks commands against its own setting.
+		ctl, err := control.New(s.store, control.Options{AllowCommands: s.Runner.AllowCommands, Lease: s.Lease})
 		if err != nil {
 			return err
 		}
