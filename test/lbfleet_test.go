@@ -44,10 +44,10 @@ type lbOptions struct {
 // lbFleet is a push fleet serving release v1 behind a running HAProxy.
 type lbFleet struct {
 	*push
-	url    string   // HAProxy's frontend: GET it as a user would
-	hap    hapStats // HAProxy's own view of the backend
-	socket string   // HAProxy's admin socket, for drover.yml
-	v1     string   // the release every host serves when newLBFleet returns
+	url    string               // HAProxy's frontend: GET it as a user would
+	hap    *haproxytest.HAProxy // HAProxy's own view of the backend
+	socket string               // HAProxy's admin socket, for drover.yml
+	v1     string               // the release every host serves when newLBFleet returns
 }
 
 // newLBFleet starts the fleet, deploys v1 with the default strategy and no
@@ -82,12 +82,10 @@ func newLBFleet(t testing.TB, o lbOptions) *lbFleet {
 		servers = append(servers, haproxytest.Server{Name: p.names[i], Addr: net.JoinHostPort(h.Addr, strconv.Itoa(webPort))})
 	}
 	h := haproxytest.Start(t, haproxytest.Options{Backend: lbBackend, Servers: servers, Inter: hapInter})
-	f.url, f.socket, f.hap = h.URL+"/", h.Socket, hapStats{Socket: h.Socket, Backend: h.Backend}
+	f.url, f.socket, f.hap = h.URL+"/", h.Socket, h
 	t.Cleanup(func() {
 		if t.Failed() {
-			if st, err := f.hap.admin("show stat"); err == nil {
-				t.Logf("haproxy show stat at the end:\n%s", st)
-			}
+			t.Logf("haproxy show stat at the end:\n%s", h.Command(t, "show stat"))
 			t.Logf("haproxy log:\n%s", h.Log())
 		}
 	})
@@ -98,7 +96,7 @@ func newLBFleet(t testing.TB, o lbOptions) *lbFleet {
 // waitAllServing waits until HAProxy sends requests to every server.
 func (f *lbFleet) waitAllServing(t testing.TB) {
 	t.Helper()
-	f.hap.waitServers(t, 20*time.Second, "every server UP and enabled", serverStat.Serving)
+	f.hap.WaitServers(t, 20*time.Second, "every server UP and enabled", haproxytest.Stat.Serving)
 }
 
 // envKeys matches the strategy and load_balancer lines of drover.yml's
@@ -231,24 +229,24 @@ type underLoad struct {
 func (f *lbFleet) deployUnderLoad(t testing.TB, what string, args ...string) underLoad {
 	t.Helper()
 	serving := map[string]bool{}
-	for name, s := range f.hap.servers(t) {
+	for name, s := range f.hap.Stats(t) {
 		serving[name] = s.Serving()
 	}
 	run := f.startLoad(t)
-	before := f.hap.retries(t)
+	before := f.hap.Retries(t)
 	var u underLoad
 	u.run = f.drover(append([]string{"deploy", env, "-o", "json"}, args...)...)
 	// A deploy refused before it starts may print no report.
 	if err := json.Unmarshal([]byte(u.run.stdout), &u.rep); err != nil && u.run.code == 0 {
 		t.Fatalf("deploy -o json: %v\n%s", err, u.run)
 	}
-	f.hap.waitServers(t, 30*time.Second, "the hosts that served before the deploy to serve again", func(s serverStat) bool {
+	f.hap.WaitServers(t, 30*time.Second, "the hosts that served before the deploy to serve again", func(s haproxytest.Stat) bool {
 		return !serving[s.Name] || s.Serving()
 	})
 	n := run.Snapshot().Total
 	waitFor(t, 20*time.Second, "50 more requests after the deploy", func() bool { return run.Snapshot().Total >= n+50 })
 	u.load = stopLoad(t, run, what)
-	u.retries = f.hap.retries(t) - before
+	u.retries = f.hap.Retries(t) - before
 	t.Logf("%s: %d of %d requests failed (%.2f%%), haproxy retried %d connections", what, u.load.Failed(), u.load.Total, 100*float64(u.load.Failed())/float64(max(u.load.Total, 1)), u.retries)
 	return u
 }

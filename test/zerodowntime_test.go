@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover/drover/internal/testenv/haproxytest"
 )
 
 // Zero-downtime tests: four hosts behind a real HAProxy, load through it
@@ -133,7 +135,7 @@ func TestRollingRefusesBelowMinHealthy(t *testing.T) {
 	requireBalancerSupport(t)
 	f := newLBFleet(t, lbOptions{Boot: appBoot})
 	stopApp(f.push, 3)
-	f.hap.waitServers(t, 10*time.Second, "h4 DOWN in haproxy and the others UP", func(s serverStat) bool {
+	f.hap.WaitServers(t, 10*time.Second, "h4 DOWN in haproxy and the others UP", func(s haproxytest.Stat) bool {
 		if s.Name == "h4" {
 			return strings.HasPrefix(s.Status, "DOWN")
 		}
@@ -154,7 +156,7 @@ func TestRollingRefusesBelowMinHealthy(t *testing.T) {
 		}
 	}
 	wantNoLoss(t, "the refused deploy", u)
-	for name, s := range f.hap.servers(t) {
+	for name, s := range f.hap.Stats(t) {
 		if name != "h4" && !s.Serving() {
 			t.Errorf("haproxy: %s is %s (weight %d) after the refused deploy, want it serving", name, s.Status, s.Weight)
 		}
