@@ -140,7 +140,11 @@ func TestSocketRestartFailureKeepsOldServing(t *testing.T) {
 			f.m.Env = append(f.m.Env, "APP_EXIT_IF=BROKEN", "APP_UNHEALTHY_FILE=UNHEALTHY")
 			port := freePort(t)
 			s := socketSpec(port)
-			s.Health.Timeout = time.Second
+			// Both processes accept from the one held socket, so a probe
+			// reaches the new one only by the kernel's choice: on a busy
+			// machine 1s of probes all went to the old one (flaky). 5s
+			// gives the never-healthy process its answer every time.
+			s.Health.Timeout = 5 * time.Second
 			if err := f.m.Restart(ctx, s, f.release); err != nil {
 				t.Fatal(err)
 			}
