@@ -576,7 +576,7 @@ func checkCurrent(n *node) string {
 	if _, err := os.Stat(filepath.Join(dir, "bin", "hello")); err != nil {
 		return fmt.Sprintf("%s: current -> %s, which is not complete: %v", n.name, id, err)
 	}
-	at, found, err := preparedAt(n, id)
+	r, found, err := engineRecord(n, id)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return fmt.Sprintf("%s: current -> %s but no state: %v", n.name, id, err)
@@ -584,7 +584,7 @@ func checkCurrent(n *node) string {
 		return fmt.Sprintf("%s: state: %v", n.name, err)
 	case !found:
 		return fmt.Sprintf("%s: current -> %s, not in the release history", n.name, id)
-	case at.IsZero():
+	case r.PreparedAt.IsZero():
 		return fmt.Sprintf("%s: current -> %s, recorded as never prepared", n.name, id)
 	}
 	return ""

@@ -233,6 +233,20 @@ func TestPullAgentKilledMidPrepare(t *testing.T) {
 	if bad := stop(); len(bad) > 0 {
 		t.Errorf("current pointed at an incomplete release:\n%s", strings.Join(bad, "\n"))
 	}
+	// The barrier: no node activated before the victim had prepared.
+	vr, _, err := engineRecord(victim, id2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range f.nodes {
+		r, _, err := engineRecord(n, id2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.ActivatedAt.After(vr.PreparedAt) {
+			t.Errorf("%s activated %s at %s, before %s had prepared it (%s)", n.name, id2, r.ActivatedAt.Format(time.RFC3339Nano), victim.name, vr.PreparedAt.Format(time.RFC3339Nano))
+		}
+	}
 	for _, n := range f.nodes {
 		entries, err := os.ReadDir(filepath.Join(n.deployTo, "releases"))
 		if err != nil {
@@ -458,30 +472,34 @@ func (f *fleet) waitRolloutEnd(rel api.Release) api.Rollout {
 
 // prepared reports whether n's engine recorded release id as prepared.
 func prepared(n *node, id string) bool {
-	at, _, err := preparedAt(n, id)
-	return err == nil && !at.IsZero()
+	r, _, err := engineRecord(n, id)
+	return err == nil && !r.PreparedAt.IsZero()
 }
 
-// preparedAt is when n's engine recorded release id prepared (zero for
-// never), and whether its release history has id at all.
-func preparedAt(n *node, id string) (time.Time, bool, error) {
+// releaseRecord is what a node's engine records of a release.
+type releaseRecord struct {
+	ID          string    `json:"id"`
+	PreparedAt  time.Time `json:"prepared_at"`
+	ActivatedAt time.Time `json:"activated_at"`
+}
+
+// engineRecord is n's engine record of release id, and whether its
+// release history has id at all.
+func engineRecord(n *node, id string) (releaseRecord, bool, error) {
 	var st struct {
-		Releases []struct {
-			ID         string    `json:"id"`
-			PreparedAt time.Time `json:"prepared_at"`
-		} `json:"releases"`
+		Releases []releaseRecord `json:"releases"`
 	}
 	b, err := os.ReadFile(filepath.Join(n.deployTo, ".drover", "releases.json"))
 	if err != nil {
-		return time.Time{}, false, err
+		return releaseRecord{}, false, err
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return time.Time{}, false, fmt.Errorf("%s: %w", n.name, err)
+		return releaseRecord{}, false, fmt.Errorf("%s: %w", n.name, err)
 	}
 	for _, r := range st.Releases {
 		if r.ID == id {
-			return r.PreparedAt, true, nil
+			return r, true, nil
 		}
 	}
-	return time.Time{}, false, nil
+	return releaseRecord{}, false, nil
 }
