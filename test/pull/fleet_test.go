@@ -576,26 +576,16 @@ func checkCurrent(n *node) string {
 	if _, err := os.Stat(filepath.Join(dir, "bin", "hello")); err != nil {
 		return fmt.Sprintf("%s: current -> %s, which is not complete: %v", n.name, id, err)
 	}
-	var st struct {
-		Releases []struct {
-			ID         string    `json:"id"`
-			PreparedAt time.Time `json:"prepared_at"`
-		} `json:"releases"`
-	}
-	b, err := os.ReadFile(filepath.Join(n.deployTo, ".drover", "releases.json"))
-	if err != nil {
+	r, found, err := engineRecord(n, id)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		return fmt.Sprintf("%s: current -> %s but no state: %v", n.name, id, err)
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
+	case err != nil:
 		return fmt.Sprintf("%s: state: %v", n.name, err)
+	case !found:
+		return fmt.Sprintf("%s: current -> %s, not in the release history", n.name, id)
+	case r.PreparedAt.IsZero():
+		return fmt.Sprintf("%s: current -> %s, recorded as never prepared", n.name, id)
 	}
-	for _, r := range st.Releases {
-		if r.ID == id {
-			if r.PreparedAt.IsZero() {
-				return fmt.Sprintf("%s: current -> %s, recorded as never prepared", n.name, id)
-			}
-			return ""
-		}
-	}
-	return fmt.Sprintf("%s: current -> %s, not in the release history", n.name, id)
+	return ""
 }

@@ -4,9 +4,12 @@ package pull
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover/drover/internal/api"
 )
 
 // loudHooks are prepare hooks that print more than the server takes in one
@@ -35,7 +38,13 @@ func TestPullLoudHookKeepsPolling(t *testing.T) {
 	rel1 := f.createRelease("loud")
 	f.waitNode(n, rel1)
 
-	u := f.upgrades()[n.name]
+	// The loud steps are on the upgrade of the rollout's prepare task.
+	var u api.Upgrade
+	for _, up := range f.allUpgrades() {
+		if up.Node == n.name && up.ReleaseID == rel1.ID && slices.ContainsFunc(up.Steps, func(s api.Step) bool { return s.Name == "hook:oneline" }) {
+			u = up
+		}
+	}
 	loudSteps := 0
 	for _, s := range u.Steps {
 		switch {
@@ -56,7 +65,9 @@ func TestPullLoudHookKeepsPolling(t *testing.T) {
 		t.Errorf("the server has %d of the 20 loud steps", loudSteps)
 	}
 
-	// --once on the loud release exits and reports it.
+	// --once on the loud release (a node outside the rollout converging
+	// to the environment's last completed release) exits and reports it.
+	f.waitRolloutEnd(rel1)
 	m := f.nodes[1]
 	start := time.Now()
 	r := f.drover("agent", "--config", m.config, "--once")
@@ -65,20 +76,28 @@ func TestPullLoudHookKeepsPolling(t *testing.T) {
 	}
 	f.waitNode(m, rel1)
 
-	// The daemon still follows the server.
+	// The daemon still follows the server (m, now registered, takes part
+	// in the next rollout with its own daemon).
+	f.startAgent(m)
 	f.commit("quiet", map[string]string{"drover.yml": quiet})
 	rel2 := f.createRelease("quiet again")
 	f.waitNode(n, rel2)
+	f.waitNode(m, rel2)
 }
 
 // TestPullOnceExitsWhenServerGone: the server dies while `agent --once`
-// is in a prepare hook. The node finishes the upgrade, and --once gives up
-// reporting it within its bound and exits instead of retrying forever.
+// is in the prepare hook of its rollout task. The node finishes the task,
+// and --once gives up reporting it within its bound and exits instead of
+// retrying forever.
 func TestPullOnceExitsWhenServerGone(t *testing.T) {
 	f := newFleet(t)
+	n := f.nodes[0]
+	if r := f.drover("agent", "--config", n.config, "--once"); r.code != 0 { // the node joins
+		t.Fatalf("agent --once: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 	c1 := f.commit("gated", map[string]string{"GATED": ""})
 	rel := f.createRelease("gated")
-	n := f.nodes[0]
+	f.waitTask(rel, n, "prepare")
 	once := f.start(n.name+"-once.log", "agent", "--config", n.config, "--once")
 	f.atGate(n, c1)
 	f.server.kill(t)
@@ -90,8 +109,8 @@ func TestPullOnceExitsWhenServerGone(t *testing.T) {
 		t.Fatalf("agent --once still running %s after the upgrade could not be reported:\n%s", time.Since(start).Round(time.Second), tail(readFile(once.log), 2000))
 	}
 	t.Logf("agent --once exited %s after the gate opened: %v", time.Since(start).Round(time.Millisecond), once.err)
-	if got := active(n); got != releaseID(rel) {
-		t.Errorf("current = %s, want %s", got, releaseID(rel))
+	if !prepared(n, releaseID(rel)) {
+		t.Errorf("%s is not prepared after the task", releaseID(rel))
 	}
 	if log := readFile(once.log); !strings.Contains(log, "gave up reporting the upgrade") || !strings.Contains(log, "upgraded 1, failed 0") {
 		t.Errorf("agent --once did not say it gave up reporting, or did not count the upgrade:\n%s", tail(log, 2000))

@@ -16,9 +16,10 @@ import (
 
 // TestPullAgentRefusesWrongCommit: another node's token sets the commit of
 // an unresolved release to a commit the spec does not name (a commit on a
-// side branch, for tag:v1, branch:main and commit:<v1>). The agent checks
-// the spec against its own mirror of the repository, refuses with an error
-// naming both commits, deploys nothing, and reports the upgrade failed.
+// side branch, for tag:v1, branch:main and commit:<v1>). The agent, on its
+// rollout's prepare task, checks the spec against its own mirror of the
+// repository, refuses with an error naming both commits, deploys nothing,
+// and reports the upgrade failed; the rollout fails.
 func TestPullAgentRefusesWrongCommit(t *testing.T) {
 	f := newFleet(t)
 	v1 := f.repo.Head()
@@ -28,10 +29,12 @@ func TestPullAgentRefusesWrongCommit(t *testing.T) {
 	f.repo.Git("checkout", "--quiet", "main")
 	f.commit("v2", nil)
 
-	// The other node joins and takes its token.
+	// Both nodes join; the other one's token is taken.
 	other, n := f.nodes[1], f.nodes[0]
-	if r := f.drover("agent", "--config", other.config, "--once"); r.code != 0 {
-		t.Fatalf("other agent --once: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	for _, m := range []*node{n, other} {
+		if r := f.drover("agent", "--config", m.config, "--once"); r.code != 0 {
+			t.Fatalf("%s agent --once: exit %d\n%s%s", m.name, r.code, r.stdout, r.stderr)
+		}
 	}
 	tok, err := os.ReadFile(filepath.Join(other.dir, "state", "node.token"))
 	if err != nil {
@@ -59,6 +62,7 @@ func TestPullAgentRefusesWrongCommit(t *testing.T) {
 			t.Fatalf("resolve %s to the side commit with another node's token: %q, %v", tc.spec, got, err)
 		}
 
+		f.waitTask(rel, n, "prepare")
 		r := f.drover("agent", "--config", n.config, "--once")
 		if r.code != 1 || !strings.Contains(r.stdout, "upgraded 0, failed 1") || !strings.Contains(r.stderr, evil) || !strings.Contains(r.stderr, tc.says) {
 			t.Fatalf("%s resolved to %s: agent --once exit %d, want 1 with an error naming %s and saying %q\n%s%s", tc.spec, evil[:7], r.code, evil[:7], tc.says, r.stdout, r.stderr)
@@ -71,5 +75,11 @@ func TestPullAgentRefusesWrongCommit(t *testing.T) {
 			t.Errorf("%s: status %+v, want failed saying %q", tc.spec, st, tc.says)
 		}
 		t.Logf("%s: %s", tc.spec, st.Error)
+		// The other node ends its own task (refused too, or called off
+		// with the failed rollout) so that the next release's rollout runs.
+		f.drover("agent", "--config", other.config, "--once")
+		if ro := f.waitRolloutEnd(rel); ro.State != "failed" {
+			t.Errorf("%s: rollout %s, want failed", tc.spec, ro.State)
+		}
 	}
 }
