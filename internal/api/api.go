@@ -114,6 +114,33 @@ type PushProgress struct {
 	Error string        `json:"error,omitempty"`
 }
 
+// Queue answers GET /api/v1/queue?app=&env=: an environment's deploy
+// lock holder and the deploys waiting, next first.
+type Queue struct {
+	App    string       `json:"app"`
+	Env    string       `json:"env"`
+	Holder *QueueTicket `json:"holder,omitempty"` // nil when free
+	// Expired says the holder's lease lapsed: the next deploy (or, for a
+	// server rollout, another server) takes it over.
+	Expired   bool          `json:"expired,omitempty"`
+	LastToken int64         `json:"last_token"`
+	Queue     []QueueTicket `json:"queue"`
+}
+
+// QueueTicket is a deploy holding or waiting for an environment's lease:
+// the holder's lease (TicketID, Since, ExpiresAt) or a queued ticket (ID,
+// Position, CreatedAt).
+type QueueTicket struct {
+	ID        int64     `json:"id,omitempty"`
+	TicketID  int64     `json:"ticket_id,omitempty"`
+	Holder    string    `json:"holder"`
+	Token     int64     `json:"token,omitempty"`
+	Position  int       `json:"position,omitempty"`
+	Since     time.Time `json:"since,omitzero"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+}
+
 // ResolveRelease is the body of POST /api/v1/releases/{id}/resolve: an
 // agent that resolved the spec reports the commit; the first one wins and
 // the answer is the commit every node must use.

@@ -12,14 +12,13 @@ import (
 	"time"
 
 	"github.com/drover/drover/internal/api"
+	"github.com/drover/drover/internal/control"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/source"
 	"github.com/drover/drover/internal/store"
 )
 
-func toAPI(r store.Release) api.Release {
-	return api.Release{ID: r.ID, App: r.App, Env: r.Env, Spec: r.Spec, Commit: r.Commit, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, Note: r.Note}
-}
+func toAPI(r store.Release) api.Release { return control.ReleaseToAPI(r) }
 
 func (s *Server) audit(ctx context.Context, p principal, action string, detail any) {
 	b, _ := json.Marshal(detail)
@@ -60,14 +59,47 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad request", "note longer than 4096 bytes")
 		return
 	}
+	if len(req.Config) > maxConfig {
+		writeError(w, http.StatusBadRequest, "bad request", fmt.Sprintf("config (drover.yml) longer than %d bytes", maxConfig))
+		return
+	}
 	p := from(r)
-	rel, err := s.store.CreateRelease(r.Context(), store.Release{App: req.App, Env: req.Env, Spec: spec.String(), Commit: strings.ToLower(req.Commit), CreatedBy: fmt.Sprintf("%s token %d", p.kind, p.token), Note: req.Note})
+	rel, ro, err := s.control.CreateRelease(r.Context(), control.NewRelease{App: req.App, Env: req.Env, Spec: spec.String(), Commit: strings.ToLower(req.Commit), Note: req.Note,
+		By: p.String(), Config: []byte(req.Config), Strategy: req.Strategy, NoWait: req.NoWait, Supersede: req.Supersede, Hotfix: req.Hotfix, Skip: req.Skip})
+	if errors.Is(err, control.ErrBusy) {
+		writeError(w, http.StatusConflict, "conflict", s.busy(r.Context(), req.App, req.Env, err))
+		return
+	}
 	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	s.audit(r.Context(), p, "release.create", rel)
-	writeJSON(w, http.StatusCreated, toAPI(rel))
+	s.audit(r.Context(), p, "release.create", map[string]any{"release": rel, "rollout": ro})
+	writeJSON(w, http.StatusCreated, api.ReleaseCreated{Release: toAPI(rel), Rollout: ro})
+}
+
+// maxConfig is the largest drover.yml a release may carry.
+const maxConfig = 256 << 10
+
+// busy says who holds app/env's deploy lease and who waits, for a
+// --no-wait release refused with err.
+func (s *Server) busy(ctx context.Context, app, env string, err error) string {
+	msg := fmt.Sprintf("%s/%s: %v", app, env, err)
+	st, serr := s.control.Status(ctx, app, env)
+	if serr != nil {
+		return msg + "; drop --no-wait to queue behind it"
+	}
+	if st.Holder != nil {
+		msg += fmt.Sprintf("; held by %s (token %d) since %s", st.Holder.Holder, st.Holder.Token, st.Holder.Since.UTC().Format(time.RFC3339))
+	}
+	if len(st.Queue) > 0 {
+		var q []string
+		for _, t := range st.Queue {
+			q = append(q, fmt.Sprintf("%d. %s", t.Position, t.Holder))
+		}
+		msg += "; queued: " + strings.Join(q, ", ")
+	}
+	return msg + "; drop --no-wait to queue behind it"
 }
 
 func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) {
@@ -532,21 +564,7 @@ func (s *Server) touch(_ context.Context, nodes []store.Node) {
 }
 
 func (s *Server) desiredOf(ctx context.Context, nodes []store.Node) (*api.Desired, error) {
-	d := &api.Desired{}
-	for _, n := range nodes {
-		e, err := s.cache.get(ctx, n.App, n.Env)
-		if err != nil {
-			return nil, err
-		}
-		d.Version += e.version
-		da := api.DesiredApp{App: n.App, Env: n.Env, Action: api.ActionActivate}
-		if e.release != nil {
-			rel := toAPI(*e.release)
-			da.Release = &rel
-		}
-		d.Apps = append(d.Apps, da)
-	}
-	return d, nil
+	return s.control.Desired(ctx, nodes)
 }
 
 func (s *Server) startUpgrade(w http.ResponseWriter, r *http.Request) {
@@ -558,26 +576,7 @@ func (s *Server) startUpgrade(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rel, err := s.store.GetRelease(r.Context(), req.ReleaseID)
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	if rel.App != req.App || rel.Env != req.Env {
-		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("release %d belongs to %s/%s", rel.ID, rel.App, rel.Env))
-		return
-	}
-	// An unfinished upgrade of this node was interrupted (the agent
-	// restarted): close it so status shows the one that runs now.
-	if prev, err := s.store.ListUpgrades(r.Context(), store.UpgradeFilter{NodeID: n.ID, Limit: 5}); err == nil {
-		for _, p := range prev {
-			if !p.Status.Done() {
-				p.Status, p.Error, p.EndedAt = store.UpgradeFailed, "interrupted: the agent started another upgrade (it restarted)", s.now()
-				_ = s.store.UpdateUpgrade(r.Context(), p)
-			}
-		}
-	}
-	u, err := s.store.CreateUpgrade(r.Context(), store.Upgrade{NodeID: n.ID, ReleaseID: rel.ID, Status: store.UpgradePending, StartedAt: s.now()})
+	u, rel, err := s.control.StartUpgrade(r.Context(), n, req)
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -592,11 +591,6 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 	}
 	var req api.Report
 	if !decode(w, r, &req) {
-		return
-	}
-	status := store.UpgradeStatus(req.Status)
-	if !status.Valid() {
-		writeError(w, http.StatusBadRequest, "bad request", "unknown status "+strconv.Quote(req.Status))
 		return
 	}
 	ctx := r.Context()
@@ -617,50 +611,10 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "forbidden", msg)
 		return
 	}
-	if u.Status.Done() {
-		writeError(w, http.StatusConflict, "conflict", "the upgrade is finished")
-		return
-	}
-	old := map[string]store.Step{}
-	for _, st := range u.Steps {
-		old[st.Name] = st
-	}
-	for _, st := range req.Steps {
-		if st.Name == "" || len(st.Name) > 200 {
-			writeError(w, http.StatusBadRequest, "bad request", "a step needs a name of at most 200 bytes")
-			return
-		}
-		ended := time.Time{}
-		if st.Status != "running" {
-			ended = st.Started.Add(st.Elapsed)
-		}
-		if err := s.store.SaveStep(ctx, store.Step{UpgradeID: id, Name: st.Name, Status: st.Status, StartedAt: st.Started, EndedAt: ended}); err != nil {
-			s.storeError(w, err)
-			return
-		}
-		// The agent sends each step's whole log; store what is new.
-		if prev := old[st.Name].Log; len(st.Log) > len(prev) && strings.HasPrefix(st.Log, prev) {
-			if err := s.store.AppendStepLog(ctx, id, st.Name, st.Log[len(prev):]); err != nil {
-				s.storeError(w, err)
-				return
-			}
-		}
-	}
-	u.Status, u.CurrentStep, u.Error = status, req.Step, req.Error
-	if status.Done() {
-		u.EndedAt = s.now()
-	}
-	if err := s.store.UpdateUpgrade(ctx, u); err != nil {
+	if err := s.control.Report(ctx, n, u, req); err != nil {
 		s.storeError(w, err)
 		return
 	}
-	if status == store.UpgradeSucceeded {
-		if err := s.store.SetNodeRelease(ctx, n.ID, u.ReleaseID); err != nil {
-			s.storeError(w, err)
-			return
-		}
-	}
-	_ = s.store.TouchNode(ctx, n.ID, time.Time{})
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }
 
