@@ -60,6 +60,9 @@ type releaseRun struct {
 	// barrier is the last prepare report, activated the last activation
 	// report (zero outside a server rollout).
 	barrier, activated time.Time
+	// activateFirst and activateLast: the first and the last agent
+	// receiving its activate task.
+	activateFirst, activateLast time.Time
 	created            time.Time
 }
 
@@ -107,6 +110,12 @@ func (s *fleetSetup) release(ctx context.Context, tb testing.TB, i int, strategy
 			case api.ActionActivate:
 				r.activated = maxTime(r.activated, e.at)
 			}
+		}
+		for _, e := range f.of(rel.ID, 'D', activated) {
+			if r.activateFirst.IsZero() || e.at.Before(r.activateFirst) {
+				r.activateFirst = e.at
+			}
+			r.activateLast = maxTime(r.activateLast, e.at)
 		}
 	}
 	r.cpu, r.startCPU, r.cycleCPU = c1-c0, c2-c0, procCPU(tb, pid)-c0
@@ -239,7 +248,11 @@ func benchFleetPropagation(b *testing.B, backend string, n int) {
 // rollouts: barrier-to-last-ms from the barrier (the last prepare report
 // answered) to the last activation report answered; create-to-last-ms from
 // release create to that last activation report; prepare-last-ms from
-// create to the barrier. It skips when the server does not run rollouts
+// create to the barrier; barrier-to-first-activate-ms from the barrier
+// to the first agent receiving its activate task, activate-spread-ms from
+// then to the last agent receiving it; server-cpu-ms the server's CPU for
+// the whole rollout, from create to every agent long-polling again after
+// its rollout ended. It skips when the server does not run rollouts
 // (desired states carry no rollout).
 func BenchmarkFleetRollout(b *testing.B) {
 	base, _ := fleetAgents()
@@ -256,7 +269,7 @@ func benchFleetRollout(b *testing.B, backend string, n int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := newFleetSetup(ctx, b, backend, n)
-	var windows, totals, prepares []float64
+	var windows, totals, prepares, toFirst, spreads, cpus []float64
 	for i := range b.N * fleetReleases() {
 		r := s.release(ctx, b, i, "all-at-once")
 		if r.rollout == 0 {
@@ -268,10 +281,16 @@ func benchFleetRollout(b *testing.B, backend string, n int) {
 		windows = append(windows, ms(r.activated.Sub(r.barrier)))
 		totals = append(totals, ms(r.activated.Sub(r.created)))
 		prepares = append(prepares, ms(r.barrier.Sub(r.created)))
+		toFirst = append(toFirst, ms(r.activateFirst.Sub(r.barrier)))
+		spreads = append(spreads, ms(r.activateLast.Sub(r.activateFirst)))
+		cpus = append(cpus, r.cycleCPU*1000)
 	}
 	b.ReportMetric(median(windows), "barrier-to-last-ms")
 	b.ReportMetric(median(totals), "create-to-last-ms")
 	b.ReportMetric(median(prepares), "prepare-last-ms")
+	b.ReportMetric(median(toFirst), "barrier-to-first-activate-ms")
+	b.ReportMetric(median(spreads), "activate-spread-ms")
+	b.ReportMetric(median(cpus), "server-cpu-ms")
 }
 
 // TestFleetSmoke runs the fleet benchmarks' machinery once at a small
