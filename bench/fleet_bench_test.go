@@ -63,7 +63,7 @@ type releaseRun struct {
 	// activateFirst and activateLast: the first and the last agent
 	// receiving its activate task.
 	activateFirst, activateLast time.Time
-	created            time.Time
+	created                     time.Time
 }
 
 // release creates a release (with strategy, when set) and waits until
