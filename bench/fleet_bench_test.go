@@ -56,6 +56,7 @@ type releaseRun struct {
 	last     time.Duration   // the slowest of lat
 	cpu      float64         // server CPU seconds from create to the last agent's desired state
 	startCPU float64         // ... to the last agent's StartUpgrade answered
+	polls    float64         // long-polls per agent from create to the end
 	cycleCPU float64         // ... to every agent done and long-polling again
 	// barrier is the last prepare report, activated the last activation
 	// report (zero outside a server rollout).
@@ -73,6 +74,9 @@ func (s *fleetSetup) release(ctx context.Context, tb testing.TB, i int, strategy
 	tb.Helper()
 	f, pid := s.fleet, s.srv.cmd.Process.Pid
 	f.wait(tb, "every agent long-polls before the release", 2*time.Minute, func() bool { return f.npoll == f.n })
+	f.mu.Lock()
+	p0 := f.polls
+	f.mu.Unlock()
 	c0 := procCPU(tb, pid)
 	t0 := time.Now()
 	rel, err := s.admin.CreateRelease(ctx, api.CreateRelease{App: benchApp, Env: benchEnv, Spec: "branch:main", Commit: releaseCommit(i), Strategy: strategy})
@@ -119,6 +123,11 @@ func (s *fleetSetup) release(ctx context.Context, tb testing.TB, i int, strategy
 		}
 	}
 	r.cpu, r.startCPU, r.cycleCPU = c1-c0, c2-c0, procCPU(tb, pid)-c0
+	f.mu.Lock()
+	r.polls = float64(f.polls-p0) / float64(f.n)
+	f.mu.Unlock()
+	tb.Logf("release %d (rollout %d): p50 %v, last %v, server CPU %.2f s to the last desired state, %.2f s in all, %.1f long-polls per agent, barrier→last activation %v",
+		r.rel, r.rollout, percentile(r.lat, 0.5).Round(time.Millisecond), r.last.Round(time.Millisecond), r.cpu, r.cycleCPU, r.polls, r.activated.Sub(r.barrier).Round(time.Millisecond))
 	return r
 }
 

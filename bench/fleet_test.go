@@ -269,6 +269,7 @@ type fleet struct {
 	joined  int
 	polling []bool // the agent's last event is P: it waits in a long-poll
 	npoll   int    // agents polling
+	polls   int64  // long-polls sent in all
 	events  map[int64][]fleetEvent
 	failed  []string
 	exited  int // helper processes whose event pipe closed
@@ -375,6 +376,7 @@ func (f *fleet) event(line string) {
 	case "J":
 		f.joined++
 	case "P":
+		f.polls++
 		if !f.polling[idx] {
 			f.polling[idx] = true
 			f.npoll++
