@@ -28,7 +28,8 @@ type fleetSetup struct {
 }
 
 // newFleetSetup starts the server on backend (dbtest.SQLite or
-// dbtest.Postgres) and n agents in helper processes (two when n > 5,000).
+// dbtest.Postgres) and n agents in helper processes, at most
+// DROVER_BENCH_FLEET_PER_PROC (5,000) in each.
 func newFleetSetup(ctx context.Context, tb testing.TB, backend string, n int) *fleetSetup {
 	tb.Helper()
 	raiseFileLimit(tb, uint64(min(n, helperMaxAgents)+256))
@@ -37,10 +38,8 @@ func newFleetSetup(ctx context.Context, tb testing.TB, backend string, n int) *f
 		dbURL = dbtest.New(tb, backend)
 	}
 	srv := startServer(ctx, tb, dbURL, n)
-	procs := 1
-	if n > 5000 {
-		procs = 2
-	}
+	per := envInt("DROVER_BENCH_FLEET_PER_PROC", 5000) // agents per helper process
+	procs := (n + per - 1) / per
 	t0 := time.Now()
 	f := startFleet(tb, srv.url, srv.joins, procs)
 	s := &fleetSetup{srv: srv, admin: newClient(tb, srv.url, srv.admin), fleet: f, join: time.Since(t0)}
