@@ -82,7 +82,7 @@ func (s *fleetSetup) release(ctx context.Context, tb testing.TB, i int, strategy
 	if err != nil {
 		tb.Fatal(err)
 	}
-	f.wait(tb, fmt.Sprintf("every agent received release %d", rel.ID), 5*time.Minute, func() bool { return f.count(rel.ID, 'D', nil) == f.n })
+	f.wait(tb, fmt.Sprintf("every agent received release %d", rel.ID), 5*time.Minute, func() bool { return f.count(rel.ID, 'D', "") == f.n })
 	c1 := procCPU(tb, pid)
 	r := releaseRun{rel: rel.ID, created: t0, cpu: c1 - c0}
 	first := map[int]time.Time{}
@@ -103,11 +103,11 @@ func (s *fleetSetup) release(ctx context.Context, tb testing.TB, i int, strategy
 			r.rel, r.rollout, percentile(r.lat, 0.5).Round(time.Millisecond), r.last.Round(time.Millisecond), r.cpu)
 		return r
 	}
-	f.wait(tb, fmt.Sprintf("every agent started an upgrade to release %d", rel.ID), 5*time.Minute, func() bool { return f.count(rel.ID, 'S', nil) == f.n })
+	f.wait(tb, fmt.Sprintf("every agent started an upgrade to release %d", rel.ID), 5*time.Minute, func() bool { return f.count(rel.ID, 'S', "") == f.n })
 	c2 := procCPU(tb, pid)
 	activated := func(e fleetEvent) bool { return e.action == api.ActionActivate }
 	f.wait(tb, fmt.Sprintf("every agent activated release %d and long-polls again", rel.ID), 10*time.Minute, func() bool {
-		return f.count(rel.ID, 'R', activated) == f.n && f.npoll == f.n
+		return f.count(rel.ID, 'R', api.ActionActivate) == f.n && f.npoll == f.n
 	})
 	if r.rollout != 0 {
 		waitRolloutEnd(ctx, tb, s.admin, r.rollout)

@@ -271,6 +271,7 @@ type fleet struct {
 	npoll   int    // agents polling
 	polls   int64  // long-polls sent in all
 	events  map[int64][]fleetEvent
+	agents  map[countKey]map[int]bool // which agents sent such events, for count
 	failed  []string
 	exited  int // helper processes whose event pipe closed
 }
@@ -283,7 +284,7 @@ func startFleet(tb testing.TB, base string, joins []string, procs int) *fleet {
 	tb.Helper()
 	n := len(joins)
 	procs = max(procs, (n+helperMaxAgents-1)/helperMaxAgents, 1)
-	f := &fleet{n: n, polling: make([]bool, n), events: map[int64][]fleetEvent{}}
+	f := &fleet{n: n, polling: make([]bool, n), events: map[int64][]fleetEvent{}, agents: map[countKey]map[int]bool{}}
 	dir := tb.TempDir()
 	for p := range procs {
 		lo, hi := p*n/procs, (p+1)*n/procs
@@ -392,6 +393,12 @@ func (f *fleet) event(line string) {
 		rollout, _ := strconv.ParseInt(fs[4], 10, 64)
 		task, _ := strconv.ParseInt(fs[5], 10, 64)
 		f.events[rel] = append(f.events[rel], fleetEvent{kind: fs[0][0], idx: idx, at: time.Unix(0, nanos), rel: rel, rollout: rollout, task: task, action: fs[6]})
+		for _, k := range []countKey{{rel, fs[0][0], fs[6]}, {rel, fs[0][0], "*"}} {
+			if f.agents[k] == nil {
+				f.agents[k] = map[int]bool{}
+			}
+			f.agents[k][idx] = true
+		}
 	}
 }
 
@@ -438,13 +445,18 @@ func (f *fleet) of(rel int64, kind byte, match func(fleetEvent) bool) []fleetEve
 }
 
 // count returns how many distinct agents have an event of kind for rel
-// matching match; call it with f.mu held.
-func (f *fleet) count(rel int64, kind byte, match func(fleetEvent) bool) int {
-	seen := map[int]bool{}
-	for _, e := range f.events[rel] {
-		if e.kind == kind && (match == nil || match(e)) {
-			seen[e.idx] = true
-		}
+// with action ("" for any); call it with f.mu held.
+func (f *fleet) count(rel int64, kind byte, action string) int {
+	if action == "" {
+		action = "*"
 	}
-	return len(seen)
+	return len(f.agents[countKey{rel, kind, action}])
+}
+
+// countKey groups events for count: the agents that sent an event of kind
+// about release rel for action ("*": any action).
+type countKey struct {
+	rel    int64
+	kind   byte
+	action string
 }
