@@ -59,18 +59,9 @@ func ReleaseCreate(ctx context.Context, o *ReleaseCreateOptions) error {
 			repo = app.Repo
 		}
 	}
-	commit, cfg := "", ""
-	if repo != "" {
-		m := &source.Mirror{Dir: mirrorDir(repo), URL: repo}
-		if err := m.Fetch(ctx); err != nil {
-			fmt.Fprintf(o.IO.Err, "note: cannot fetch %s (%v); the first agent will resolve %s and the rollout takes the default strategy\n", repo, err, spec)
-		} else if commit, err = m.Resolve(ctx, spec); err != nil {
-			return err
-		} else if b, err := m.ReadFile(ctx, commit, config.DefaultFile); err != nil {
-			fmt.Fprintf(o.IO.Err, "note: no %s at %s in %s (%v); the rollout takes the default strategy\n", config.DefaultFile, short(commit), repo, err)
-		} else {
-			cfg = string(b)
-		}
+	commit, cfg, err := resolveWithConfig(ctx, o.IO, repo, spec)
+	if err != nil {
+		return err
 	}
 	created, err := c.CreateRelease(ctx, api.CreateRelease{App: o.App, Env: o.Env, Spec: spec.String(), Commit: commit, Note: o.Note,
 		Config: cfg, Strategy: o.Strategy, NoWait: o.NoWait, Supersede: o.Supersede, Hotfix: o.Hotfix, Skip: o.Skip})
@@ -91,6 +82,35 @@ func ReleaseCreate(ctx context.Context, o *ReleaseCreateOptions) error {
 		fmt.Fprintln(o.IO.Out, createdLine(created))
 	}
 	return followRollout(ctx, c, o.IO, created.Rollout.ID, o.Poll)
+}
+
+// resolveWithConfig resolves spec in repo's mirror on this machine and
+// reads drover.yml at that commit, under the mirror's lock. An unreachable
+// repository (or none) is a note: the first agent then resolves the spec
+// and the rollout takes the default strategy.
+func resolveWithConfig(ctx context.Context, o IO, repo string, spec source.Spec) (commit, cfg string, err error) {
+	if repo == "" {
+		return "", "", nil
+	}
+	m := &source.Mirror{Dir: mirrorDir(repo), URL: repo}
+	unlock, err := lockMirror(m.Dir)
+	if err != nil {
+		return "", "", err
+	}
+	defer unlock()
+	if err := m.Fetch(ctx); err != nil {
+		fmt.Fprintf(o.Err, "note: cannot fetch %s (%v); the first agent will resolve %s and the rollout takes the default strategy\n", repo, err, spec)
+		return "", "", nil
+	}
+	if commit, err = m.Resolve(ctx, spec); err != nil {
+		return "", "", err
+	}
+	b, err := m.ReadFile(ctx, commit, config.DefaultFile)
+	if err != nil {
+		fmt.Fprintf(o.Err, "note: no %s at %s in %s (%v); the rollout takes the default strategy\n", config.DefaultFile, short(commit), repo, err)
+		return commit, "", nil
+	}
+	return commit, string(b), nil
 }
 
 // createdLine is `release N: APP ENV SPEC → COMMIT; rollout M queued (position P)`.

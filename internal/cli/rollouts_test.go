@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,5 +165,50 @@ func TestReleaseCreateWaitFails(t *testing.T) {
 	var ro api.Rollout
 	if jerr := json.Unmarshal(out.Bytes(), &ro); jerr != nil || ro.State != "failed" || len(ro.Nodes) != 1 || ro.Nodes[0].Error != "make: exit 2" {
 		t.Fatalf("-o json: %v\n%s", jerr, out.String())
+	}
+}
+
+// TestReleaseCreateTogether: two `release create` at once on one machine
+// share one repository mirror; each resolves its commit and sends
+// drover.yml (its rollout takes the rolling strategy from it), neither
+// falls back to the default strategy because the other held the mirror.
+func TestReleaseCreateTogether(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	repo := gitrepo.New(t)
+	srv := servertest.Start(t, servertest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin, err := api.NewClient(srv.URL, srv.Admin, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 5 { // a race: give it a few chances
+		var commits []string
+		for _, name := range []string{"a", "b"} {
+			commits = append(commits, repo.Commit(fmt.Sprintf("%s%d", name, round), map[string]string{
+				"drover.yml": pullYML(repo.Dir, "{type: rolling, batch: 1}"), name: fmt.Sprint(round)}))
+		}
+		outs := make([]bytes.Buffer, len(commits))
+		errs := make([]error, len(commits))
+		var wg sync.WaitGroup
+		for i, c := range commits {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = ReleaseCreate(ctx, &ReleaseCreateOptions{ClientOptions: ClientOptions{Server: srv.URL, Token: srv.Admin, IO: IO{Out: &outs[i], Err: &outs[i], Output: "json"}},
+					App: "hello", Env: "demo", Spec: "commit:" + c, Repo: repo.Dir})
+			}()
+		}
+		wg.Wait()
+		for i := range commits {
+			var rc api.ReleaseCreated
+			if errs[i] != nil || json.Unmarshal(outs[i].Bytes(), &rc) != nil || rc.Rollout == nil {
+				t.Fatalf("round %d: release create %s: %v\n%s", round, commits[i][:7], errs[i], outs[i].String())
+			}
+			if ro, _ := admin.Rollout(ctx, rc.Rollout.ID); rc.Commit != commits[i] || ro == nil || ro.Strategy != "rolling" {
+				t.Fatalf("round %d: release create %s together with another: commit %q, rollout %+v; want drover.yml's rolling strategy\n%s",
+					round, commits[i][:7], rc.Commit, ro, outs[i].String())
+			}
+		}
 	}
 }

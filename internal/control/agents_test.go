@@ -11,6 +11,7 @@ import (
 
 	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/control"
+	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/store"
 )
 
@@ -24,6 +25,9 @@ type simFleet struct {
 	t        *testing.T
 	st       store.Store
 	app, env string
+	// c, when set, is the control plane the agents go through as the
+	// real agent does over the API: Desired, StartUpgrade and Report.
+	c *control.Control
 
 	mu      sync.Mutex
 	nodes   map[string]*simNode
@@ -36,6 +40,8 @@ type simNode struct {
 	maxToken int64
 	done     map[[2]int64]store.RolloutNode
 	working  map[[2]int64]bool
+	reported map[[2]int64]int64 // through Desired: the token a result was last reported under
+	running  int64              // through Desired: the server release it runs
 
 	// silent: the agent never reports on such a task (it died).
 	silent func(store.RolloutNode) bool
@@ -79,27 +85,221 @@ func (e simEvent) String() string {
 func newFleet(t *testing.T, st store.Store, app, env string, specs ...string) *simFleet {
 	t.Helper()
 	f := &simFleet{t: t, st: st, app: app, env: env, nodes: map[string]*simNode{}}
+	f.join(t, specs...)
+	f.start(t)
+	return f
+}
+
+// newAPIFleet is newFleet with agents that go through c: they read their
+// desired state with c.Desired and report with c.StartUpgrade and
+// c.Report, as the server's handlers do for a real agent.
+func newAPIFleet(t *testing.T, c *control.Control, st store.Store, app, env string, specs ...string) *simFleet {
+	t.Helper()
+	f := &simFleet{t: t, st: st, app: app, env: env, c: c, nodes: map[string]*simNode{}}
+	// What the server does with every store change: drop Desired's cache.
+	ctx, cancel := context.WithCancel(context.Background())
+	changes, err := st.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ch := range changes {
+			c.Invalidate(ch.App, ch.Env)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	f.join(t, specs...)
+	f.start(t)
+	return f
+}
+
+// join registers more nodes "name:role,role" (agents that join now).
+func (f *simFleet) join(t *testing.T, specs ...string) {
+	t.Helper()
 	for _, s := range specs {
 		name, roles, _ := strings.Cut(s, ":")
 		var rs []string
 		if roles != "" {
 			rs = strings.Split(roles, ",")
 		}
-		n, err := st.RegisterNode(context.Background(), store.Node{Name: name, Hostname: name, App: app, Env: env, Roles: rs})
+		n, err := f.st.RegisterNode(context.Background(), store.Node{Name: name, Hostname: name, App: f.app, Env: f.env, Roles: rs})
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.nodes[name] = &simNode{node: n, done: map[[2]int64]store.RolloutNode{}, working: map[[2]int64]bool{}}
+		f.mu.Lock()
+		f.nodes[name] = &simNode{node: n, done: map[[2]int64]store.RolloutNode{}, working: map[[2]int64]bool{}, reported: map[[2]int64]int64{}}
+		f.mu.Unlock()
 	}
+}
+
+// runs returns the server release each node runs (Desired agents).
+func (f *simFleet) runs() map[string]int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]int64{}
+	for name, n := range f.nodes {
+		out[name] = n.running
+	}
+	return out
+}
+
+func (f *simFleet) start(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		f.loop(ctx, &wg)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if f.c != nil {
+				f.pollDesired(ctx, &wg)
+			} else {
+				f.pollStore(ctx, &wg)
+			}
+		}
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	return f
+}
+
+// pollDesired is the agents' poll of their desired state through Control.
+func (f *simFleet) pollDesired(ctx context.Context, wg *sync.WaitGroup) {
+	f.mu.Lock()
+	nodes := make([]*simNode, 0, len(f.nodes))
+	for _, n := range f.nodes {
+		nodes = append(nodes, n)
+	}
+	f.mu.Unlock()
+	for _, n := range nodes {
+		d, err := f.c.Desired(ctx, []store.Node{n.node})
+		if err != nil {
+			continue
+		}
+		for _, a := range d.Apps {
+			f.handleDesired(ctx, wg, n, a)
+		}
+	}
+}
+
+// handleDesired is what an agent does with one desired app: outside a
+// rollout it converges to the release (no run_once hook); inside one it
+// does the task once, reporting a finished one's result again under a
+// newer token.
+func (f *simFleet) handleDesired(ctx context.Context, wg *sync.WaitGroup, n *simNode, a api.DesiredApp) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if a.Release == nil || a.Token < n.maxToken {
+		return
+	}
+	n.maxToken = a.Token
+	if a.Rollout == 0 {
+		if n.running != a.Release.ID {
+			n.running = a.Release.ID
+			f.journal = append(f.journal, simEvent{Node: n.node.Name, Action: "converge", At: time.Now(), Task: a.Release.ID})
+		}
+		return
+	}
+	key := [2]int64{a.Rollout, a.Task}
+	up := api.StartUpgrade{ReleaseID: a.Release.ID, App: a.App, Env: a.Env, Rollout: a.Rollout, Task: a.Task}
+	if res, ok := n.done[key]; ok {
+		if n.reported[key] < a.Token {
+			n.reported[key] = a.Token
+			if u, _, err := f.c.StartUpgrade(ctx, n.node, up); err == nil {
+				_ = f.c.Report(ctx, n.node, u, simReport(res))
+			}
+		}
+		return
+	}
+	if n.working[key] {
+		return
+	}
+	n.working[key] = true
+	row := store.RolloutNode{RolloutID: a.Rollout, Node: n.node.Name, Task: a.Task, Action: a.Action, Stage: a.Stage, RunOnce: a.RunOnce, To: a.To, Token: a.Token}
+	if n.silent != nil && n.silent(row) {
+		return
+	}
+	u, _, err := f.c.StartUpgrade(ctx, n.node, up)
+	if err != nil {
+		f.t.Errorf("%s: StartUpgrade: %v", n.node.Name, err)
+		return
+	}
+	engine := release.NewID(a.Release.CreatedAt, a.Release.Commit)
+	f.work(ctx, wg, n, row, engine, func(res store.RolloutNode) {
+		n.reported[key] = a.Token
+		if res.State == store.NodeDone && row.Action == api.ActionActivate {
+			n.running = a.Release.ID
+		}
+	}, func(res store.RolloutNode) {
+		if err := f.c.Report(ctx, n.node, u, simReport(res)); err != nil && ctx.Err() == nil {
+			f.t.Errorf("%s: Report: %v", n.node.Name, err)
+		}
+	})
+}
+
+// work does task row on n (f.mu held): it journals the start, then in the
+// background waits out the node's delay and hold, records the result
+// (engine is the release an activation serves; record runs under f.mu)
+// and reports it.
+func (f *simFleet) work(ctx context.Context, wg *sync.WaitGroup, n *simNode, row store.RolloutNode, engine string, record, report func(store.RolloutNode)) {
+	f.journal = append(f.journal, simEvent{Node: row.Node, Action: row.Action, Stage: row.Stage, To: row.To, RunOnce: row.RunOnce, Rollout: row.RolloutID, Task: row.Task, At: time.Now()})
+	var hold <-chan struct{}
+	if n.hold != nil {
+		hold = n.hold(row)
+	}
+	msg := ""
+	if n.fail != nil {
+		msg = n.fail(row)
+	}
+	delay := n.delay
+	key := [2]int64{row.RolloutID, row.Task}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return
+		}
+		if hold != nil {
+			select {
+			case <-hold:
+			case <-ctx.Done():
+				return
+			}
+		}
+		res := row
+		res.State, res.Step = store.NodeDone, ""
+		switch {
+		case msg != "":
+			res.State, res.Step, res.Error = store.NodeFailed, row.Action, msg
+		case row.Action == api.ActionActivate:
+			res.Serving = engine
+		case row.Action == api.ActionRollback:
+			res.Serving = row.To
+		}
+		f.mu.Lock()
+		n.done[key] = res
+		delete(n.working, key)
+		record(res)
+		f.journal = append(f.journal, simEvent{Node: row.Node, Action: row.Action, Stage: row.Stage, To: row.To, RunOnce: row.RunOnce, Rollout: row.RolloutID, Task: row.Task, End: true, Failed: msg != "", At: time.Now()})
+		f.mu.Unlock()
+		report(res)
+	}()
+}
+
+// simReport is the final report of a finished task.
+func simReport(res store.RolloutNode) api.Report {
+	if res.State == store.NodeFailed {
+		return api.Report{Status: api.StatusFailed, Step: res.Step, Error: res.Error, Serving: res.Serving}
+	}
+	return api.Report{Status: api.StatusSucceeded, Serving: res.Serving}
 }
 
 // set changes a node's behaviour under the fleet's lock.
@@ -109,27 +309,19 @@ func (f *simFleet) set(name string, fn func(n *simNode)) {
 	fn(f.nodes[name])
 }
 
-func (f *simFleet) loop(ctx context.Context, wg *sync.WaitGroup) {
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		rs, err := f.st.ListRollouts(ctx, store.RolloutFilter{App: f.app, Env: f.env, States: []store.RolloutState{store.RolloutRunning, store.RolloutPaused}})
+// pollStore is the agents' poll of their tasks in the store.
+func (f *simFleet) pollStore(ctx context.Context, wg *sync.WaitGroup) {
+	rs, err := f.st.ListRollouts(ctx, store.RolloutFilter{App: f.app, Env: f.env, States: []store.RolloutState{store.RolloutRunning, store.RolloutPaused}})
+	if err != nil {
+		return
+	}
+	for _, ro := range rs {
+		rows, err := f.st.ListRolloutNodes(ctx, ro.ID)
 		if err != nil {
 			continue
 		}
-		for _, ro := range rs {
-			rows, err := f.st.ListRolloutNodes(ctx, ro.ID)
-			if err != nil {
-				continue
-			}
-			for _, row := range rows {
-				f.handle(ctx, wg, ro, row)
-			}
+		for _, row := range rows {
+			f.handle(ctx, wg, ro, row)
 		}
 	}
 }
@@ -159,53 +351,12 @@ func (f *simFleet) handle(ctx context.Context, wg *sync.WaitGroup, ro store.Roll
 	}
 	row.State = store.NodeWorking
 	_, _ = f.st.ReportRolloutNode(ctx, row)
-	f.journal = append(f.journal, simEvent{Node: row.Node, Action: row.Action, Stage: row.Stage, To: row.To, RunOnce: row.RunOnce, Rollout: row.RolloutID, Task: row.Task, At: time.Now()})
-	var hold <-chan struct{}
-	if n.hold != nil {
-		hold = n.hold(row)
-	}
-	msg := ""
-	if n.fail != nil {
-		msg = n.fail(row)
-	}
-	delay := n.delay
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if delay > 0 {
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-				return
-			}
-		}
-		if hold != nil {
-			select {
-			case <-hold:
-			case <-ctx.Done():
-				return
-			}
-		}
-		res := row
-		res.State, res.Step = store.NodeDone, ""
-		switch {
-		case msg != "":
-			res.State, res.Step, res.Error = store.NodeFailed, row.Action, msg
-		case row.Action == api.ActionActivate:
-			res.Serving = ro.Release
-		case row.Action == api.ActionRollback:
-			res.Serving = row.To
-		}
-		f.mu.Lock()
-		n.done[key] = res
-		delete(n.working, key)
-		f.journal = append(f.journal, simEvent{Node: row.Node, Action: row.Action, Stage: row.Stage, To: row.To, RunOnce: row.RunOnce, Rollout: row.RolloutID, Task: row.Task, End: true, Failed: msg != "", At: time.Now()})
-		f.mu.Unlock()
+	f.work(ctx, wg, n, row, ro.Release, func(store.RolloutNode) {}, func(res store.RolloutNode) {
 		if res.State == store.NodeDone && row.Action == api.ActionActivate {
 			_ = f.st.SetNodeRelease(ctx, n.node.ID, ro.ReleaseID) // as the report path records it
 		}
 		_, _ = f.st.ReportRolloutNode(ctx, res)
-	}()
+	})
 }
 
 // holdActivation makes node's activations wait until the returned channel

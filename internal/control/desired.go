@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"sync"
 	"time"
@@ -26,9 +27,15 @@ const lookupTimeout = 30 * time.Second
 // task for the node, that task; else the environment's last completed
 // release (CurrentRelease) with Action activate and Rollout 0, so a node
 // joining mid-rollout, coming back, or left out of a canary never gets a
-// half-rolled release. Version is the sum of the environments' versions:
-// it changes whenever an answer changes, because every assignment, rollout
-// end and current-release change bumps its environment's version.
+// half-rolled release.
+//
+// Version is a digest of this node's answer, not a counter: it changes
+// exactly when the answer changes, so a long-poll woken by a change to its
+// environment that asks nothing new of this node (another node's task in a
+// rolling rollout, a release queued behind the running one) keeps waiting
+// instead of answering ten thousand agents with what they have. Agents
+// compare it for equality only. It is never negative, so never the -1 an
+// agent starts with.
 func (c *Control) Desired(ctx context.Context, nodes []store.Node) (*api.Desired, error) {
 	d := &api.Desired{Apps: make([]api.DesiredApp, 0, len(nodes))}
 	for _, n := range nodes {
@@ -36,10 +43,25 @@ func (c *Control) Desired(ctx context.Context, nodes []store.Node) (*api.Desired
 		if err != nil {
 			return nil, fmt.Errorf("desired state of %s/%s: %w", n.App, n.Env, err)
 		}
-		d.Version += e.version
 		d.Apps = append(d.Apps, e.answer(n))
 	}
+	d.Version = answerVersion(d.Apps)
 	return d, nil
+}
+
+// answerVersion digests everything an agent acts on in apps.
+func answerVersion(apps []api.DesiredApp) int64 {
+	h := fnv.New64a()
+	for _, a := range apps {
+		var id int64
+		var commit string
+		if a.Release != nil {
+			id, commit = a.Release.ID, a.Release.Commit
+		}
+		fmt.Fprintf(h, "%s\x00%s\x00%d\x00%s\x00%s\x00%d\x00%d\x00%d\x00%s\x00%q\x00%s\x00%t\n",
+			a.App, a.Env, id, commit, a.Action, a.Token, a.Rollout, a.Task, a.Stage, a.RunOnce, a.To, a.Hotfix)
+	}
+	return int64(h.Sum64() >> 1)
 }
 
 // Invalidate drops what Desired cached of app/env (app "": everything);
@@ -58,7 +80,7 @@ type desiredCache struct {
 type envDesired struct {
 	done    chan struct{}
 	err     error
-	version int64
+	version int64        // the environment's (0: it does not exist yet)
 	current *api.Release // the environment's last completed release
 	token   int64        // the environment's last fencing token
 
@@ -106,10 +128,10 @@ func (c *desiredCache) get(ctx context.Context, st store.Store, app, env string)
 	return e, e.err
 }
 
-// load reads the environment's version first, then what it stands for: a
-// change made meanwhile then shows under an older version and is read
-// again when its Change arrives, never hidden under a newer version.
-// Six queries per environment and change, whatever the number of waiters.
+// load reads what app/env asks of its nodes. A change made meanwhile is
+// read again when its Change arrives (Invalidate), so a load never hides
+// one. Six queries per environment and change, whatever the number of
+// waiters.
 func (e *envDesired) load(ctx context.Context, st store.Store, app, env string) {
 	defer close(e.done)
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)

@@ -1,7 +1,10 @@
 package control
 
-// The contract of server-run rollouts (issue 11). Bodies are being written;
-// the signatures are what internal/server and internal/cli build on.
+// Server-run rollouts (issue 11): the API the server's handlers call. A
+// release created here is rolled out by a runner (runner.go, on any
+// replica) with the strategy code of push mode (internal/rollout) over
+// agent targets (agenttarget.go), from the plan CreateRelease stored
+// (plan.go).
 
 import (
 	"context"
@@ -133,7 +136,7 @@ func checkRelease(req *NewRelease) error {
 }
 
 // checkIdle returns ErrBusy, naming who holds or waits, when app/env has a
-// deploy running or queued other than ticket mine (0: none of ours).
+// deploy running, or queued ahead of ticket mine (0: none of ours yet).
 func (c *Control) checkIdle(ctx context.Context, app, env string, mine int64) error {
 	st, err := c.Status(ctx, app, env)
 	if err != nil {
@@ -151,9 +154,10 @@ func (c *Control) checkIdle(ctx context.Context, app, env string, mine int64) er
 		who = append(who, fmt.Sprintf("%s holds the lease (token %d) since %s", st.Holder.Holder, st.Holder.Token, st.Holder.Since.Format(time.RFC3339)))
 	}
 	for _, t := range st.Queue {
-		if t.ID != mine {
-			who = append(who, fmt.Sprintf("%s waits (position %d)", t.Holder, t.Position))
+		if t.ID == mine {
+			break // those behind it came later: it goes first
 		}
+		who = append(who, fmt.Sprintf("%s waits (position %d)", t.Holder, t.Position))
 	}
 	if len(who) == 0 {
 		return nil

@@ -166,6 +166,9 @@ func (r *runner) tryStart(ctx context.Context, ro store.Rollout) {
 		r.log.Warn("rollouts: acquire", "rollout", ro.ID, "err", err)
 		return
 	case !ok:
+		if l.TicketID != 0 && !r.c.clock.Now().Before(l.ExpiresAt) {
+			r.freeEnded(ctx, l)
+		}
 		return
 	case !l.Since.Equal(at):
 		// The ticket held the lease already: another replica started it
@@ -175,9 +178,36 @@ func (r *runner) tryStart(ctx context.Context, ro store.Rollout) {
 	r.start(ctx, ro, l)
 }
 
+// freeEnded frees lease l, lapsed, when its holder is a server rollout
+// that already recorded its outcome (its runner died before it released
+// the lease): the queue would otherwise wait for a takeover that never
+// comes, since only live rollouts are taken over.
+func (r *runner) freeEnded(ctx context.Context, l Lease) {
+	ro, err := r.c.st.RolloutByTicket(ctx, l.TicketID)
+	if err != nil || !ro.State.Done() {
+		return
+	}
+	taken, err := r.c.st.TakeOverLease(ctx, l.TicketID, r.c.clock.Now(), r.c.lease)
+	if err != nil {
+		return
+	}
+	if err := r.c.Release(ctx, taken); err != nil {
+		r.log.Warn("rollouts: free the lease of an ended rollout", "rollout", ro.ID, "err", err)
+		return
+	}
+	r.log.Info("freed the lapsed lease of an ended rollout", "rollout", ro.ID, "app", ro.App, "env", ro.Env)
+}
+
 // settle ends the row of a live rollout whose ticket ended without it
 // running (cancelled, superseded, expired) or ended without a result.
 func (r *runner) settle(ctx context.Context, ro store.Rollout, t store.Ticket) {
+	// Read the row again: a runner records the outcome before it frees the
+	// ticket, so a rollout whose ticket is done has ended by now, and this
+	// scan's copy may be older than that.
+	ro, err := r.c.st.GetRollout(ctx, ro.ID)
+	if err != nil || ro.State.Done() {
+		return
+	}
 	switch t.State {
 	case store.TicketCancelled:
 		ro.State, ro.Error = store.RolloutCancelled, "cancelled while queued"

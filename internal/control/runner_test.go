@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -114,20 +115,28 @@ func TestRunOnceWithoutConfig(t *testing.T) {
 	}
 }
 
-// TestNodeTimeoutCountsAgainstMaxFail: a node that takes its task and never
-// reports fails after the node timeout, counted against max_fail: within
-// it the rollout succeeds and names the node; past it the rollout fails.
+// TestNodeTimeoutCountsAgainstMaxFail: a node whose agent dies in its
+// prepare or its activation (it never reports) fails after the node
+// timeout, counted against max_fail: within it the rollout goes on without
+// it, succeeds and names the node; past it the rollout fails (a node dead
+// in prepare: no node moves).
 func TestNodeTimeoutCountsAgainstMaxFail(t *testing.T) {
 	for _, tc := range []struct {
-		maxFail string
-		want    store.RolloutState
-	}{{"1", store.RolloutSucceeded}, {"0", store.RolloutFailed}} {
-		t.Run("max_fail="+tc.maxFail, func(t *testing.T) {
+		action, maxFail string
+		want            store.RolloutState
+		activated       []string
+	}{
+		{api.ActionActivate, "1", store.RolloutSucceeded, []string{"n1", "n3"}}, // n2's agent took it and died
+		{api.ActionActivate, "0", store.RolloutFailed, []string{"n1"}},
+		{api.ActionPrepare, "1", store.RolloutSucceeded, []string{"n1", "n3"}},
+		{api.ActionPrepare, "0", store.RolloutFailed, nil},
+	} {
+		t.Run(tc.action+"/max_fail="+tc.maxFail, func(t *testing.T) {
 			st := sqliteStore(t)
 			c := newRunnerControl(t, st, control.Options{})
 			f := newFleet(t, st, "shop", "production", "n1:web,db", "n2:web", "n3:web")
 			f.set("n2", func(n *simNode) {
-				n.silent = func(r store.RolloutNode) bool { return r.Action == api.ActionActivate }
+				n.silent = func(r store.RolloutNode) bool { return r.Action == tc.action }
 			})
 			runRollouts(t, c, control.RunnerOptions{NodeTimeout: 700 * time.Millisecond})
 			start := time.Now()
@@ -148,12 +157,8 @@ func TestNodeTimeoutCountsAgainstMaxFail(t *testing.T) {
 			if got.Nodes[i].State != store.NodeFailed || !strings.Contains(got.Nodes[i].Error, "node-timeout") {
 				t.Errorf("n2's row: %+v", got.Nodes[i])
 			}
-			activated := f.starts(ro.ID, api.ActionActivate)
-			if tc.want == store.RolloutSucceeded && activated["n3"] != 1 {
-				t.Errorf("within max_fail the rollout went on to n3: %v", activated)
-			}
-			if tc.want == store.RolloutFailed && activated["n3"] != 0 {
-				t.Errorf("past max_fail the rollout stopped before n3: %v", activated)
+			if activated := nodeNames(f.starts(ro.ID, api.ActionActivate)); !slices.Equal(activated, tc.activated) {
+				t.Errorf("activations started on %v, want %v\n%s", activated, tc.activated, f)
 			}
 		})
 	}
@@ -399,13 +404,21 @@ func TestCancelSupersedeNoWait(t *testing.T) {
 // hook ran once, the node that was activating kept its task (same number,
 // new fencing token), and B's tokens are higher than A's.
 func TestTakeover(t *testing.T) {
-	for _, backend := range []string{dbtest.SQLite, dbtest.Postgres} {
-		t.Run(backend, func(t *testing.T) {
-			url := dbtest.New(t, backend)
+	for _, tc := range []struct {
+		name, backend string
+		api           bool // the agents go through Control (Desired, StartUpgrade, Report)
+	}{{"sqlite", dbtest.SQLite, false}, {"postgres", dbtest.Postgres, false}, {"sqlite/desired", dbtest.SQLite, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := dbtest.New(t, tc.backend)
 			stA, stB := openStore(t, url), openStore(t, url)
 			a := newRunnerControl(t, stA, control.Options{})
 			b := newRunnerControl(t, stB, control.Options{})
-			f := newFleet(t, stA, "shop", "production", "n1:web,db", "n2:web", "n3:web")
+			var f *simFleet
+			if tc.api {
+				f = newAPIFleet(t, b, stB, "shop", "production", "n1:web,db", "n2:web", "n3:web")
+			} else {
+				f = newFleet(t, stA, "shop", "production", "n1:web,db", "n2:web", "n3:web")
+			}
 			release := f.holdActivation("n2")
 			stopA := runRollouts(t, a, control.RunnerOptions{Name: "a"})
 			_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1}")})
@@ -614,7 +627,128 @@ func TestNoNodes(t *testing.T) {
 	if env, _ := st.GetEnvironment(context.Background(), "shop", "production"); env.CurrentRelease != 0 {
 		t.Errorf("current release %d", env.CurrentRelease)
 	}
-	if q, _ := c.Status(context.Background(), "shop", "production"); q.Holder != nil {
-		t.Errorf("the lease is still held: %+v", q.Holder)
+	deadline := time.Now().Add(10 * time.Second)
+	for q, _ := c.Status(context.Background(), "shop", "production"); q.Holder != nil; q, _ = c.Status(context.Background(), "shop", "production") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the lease is still held: %+v", q.Holder)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestJoinDuringCanary: agents that go through Control (Desired,
+// StartUpgrade, Report, as over the API) roll out a canary; a node that
+// joins while the canary is paused converges to the environment's last
+// completed release, not to the canary's, and gets no rollout task; once
+// the rollout is promoted and ends, it converges to the new release.
+func TestJoinDuringCanary(t *testing.T) {
+	st := sqliteStore(t)
+	c := newRunnerControl(t, st, control.Options{})
+	f := newAPIFleet(t, c, st, "shop", "production", "n1:web,db", "n2:web")
+	runRollouts(t, c, control.RunnerOptions{})
+	rel1, ro1 := create(t, c, control.NewRelease{Commit: commit1, Config: droverYML("{type: all-at-once}")})
+	if got := waitEnded(t, c, ro1.ID, 20*time.Second); got.State != "succeeded" {
+		t.Fatalf("first rollout %+v\n%s", got, f)
+	}
+	rel2, ro2 := create(t, c, control.NewRelease{Spec: "tag:v2", Commit: commit2, Config: droverYML("{type: canary, batch: 1}")})
+	waitRollout(t, c, ro2.ID, 20*time.Second, "paused", func(r *api.Rollout) bool { return r.State == "paused" })
+	f.join(t, "n3:web")
+	f.waitEvents(t, 1, "n3 never converged", func(e simEvent) bool { return e.Node == "n3" && e.Action == "converge" })
+	if runs := f.runs(); runs["n1"] != rel2.ID || runs["n2"] != rel1.ID || runs["n3"] != rel1.ID {
+		t.Fatalf("during the canary the nodes run %v; want n1 the canary %d, n2 and the newcomer n3 the last completed %d", runs, rel2.ID, rel1.ID)
+	}
+	if _, err := c.Decide(context.Background(), ro2.ID, "promote", "ops"); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitEnded(t, c, ro2.ID, 20*time.Second); got.State != "succeeded" || len(got.Nodes) != 2 {
+		t.Fatalf("canary rollout %+v\n%s", got, f)
+	}
+	f.waitEvents(t, 2, "n3 never converged to the promoted release", func(e simEvent) bool { return e.Node == "n3" && e.Action == "converge" })
+	if runs := f.runs(); runs["n1"] != rel2.ID || runs["n2"] != rel2.ID || runs["n3"] != rel2.ID {
+		t.Errorf("after the rollout the nodes run %v, want %d everywhere", runs, rel2.ID)
+	}
+	if a := f.starts(ro2.ID, api.ActionActivate); len(a) != 2 || a["n1"] != 1 || a["n2"] != 1 {
+		t.Errorf("activations %v\n%s", a, f)
+	}
+	if h := f.events(func(e simEvent) bool { return !e.End && e.Action == api.ActionHooks && e.Rollout == ro2.ID }); len(h) != 1 || h[0].Node != "n1" {
+		t.Errorf("run_once hooks of the canary rollout: %v", h)
+	}
+}
+
+// releaseFails is a store whose first lease release fails, as a server
+// that dies right after it recorded a rollout's outcome.
+type releaseFails struct {
+	store.Store
+	failed atomic.Bool
+}
+
+func (s *releaseFails) ReleaseLease(ctx context.Context, l store.Lease, at time.Time) error {
+	if s.failed.CompareAndSwap(false, true) {
+		return errors.New("connection refused (simulated)")
+	}
+	return s.Store.ReleaseLease(ctx, l, at)
+}
+
+// TestEndedRolloutFreesLapsedLease: a runner that recorded a rollout's
+// outcome but never released the lease (it died in between) does not block
+// the environment: once the lease lapsed, the next rollout runs.
+func TestEndedRolloutFreesLapsedLease(t *testing.T) {
+	st := sqliteStore(t)
+	c := newRunnerControl(t, &releaseFails{Store: st}, control.Options{})
+	newFleet(t, st, "shop", "production", "n1:web,db", "n2:web")
+	runRollouts(t, c, control.RunnerOptions{})
+	_, ro1 := create(t, c, control.NewRelease{Commit: commit1})
+	if got := waitEnded(t, c, ro1.ID, 20*time.Second); got.State != "succeeded" {
+		t.Fatalf("rollout 1 %+v", got)
+	}
+	if q, _ := c.Status(context.Background(), "shop", "production"); q.Holder == nil || q.Holder.TicketID != ro1.ID {
+		t.Fatalf("the lease of rollout 1 should still be held (its release failed): %+v", q.Holder)
+	}
+	_, ro2 := create(t, c, control.NewRelease{Spec: "tag:v2", Commit: commit2})
+	if got := waitEnded(t, c, ro2.ID, 20*time.Second); got.State != "succeeded" {
+		t.Fatalf("rollout 2 %+v", got)
+	}
+}
+
+// TestNoWaitRace: --no-wait releases created at the same moment on an
+// idle environment: exactly one goes on, the others fail with ErrBusy and
+// record no release.
+func TestNoWaitRace(t *testing.T) {
+	for _, backend := range []string{dbtest.SQLite, dbtest.Postgres} {
+		t.Run(backend, func(t *testing.T) { testNoWaitRace(t, openStore(t, dbtest.New(t, backend))) })
+	}
+}
+
+func testNoWaitRace(t *testing.T, st store.Store) {
+	ctx := context.Background()
+	c := newRunnerControl(t, st, control.Options{})
+	const n = 8
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, _, err := c.CreateRelease(ctx, control.NewRelease{App: "shop", Env: "production", Spec: fmt.Sprintf("tag:v%d", i), Commit: commit1, NoWait: true, By: "ci"})
+			errs <- err
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	ok := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, control.ErrBusy):
+			t.Errorf("a --no-wait release failed with %v, want ErrBusy", err)
+		}
+	}
+	rels, _ := st.ListReleases(ctx, store.ReleaseFilter{})
+	if ok != 1 || len(rels) != 1 {
+		t.Errorf("%d of %d --no-wait releases went on, %d recorded; want exactly one", ok, n, len(rels))
 	}
 }

@@ -33,7 +33,9 @@ var (
 // req.ReleaseID, which must be one of n's environment's, and inside a
 // rollout task req.Task of rollout req.Rollout, whose RolloutNode becomes
 // working with this upgrade's ID (a task already done or failed keeps its
-// state: an agent that reports a finished task again changes no outcome).
+// state: an agent that reports a finished task again changes no outcome;
+// a rollout the server does not know, or a task that is no longer the
+// node's, only records the upgrade).
 // An unfinished upgrade of n was interrupted (the agent restarted): it is
 // closed as failed so status shows the one that runs now.
 func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartUpgrade) (store.Upgrade, store.Release, error) {
@@ -46,15 +48,19 @@ func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartU
 	}
 	var task *store.RolloutNode
 	if req.Rollout != 0 {
+		// A rollout this server does not know asks nothing of the node:
+		// the upgrade is recorded, nothing is mirrored.
 		ro, err := c.st.GetRollout(ctx, req.Rollout)
-		if err != nil {
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
 			return store.Upgrade{}, store.Release{}, fmt.Errorf("rollout %d: %w", req.Rollout, err)
-		}
-		if ro.App != n.App || ro.Env != n.Env {
+		case ro.App != n.App || ro.Env != n.Env:
 			return store.Upgrade{}, store.Release{}, fmt.Errorf("%w: rollout %d belongs to %s/%s, not %s/%s", ErrForbidden, ro.ID, ro.App, ro.Env, n.App, n.Env)
-		}
-		if task, err = c.rolloutNode(ctx, req.Rollout, n.Name); err != nil {
-			return store.Upgrade{}, store.Release{}, err
+		default:
+			if task, err = c.rolloutNode(ctx, req.Rollout, n.Name); err != nil {
+				return store.Upgrade{}, store.Release{}, err
+			}
 		}
 	}
 	now := c.clock.Now()

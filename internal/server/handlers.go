@@ -13,7 +13,6 @@ import (
 
 	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/control"
-	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/source"
 	"github.com/drover/drover/internal/store"
 )
@@ -103,8 +102,7 @@ func (s *Server) busy(ctx context.Context, app, env string, err error) string {
 }
 
 func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) {
-	f := store.ReleaseFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env"), Limit: 100}
-	rels, err := s.store.ListReleases(r.Context(), f)
+	rels, err := s.control.Releases(r.Context(), r.URL.Query().Get("app"), r.URL.Query().Get("env"), 100)
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -132,7 +130,7 @@ func (s *Server) nodeIn(w http.ResponseWriter, r *http.Request, app, env string)
 		writeError(w, http.StatusForbidden, "forbidden", msg)
 		return store.Node{}, false
 	}
-	n, err := s.store.FindNode(r.Context(), p.node, app, env)
+	n, err := s.control.Node(r.Context(), p.node, app, env)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("node %s is not registered for %s/%s", p.node, app, env))
@@ -157,7 +155,7 @@ func (s *Server) resolveRelease(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad request", "commit must be a full hex SHA")
 		return
 	}
-	rel, err := s.store.GetRelease(r.Context(), id)
+	rel, err := s.control.ReleaseByID(r.Context(), id)
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -167,7 +165,7 @@ func (s *Server) resolveRelease(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	commit, err := s.store.ResolveRelease(r.Context(), id, strings.ToLower(req.Commit))
+	commit, err := s.control.ResolveRelease(r.Context(), id, strings.ToLower(req.Commit))
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -441,28 +439,7 @@ func (s *Server) checkApps(apps []api.NodeApp) error {
 
 // register records the node's apps, and which server release each runs.
 func (s *Server) register(ctx context.Context, node, hostname, version string, apps []api.NodeApp) error {
-	for _, a := range apps {
-		n, err := s.store.RegisterNode(ctx, store.Node{Name: node, Hostname: hostname, App: a.App, Env: a.Env, Roles: a.Roles, AgentVersion: version})
-		if err != nil {
-			return err
-		}
-		if a.Release == "" {
-			continue
-		}
-		rels, err := s.store.ListReleases(ctx, store.ReleaseFilter{App: a.App, Env: a.Env, Limit: 200})
-		if err != nil {
-			return err
-		}
-		for _, rel := range rels {
-			if rel.Commit != "" && release.NewID(rel.CreatedAt, rel.Commit) == a.Release {
-				if err := s.store.SetNodeRelease(ctx, n.ID, rel.ID); err != nil {
-					return err
-				}
-				break
-			}
-		}
-	}
-	return nil
+	return s.control.RegisterNode(ctx, node, hostname, version, apps)
 }
 
 func (s *Server) hello(w http.ResponseWriter, r *http.Request) {
@@ -506,7 +483,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	}
 	var nodes []store.Node
 	var err error
-	offStack(func() { nodes, err = s.store.ListNodes(r.Context(), store.NodeFilter{Name: p.node}) })
+	offStack(func() { nodes, err = s.control.Nodes(r.Context(), store.NodeFilter{Name: p.node}) })
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -594,12 +571,7 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	u, err := s.store.GetUpgrade(ctx, id)
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	n, err := s.store.GetNode(ctx, u.NodeID)
+	u, n, err := s.control.Upgrade(ctx, id)
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -619,40 +591,16 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listUpgrades(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
-	ups, err := s.store.ListUpgrades(ctx, store.UpgradeFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env"), Limit: 50})
+	ups, err := s.control.Upgrades(r.Context(), r.URL.Query().Get("app"), r.URL.Query().Get("env"), 50)
 	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	out := []api.Upgrade{}
-	names := map[int64]store.Node{}
-	for _, u := range ups {
-		full, err := s.store.GetUpgrade(ctx, u.ID)
-		if err != nil {
-			s.storeError(w, err)
-			return
-		}
-		n, ok := names[u.NodeID]
-		if !ok {
-			n, _ = s.store.GetNode(ctx, u.NodeID)
-			names[u.NodeID] = n
-		}
-		au := api.Upgrade{ID: u.ID, Node: n.Name, ReleaseID: u.ReleaseID, App: n.App, Env: n.Env, Status: string(u.Status), Step: u.CurrentStep, Error: u.Error, StartedAt: u.StartedAt, EndedAt: u.EndedAt}
-		for _, st := range full.Steps {
-			as := api.Step{Name: st.Name, Status: st.Status, Started: st.StartedAt, Log: st.Log}
-			if !st.EndedAt.IsZero() {
-				as.Elapsed = st.EndedAt.Sub(st.StartedAt)
-			}
-			au.Steps = append(au.Steps, as)
-		}
-		out = append(out, au)
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, ups)
 }
 
 func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
-	nodes, err := s.store.ListNodes(r.Context(), store.NodeFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env")})
+	nodes, err := s.control.Nodes(r.Context(), store.NodeFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env")})
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -662,46 +610,11 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
 
 // status is one line per node: what it runs and how its latest upgrade goes.
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
-	app, env := r.URL.Query().Get("app"), r.URL.Query().Get("env")
-	nodes, err := s.store.ListNodes(ctx, store.NodeFilter{App: app, Env: env})
+	out, err := s.control.NodeStatus(r.Context(), r.URL.Query().Get("app"), r.URL.Query().Get("env"), s.StaleAfter)
 	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	out := []api.NodeStatus{}
-	now := s.now()
-	rels := map[int64]store.Release{}
-	relOf := func(id int64) store.Release {
-		if rel, ok := rels[id]; ok || id == 0 {
-			return rel
-		}
-		rel, _ := s.store.GetRelease(ctx, id)
-		rels[id] = rel
-		return rel
-	}
-	for _, n := range nodes {
-		ns := api.NodeStatus{Node: n.Name, Hostname: n.Hostname, App: n.App, Env: n.Env, Roles: n.Roles, LastSeen: n.LastSeen, Agent: n.AgentVersion,
-			Stale: now.Sub(n.LastSeen) > s.StaleAfter, Status: "-"}
-		if n.CurrentRelease != 0 {
-			rel := relOf(n.CurrentRelease)
-			ns.Commit = rel.Commit
-			if rel.Commit != "" {
-				ns.Release = release.NewID(rel.CreatedAt, rel.Commit)
-			}
-		}
-		ups, err := s.store.ListUpgrades(ctx, store.UpgradeFilter{NodeID: n.ID, Limit: 1})
-		if err != nil {
-			s.storeError(w, err)
-			return
-		}
-		if len(ups) > 0 {
-			u := ups[0]
-			ns.Status, ns.Step, ns.Error, ns.Target, ns.Since = string(u.Status), u.CurrentStep, u.Error, u.ReleaseID, u.StartedAt
-		}
-		out = append(out, ns)
-	}
-	slices.SortFunc(out, func(a, b api.NodeStatus) int { return strings.Compare(a.App+a.Env+a.Node, b.App+b.Env+b.Node) })
 	writeJSON(w, http.StatusOK, out)
 }
 

@@ -125,8 +125,9 @@ func desiredNow(t *testing.T, c *api.Client) (*api.Desired, api.DesiredApp) {
 // TestDesiredInRollout: a node the running rollout asked something of gets
 // that task (release, action, token, rollout, task, run_once, hotfix); a
 // node outside it, one joining mid-rollout, and every node once the
-// rollout ended get the environment's last completed release; every
-// assignment changes the version and wakes a waiting long-poll.
+// rollout ended get the environment's last completed release; a node's
+// assignment changes its version and wakes its long-poll, another node's
+// does not.
 func TestDesiredInRollout(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -165,6 +166,13 @@ func TestDesiredInRollout(t *testing.T) {
 	case a := <-woke:
 		t.Fatalf("web2's long-poll returned before anything changed: %+v %v", a.d, a.err)
 	case <-time.After(200 * time.Millisecond):
+	}
+	// Another node's task changes nothing for web2: its poll keeps waiting.
+	r.assign("web1", api.ActionActivate)
+	select {
+	case a := <-woke:
+		t.Fatalf("web2's long-poll answered when only web1 got a task: %+v %v", a.d, a.err)
+	case <-time.After(500 * time.Millisecond):
 	}
 	r.assign("web2", api.ActionActivate)
 	select {
