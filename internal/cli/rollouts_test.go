@@ -27,6 +27,20 @@ environments:
     strategy: ` + strategy + "\n"
 }
 
+// startServer serves a control server until t ends and returns it, an
+// admin client and a context bounded to a minute.
+func startServer(t *testing.T) (*servertest.Server, *api.Client, context.Context) {
+	t.Helper()
+	srv := servertest.Start(t, servertest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	admin, err := api.NewClient(srv.URL, srv.Admin, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, admin, ctx
+}
+
 // TestReleaseCreateWait: `drover release create --wait` resolves the spec
 // in the repository, sends drover.yml as it is at that commit (tag v1's
 // rolling strategy, not the canary the branch moved on to), prints the
@@ -40,13 +54,7 @@ func TestReleaseCreateWait(t *testing.T) {
 	repo.Git("tag", "v1")
 	repo.Commit("v2", map[string]string{"drover.yml": pullYML(repo.Dir, "{type: canary}")})
 
-	srv := servertest.Start(t, servertest.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	admin, err := api.NewClient(srv.URL, srv.Admin, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, admin, ctx := startServer(t)
 	jt, err := admin.CreateJoinToken(ctx, api.CreateJoinToken{AnyApp: true, TTL: "1h"})
 	if err != nil {
 		t.Fatal(err)
@@ -134,13 +142,7 @@ func TestReleaseCreateWait(t *testing.T) {
 // rollout fails, naming the rollout and the failure; -o json still prints
 // the final rollout.
 func TestReleaseCreateWaitFails(t *testing.T) {
-	srv := servertest.Start(t, servertest.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	admin, err := api.NewClient(srv.URL, srv.Admin, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, admin, ctx := startServer(t)
 	jt, err := admin.CreateJoinToken(ctx, api.CreateJoinToken{AnyApp: true})
 	if err != nil {
 		t.Fatal(err)
@@ -175,13 +177,7 @@ func TestReleaseCreateWaitFails(t *testing.T) {
 func TestReleaseCreateTogether(t *testing.T) {
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	repo := gitrepo.New(t)
-	srv := servertest.Start(t, servertest.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	admin, err := api.NewClient(srv.URL, srv.Admin, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, admin, ctx := startServer(t)
 	for round := range 5 { // a race: give it a few chances
 		var commits []string
 		for _, name := range []string{"a", "b"} {

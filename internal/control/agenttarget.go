@@ -347,7 +347,11 @@ func (b *nodeBoard) refresh(ctx context.Context) error {
 }
 
 // loop refreshes the board every poll, or when kicked, until ctx ends.
+//
+// Reports landing in a burst (a thousand agents activating together) are
+// read together: refreshes are at least boardGap apart.
 func (b *nodeBoard) loop(ctx context.Context, log func(error)) {
+	last := time.Now()
 	for {
 		timer := time.NewTimer(b.poll)
 		select {
@@ -357,12 +361,25 @@ func (b *nodeBoard) loop(ctx context.Context, log func(error)) {
 		case <-timer.C:
 		case <-b.kick:
 			timer.Stop()
+			if wait := boardGap - time.Since(last); wait > 0 {
+				gap := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					gap.Stop()
+					return
+				case <-gap.C:
+				}
+			}
 		}
+		last = time.Now()
 		if err := b.refresh(ctx); err != nil && ctx.Err() == nil {
 			log(err)
 		}
 	}
 }
+
+// boardGap is the least time between two reads of a rollout's nodes.
+const boardGap = 20 * time.Millisecond
 
 // wake asks for a refresh now (a report landed).
 func (b *nodeBoard) wake() {

@@ -331,7 +331,9 @@ type RunnerOptions struct {
 	NodeTimeout time.Duration
 	// AllowCommands lets rollouts run shell commands on the server: a
 	// command load balancer and a canary check command. Off by default:
-	// such a rollout is refused at CreateRelease.
+	// such a rollout is refused at CreateRelease (RunRollouts with it on
+	// turns Options.AllowCommands on too), and a runner without it refuses
+	// to run one another replica accepted.
 	AllowCommands bool
 	// Poll is how often a runner re-reads its nodes' progress and the
 	// queue (default 250ms).

@@ -319,6 +319,10 @@ func (run *rolloutRun) setState(st store.RolloutState) error {
 
 // Phase implements rollout.Observer.
 func (run *rolloutRun) Phase(name string) {
+	if i := strings.Index(name, "; drover promote "); i >= 0 && strings.HasPrefix(name, "canary: paused on ") {
+		// The push deployer's hint; a server rollout is decided by its ID.
+		name = fmt.Sprintf("%s; drover promote --rollout %d or drover abort --rollout %d", name[:i], run.id, run.id)
+	}
 	if err := run.save(run.ctx, func(r *store.Rollout) { r.Phase = name }); err != nil && !errors.Is(err, ErrLeaseLost) {
 		run.log.Warn("record the rollout's phase", "rollout", run.id, "phase", name, "err", err)
 	}
@@ -356,7 +360,9 @@ func (r *runner) run(ctx context.Context, ro store.Rollout, l Lease) {
 		lost: make(chan struct{}), cancel: cancel, row: ro}
 	run.board = newNodeBoard(c.st, ro.ID, r.opts.Poll)
 	run.assign = &assigner{run: run}
+	kept := make(chan struct{}) // closed once the lease is no longer renewed
 	go func() {
+		defer close(kept)
 		if err, ok := <-c.Keep(rctx, l); ok && err != nil {
 			run.loseLease(err)
 		}
@@ -373,12 +379,30 @@ func (r *runner) run(ctx context.Context, ro store.Rollout, l Lease) {
 	rep, err := run.deploy(rctx, ro)
 	switch {
 	case ctx.Err() != nil:
-		r.log.Info("runner stopping: rollout left for a takeover", "rollout", ro.ID)
+		cancel()
+		<-kept
+		run.handOver()
 		return
 	case run.isLost():
 		return
 	}
 	run.finish(ctx, rep, err)
+}
+
+// handOver ends the lease of a run its runner stopped (the server shuts
+// down) now instead of when it lapses: the rollout stopped where it was
+// and another replica, or this server restarted, takes it over at once.
+func (run *rolloutRun) handOver() {
+	if run.isLost() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := run.c.st.RenewLease(ctx, run.lease, run.c.clock.Now(), time.Nanosecond); err != nil {
+		run.log.Warn("runner stopping: rollout left for a takeover once its lease lapses", "rollout", run.id, "err", err)
+		return
+	}
+	run.log.Info("runner stopping: rollout handed over for a takeover", "rollout", run.id)
 }
 
 // deploy prepares the run (plan, nodes, the row) and runs the strategy.

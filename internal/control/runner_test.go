@@ -121,6 +121,8 @@ func TestRunOnceWithoutConfig(t *testing.T) {
 // it, succeeds and names the node; past it the rollout fails (a node dead
 // in prepare: no node moves).
 func TestNodeTimeoutCountsAgainstMaxFail(t *testing.T) {
+	// Long enough for a live simulated agent on a busy machine (-race).
+	const nodeTimeout = 2 * time.Second
 	for _, tc := range []struct {
 		action, maxFail string
 		want            store.RolloutState
@@ -138,14 +140,14 @@ func TestNodeTimeoutCountsAgainstMaxFail(t *testing.T) {
 			f.set("n2", func(n *simNode) {
 				n.silent = func(r store.RolloutNode) bool { return r.Action == tc.action }
 			})
-			runRollouts(t, c, control.RunnerOptions{NodeTimeout: 700 * time.Millisecond})
+			runRollouts(t, c, control.RunnerOptions{NodeTimeout: nodeTimeout})
 			start := time.Now()
 			_, ro := create(t, c, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1, max_fail: " + tc.maxFail + "}")})
 			got := waitEnded(t, c, ro.ID, 20*time.Second)
 			if got.State != string(tc.want) {
 				t.Fatalf("rollout %s, want %s: %+v\n%s", got.State, tc.want, got, f)
 			}
-			if time.Since(start) < 700*time.Millisecond {
+			if time.Since(start) < nodeTimeout {
 				t.Errorf("ended after %s, before the node timeout", time.Since(start))
 			}
 			rep := report(t, st, ro.ID)
@@ -255,8 +257,8 @@ func TestCanaryPromoteAndAbort(t *testing.T) {
 	if a := f.starts(ro.ID, api.ActionActivate); len(a) != 1 || a["n1"] != 1 {
 		t.Fatalf("paused with activations %v, want the canary n1 only", a)
 	}
-	if !strings.Contains(paused.Phase, "canary: paused on n1") {
-		t.Errorf("phase %q", paused.Phase)
+	if want := fmt.Sprintf("canary: paused on n1; drover promote --rollout %d or drover abort --rollout %d", ro.ID, ro.ID); paused.Phase != want {
+		t.Errorf("phase %q, want %q", paused.Phase, want)
 	}
 	if _, err := c.Decide(ctx, first.ID, "promote", "ops"); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("promote of a rollout that is no canary: %v", err)
@@ -410,7 +412,7 @@ func TestTakeover(t *testing.T) {
 	}{{"sqlite", dbtest.SQLite, false}, {"postgres", dbtest.Postgres, false}, {"sqlite/desired", dbtest.SQLite, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			url := dbtest.New(t, tc.backend)
-			stA, stB := openStore(t, url), openStore(t, url)
+			stA, stB := &renewFails{Store: openStore(t, url)}, openStore(t, url)
 			a := newRunnerControl(t, stA, control.Options{})
 			b := newRunnerControl(t, stB, control.Options{})
 			var f *simFleet
@@ -424,7 +426,8 @@ func TestTakeover(t *testing.T) {
 			_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1}")})
 			f.waitEvents(t, 1, "n2 never started to activate", func(e simEvent) bool { return e.Node == "n2" && e.Action == api.ActionActivate })
 			before, _ := a.Rollout(context.Background(), ro.ID)
-			stopA() // the server dies: its lease is no longer renewed
+			stA.fail.Store(true) // the server dies: its lease is no longer renewed, nor handed over
+			stopA()
 			if r, _ := a.Rollout(context.Background(), ro.ID); r.State != "running" || r.Runner != "a" {
 				t.Fatalf("after runner A stopped the rollout is %s by %q, want still running by a", r.State, r.Runner)
 			}
@@ -469,10 +472,10 @@ func TestTakeover(t *testing.T) {
 	}
 }
 
-// TestTakeoverAllAtOnce: runner A dies while one node of an all-at-once
-// rollout is switching and the others are already done; runner B takes
-// over, hands no node a second activation and does not wait at the
-// barrier for nodes past it.
+// TestTakeoverAllAtOnce: runner A stops (the server shuts down) while one
+// node of an all-at-once rollout is switching and the others are already
+// done; A hands its lease over, runner B takes over at once, hands no node
+// a second activation and does not wait at the barrier for nodes past it.
 func TestTakeoverAllAtOnce(t *testing.T) {
 	url := dbtest.New(t, dbtest.SQLite)
 	stA, stB := openStore(t, url), openStore(t, url)
@@ -483,9 +486,13 @@ func TestTakeoverAllAtOnce(t *testing.T) {
 	stopA := runRollouts(t, a, control.RunnerOptions{Name: "a"})
 	_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: all-at-once}")})
 	f.waitEvents(t, 2, "n1 and n2 never activated", func(e simEvent) bool { return e.End && e.Action == api.ActionActivate })
-	stopA()
+	stopA() // a graceful stop hands the lease over: no wait for it to lapse
+	stopped := time.Now()
 	runRollouts(t, b, control.RunnerOptions{Name: "b"})
 	waitRollout(t, b, ro.ID, 20*time.Second, "taken over by b", func(r *api.Rollout) bool { return r.Runner == "b" })
+	if d := time.Since(stopped); d > 3*time.Second {
+		t.Errorf("runner B took over %s after A stopped; A's lease (5s) should have been handed over at its stop", d)
+	}
 	close(release)
 	got := waitEnded(t, b, ro.ID, 20*time.Second)
 	if got.State != "succeeded" {
@@ -750,5 +757,36 @@ func testNoWaitRace(t *testing.T, st store.Store) {
 	rels, _ := st.ListReleases(ctx, store.ReleaseFilter{})
 	if ok != 1 || len(rels) != 1 {
 		t.Errorf("%d of %d --no-wait releases went on, %d recorded; want exactly one", ok, n, len(rels))
+	}
+}
+
+// TestManyNodesAssignedTogether: an all-at-once rollout of 200 nodes hands
+// their tasks out in a few writes (each a version bump that wakes every
+// agent's long-poll), not one per node.
+func TestManyNodesAssignedTogether(t *testing.T) {
+	ctx := context.Background()
+	st := sqliteStore(t)
+	c := newRunnerControl(t, st, control.Options{})
+	specs := make([]string, 200)
+	for i := range specs {
+		specs[i] = fmt.Sprintf("n%03d:web", i)
+	}
+	f := newFleet(t, st, "shop", "production", specs...)
+	before, err := st.Version(ctx, "shop", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runRollouts(t, c, control.RunnerOptions{})
+	_, ro := create(t, c, control.NewRelease{Commit: commit1})
+	if got := waitEnded(t, c, ro.ID, 60*time.Second); got.State != "succeeded" {
+		t.Fatalf("rollout %s %q", got.State, got.Error)
+	}
+	if a := f.starts(ro.ID, api.ActionActivate); len(a) != 200 {
+		t.Fatalf("%d nodes activated, want 200", len(a))
+	}
+	after, _ := st.Version(ctx, "shop", "production")
+	t.Logf("%d version bumps", after-before)
+	if bumps := after - before; bumps > 100 {
+		t.Errorf("the rollout bumped the version %d times for 400 tasks of 200 nodes; want them handed out together", bumps)
 	}
 }
