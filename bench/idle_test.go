@@ -152,6 +152,11 @@ func startServer(ctx context.Context, tb testing.TB, dbURL string, n int, args .
 		argv = append(argv, "--db", dbURL)
 	}
 	cmd := droverProcess(tb, filepath.Join(dir, "server.log"), append(argv, args...)...)
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			logTail(tb, filepath.Join(dir, "server.log"), "level=ERROR", 20)
+		}
+	})
 	url := "http://" + addr
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -284,4 +289,21 @@ func BenchmarkAgentIdle(b *testing.B) {
 	b.ReportMetric(rss/1024, "agent-rss-MB")
 	b.ReportMetric(hwm/1024, "agent-hwm-MB")
 	b.ReportMetric(cpu, "agent-cpu-%")
+}
+
+// logTail logs the last n lines of the file at path that contain match,
+// so a failed benchmark shows why before its temp dir goes.
+func logTail(tb testing.TB, path, match string, n int) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		tb.Logf("%s: %v", path, err)
+		return
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, match) {
+			lines = append(lines, l)
+		}
+	}
+	tb.Logf("%s: %d lines with %q, the last %d:\n%s", path, len(lines), match, min(n, len(lines)), strings.Join(lines[max(0, len(lines)-n):], "\n"))
 }
