@@ -291,19 +291,32 @@ func BenchmarkAgentIdle(b *testing.B) {
 	b.ReportMetric(cpu, "agent-cpu-%")
 }
 
-// logTail logs the last n lines of the file at path that contain match,
-// so a failed benchmark shows why before its temp dir goes.
+// logTail logs the lines of the file at path that contain match, so a
+// failed benchmark shows why before its temp dir goes: each distinct
+// message once (its time cut off) with how often it came, the last n.
 func logTail(tb testing.TB, path, match string, n int) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		tb.Logf("%s: %v", path, err)
 		return
 	}
-	var lines []string
+	count := map[string]int{}
+	var order []string
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, match) {
-			lines = append(lines, l)
+		if !strings.Contains(l, match) {
+			continue
 		}
+		if strings.HasPrefix(l, "time=") {
+			_, l, _ = strings.Cut(l, " ")
+		}
+		if count[l] == 0 {
+			order = append(order, l)
+		}
+		count[l]++
 	}
-	tb.Logf("%s: %d lines with %q, the last %d:\n%s", path, len(lines), match, min(n, len(lines)), strings.Join(lines[max(0, len(lines)-n):], "\n"))
+	var out strings.Builder
+	for _, l := range order[max(0, len(order)-n):] {
+		fmt.Fprintf(&out, "%dx %s\n", count[l], l)
+	}
+	tb.Logf("%s: %d distinct lines with %q, the last %d:\n%s", path, len(order), match, min(n, len(order)), out.String())
 }
