@@ -43,11 +43,13 @@ bench: build
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'ServerIdle|AgentIdle' -benchtime 1x -timeout 15m ./bench/
 
 # The control server as its own process against 10,000 (and 1,000)
-# simulated agents in other processes, SQLite and PostgreSQL, and a
-# server-run all-at-once rollout over 1,000 agents (bench/README.md). Heavy:
-# run it on an otherwise idle machine.
+# simulated agents in other processes, SQLite and PostgreSQL: release create
+# to every agent's first task; and a server-run all-at-once rollout over
+# 1,000 (and 100) agents (bench/README.md). Heavy: run it on an otherwise
+# idle machine.
 bench-fleet: build
-	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'FleetPropagation|FleetRollout' -benchtime 1x -timeout 60m ./bench/
+	DROVER_BIN=$(CURDIR)/$(BIN) DROVER_BENCH_FLEET_CYCLE=0 $(GO) test -run '^$$' -bench FleetPropagation -benchtime 1x -timeout 30m ./bench/
+	DROVER_BIN=$(CURDIR)/$(BIN) DROVER_BENCH_FLEET_RELEASES=3 $(GO) test -run '^$$' -bench FleetRollout -benchtime 1x -timeout 30m ./bench/
 
 lint:
 	gofmt -l . | (! grep .)
