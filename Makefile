@@ -5,7 +5,7 @@ BIN     ?= bin/drover
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.Version=$(VERSION)
 
-.PHONY: build demo test test-unit test-integration deps bench lint fuzz clean
+.PHONY: build demo test test-unit test-integration deps bench bench-fleet lint fuzz clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/drover
@@ -39,8 +39,17 @@ bench: build
 	$(GO) test -run '^$$' -bench RestartUnderLoad -benchtime 1x -count 3 ./internal/service/
 	scripts/bench-deps.sh
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench AllAtOnceNoBalancer -benchtime 1x -count 3 -tags integration ./test/
-	$(GO) test -run '^$$' -bench Propagation -benchtime 5x ./bench/
+	$(GO) test -run '^$$' -bench '^BenchmarkPropagation$$' -benchtime 5x ./bench/
 	DROVER_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'ServerIdle|AgentIdle' -benchtime 1x -timeout 15m ./bench/
+
+# The control server as its own process against 10,000 (and 1,000)
+# simulated agents in other processes, SQLite and PostgreSQL: release create
+# to every agent's first task; and a server-run all-at-once rollout over
+# 1,000 (and 100) agents (bench/README.md). Heavy: run it on an otherwise
+# idle machine.
+bench-fleet: build
+	DROVER_BIN=$(CURDIR)/$(BIN) DROVER_BENCH_FLEET_CYCLE=0 $(GO) test -run '^$$' -bench FleetPropagation -benchtime 1x -timeout 30m ./bench/
+	DROVER_BIN=$(CURDIR)/$(BIN) DROVER_BENCH_FLEET_RELEASES=3 $(GO) test -run '^$$' -bench FleetRollout -benchtime 1x -timeout 30m ./bench/
 
 lint:
 	gofmt -l . | (! grep .)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -84,6 +85,8 @@ func droverProcess(tb testing.TB, logPath string, args ...string) *exec.Cmd {
 	// DROVER_BENCH_CHILD_ENV adds variables to the drover processes only,
 	// e.g. "GOMEMLIMIT=200MiB GOGC=50" to see what the GC settings buy.
 	cmd.Env = append(cmd.Env, strings.Fields(os.Getenv("DROVER_BENCH_CHILD_ENV"))...)
+	// It dies with the benchmark process, whatever ends that.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
@@ -101,12 +104,36 @@ func droverProcess(tb testing.TB, logPath string, args ...string) *exec.Cmd {
 // join tokens and the process.
 func startServerProcess(ctx context.Context, tb testing.TB, n int) (string, string, []string, *exec.Cmd) {
 	tb.Helper()
+	s := startServer(ctx, tb, "", n)
+	return s.url, s.admin, s.joins, s.cmd
+}
+
+// serverProc is a `drover server` process and what its clients need.
+type serverProc struct {
+	url   string
+	admin string   // an admin token
+	joins []string // one-time join tokens
+	cmd   *exec.Cmd
+	dir   string // its temp dir: data/, server.log
+}
+
+// startServer prepares a store (SQLite in the data dir when dbURL is "",
+// else dbURL) with an admin token and n join tokens, then starts `drover
+// server` on it with joins unlimited (thousands of simulated agents join
+// from one address) and args added, and waits until it answers. The
+// process is killed when tb ends.
+func startServer(ctx context.Context, tb testing.TB, dbURL string, n int, args ...string) *serverProc {
+	tb.Helper()
 	dir := tb.TempDir()
 	data := filepath.Join(dir, "data")
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		tb.Fatal(err)
 	}
-	st, err := store.Open(ctx, filepath.Join(data, "drover.db"))
+	open := dbURL
+	if open == "" {
+		open = filepath.Join(data, "drover.db")
+	}
+	st, err := store.Open(ctx, open)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -120,7 +147,16 @@ func startServerProcess(ctx context.Context, tb testing.TB, n int) (string, stri
 		tb.Fatal(err)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", apptest.FreePorts(tb, 1)[0])
-	cmd := droverProcess(tb, filepath.Join(dir, "server.log"), "server", "--data", data, "--listen", addr, "--join-rate", "-1", "--join-rate-total", "-1") // thousands of simulated agents join from one address
+	argv := []string{"server", "--data", data, "--listen", addr, "--join-rate", "-1", "--join-rate-total", "-1"}
+	if dbURL != "" {
+		argv = append(argv, "--db", dbURL)
+	}
+	cmd := droverProcess(tb, filepath.Join(dir, "server.log"), append(argv, args...)...)
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			logTail(tb, filepath.Join(dir, "server.log"), "level=ERROR", 20)
+		}
+	})
 	url := "http://" + addr
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -135,7 +171,7 @@ func startServerProcess(ctx context.Context, tb testing.TB, n int) (string, stri
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return url, strings.TrimSpace(string(admin)), joins, cmd
+	return &serverProc{url: url, admin: strings.TrimSpace(string(admin)), joins: joins, cmd: cmd, dir: dir}
 }
 
 // BenchmarkServerIdle measures a `drover server` process (SQLite) holding
@@ -253,4 +289,34 @@ func BenchmarkAgentIdle(b *testing.B) {
 	b.ReportMetric(rss/1024, "agent-rss-MB")
 	b.ReportMetric(hwm/1024, "agent-hwm-MB")
 	b.ReportMetric(cpu, "agent-cpu-%")
+}
+
+// logTail logs the lines of the file at path that contain match, so a
+// failed benchmark shows why before its temp dir goes: each distinct
+// message once (its time cut off) with how often it came, the last n.
+func logTail(tb testing.TB, path, match string, n int) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		tb.Logf("%s: %v", path, err)
+		return
+	}
+	count := map[string]int{}
+	var order []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, match) {
+			continue
+		}
+		if strings.HasPrefix(l, "time=") {
+			_, l, _ = strings.Cut(l, " ")
+		}
+		if count[l] == 0 {
+			order = append(order, l)
+		}
+		count[l]++
+	}
+	var out strings.Builder
+	for _, l := range order[max(0, len(order)-n):] {
+		fmt.Fprintf(&out, "%dx %s\n", count[l], l)
+	}
+	tb.Logf("%s: %d distinct lines with %q, the last %d:\n%s", path, len(order), match, min(n, len(order)), out.String())
 }
