@@ -16,6 +16,7 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   verb + " ENV",
 		Short: "Push a release to every host of ENV over SSH: prepare everywhere, then activate",
+		Long:  "Push a release to every host of ENV over SSH: prepare everywhere, then activate.\n\n" + serverQueue,
 		Example: `  drover deploy staging                      # the tip of branch staging
   drover deploy production --version tag:v1.2
   drover deploy production --version commit:3f9c2ab --strategy serial --parallel 10
@@ -36,6 +37,7 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	}
 	if verb == "prepare" {
 		cmd.Short = "Prepare a release on every host of ENV without activating it"
+		cmd.Long = cmd.Short + ".\n\n" + serverQueue
 		cmd.Example = `  drover prepare production                 # then: drover activate production RELEASE
   drover prepare staging --keep-days 10     # a private release cleanup keeps for 10 days
   drover prepare production --hotfix        # activating it later skips what a hotfix skips`
@@ -48,6 +50,7 @@ func newDeployCmd(g *globals, verb string) *cobra.Command {
 	f.StringVar(&o.Export, "export", "", "how to write a commit into a release: archive or checkout")
 	f.BoolVar(&o.Hotfix, "hotfix", false, "deploy code only: hooks marked hotfix: skip in drover.yml and cleanup do not run (resume and activate of the release keep it)")
 	leaseFlag(cmd, &o.Lease)
+	noWaitFlag(cmd, &o.NoWait)
 	skipFlag(cmd, o)
 	return cmd
 }
@@ -74,6 +77,7 @@ func newActivateCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "all-at-once (default; also two-phase), rolling, serial or canary")
 	leaseFlag(cmd, &o.Lease)
+	noWaitFlag(cmd, &o.NoWait)
 	skipFlag(cmd, o)
 	return cmd
 }
@@ -96,6 +100,7 @@ host runs, and finishes it: hosts and steps already done are skipped.`,
 	cmd.Flags().StringVar(&o.Strategy, "strategy", "", "all-at-once (default; also two-phase), rolling, serial or canary")
 	cmd.Flags().IntVar(&o.Parallel, "parallel", 0, "hosts prepared at once (default all)")
 	leaseFlag(cmd, &o.Lease)
+	noWaitFlag(cmd, &o.NoWait)
 	skipFlag(cmd, o)
 	return cmd
 }
@@ -116,6 +121,7 @@ func newRollbackCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.To, "to", "", "the release to go back to (default: the previous good one, the same on every host)")
 	leaseFlag(cmd, &o.Lease)
+	noWaitFlag(cmd, &o.NoWait)
 	return cmd
 }
 
@@ -125,3 +131,17 @@ func leaseFlag(cmd *cobra.Command, d *time.Duration) {
 	cmd.Flags().DurationVar(d, "lock-lease", lock.DefaultLease,
 		fmt.Sprintf("the deploy lock lapses this long after the deployer's last heartbeat (%s to %s)", lock.MinLease, lock.MaxLease))
 }
+
+// noWaitFlag adds --no-wait: with a control server (DROVER_SERVER or
+// server: in drover.yml), fail at once when its deploy lock is busy.
+func noWaitFlag(cmd *cobra.Command, b *bool) {
+	cmd.Flags().BoolVar(b, "no-wait", false, "with a drover server (DROVER_SERVER or server: in drover.yml): fail at once when another deploy holds or waits for the environment's lock, instead of waiting in its queue")
+}
+
+// serverQueue is what deploy and prepare say of a drover server's queue.
+const serverQueue = `With a drover server (DROVER_SERVER and DROVER_TOKEN, or server: in drover.yml)
+the deploy first takes ENV's deploy lock from the server, waiting in its queue
+behind other deploys and server rollouts (it shows who holds the lock and its
+place; Ctrl-C leaves the queue; --no-wait fails instead). Its progress is
+recorded there (drover rollouts APP ENV). DROVER_SERVER=off deploys without the
+server.`

@@ -96,6 +96,8 @@ The app is described by drover.yml in the directory you stand in
 		newNodeCmd(),
 		newServerCmd(g),
 		newReleaseCmd(g),
+		newRolloutsCmd(g),
+		newRolloutCmd(g),
 		newStatusCmd(g),
 		newNodesCmd(g),
 		newAgentCmd(g),

@@ -17,7 +17,13 @@ func newServerCmd(g *globals) *cobra.Command {
 		Long: `server runs drover's control server. With no setup it keeps its data in
 an SQLite file under --data and writes the first admin token to
 DATA/admin.token (mode 0600). --db selects PostgreSQL (several replicas
-may share one) or MySQL/MariaDB. Schema migrations run on start.`,
+may share one) or MySQL/MariaDB. Schema migrations run on start.
+
+The server rolls out every release created on it (drover release create)
+across the agents of its environment, one rollout per environment at a
+time, with the strategy of the drover.yml sent with the release. A
+rollout whose server died is taken over by another replica (or this
+server after a restart) once its lease lapses.`,
 		Example: `  drover server --listen 127.0.0.1:8700 --data /var/lib/drover-server
   drover server --db postgres://drover:secret@db:5432/drover --listen :8700
   drover server --tls-cert server.crt --tls-key server.key`,
@@ -35,6 +41,9 @@ may share one) or MySQL/MariaDB. Schema migrations run on start.`,
 	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "TLS private key (PEM)")
 	cmd.Flags().IntVar(&o.MaxConns, "max-conns", server.DefaultMaxConns, "connections served at once (agents hold one each); -1: no cap")
 	cmd.Flags().Float64Var(&o.JoinRate, "join-rate", server.DefaultJoinRate, "agent joins a second taken from one address (bursts of 10x); -1: no limit")
+	cmd.Flags().DurationVar(&o.NodeTimeout, "node-timeout", 2*time.Minute, "a node that does not pick up or report on its rollout task for this long fails it (counted against max_fail)")
+	cmd.Flags().BoolVar(&o.AllowCommands, "allow-commands", false, "let rollouts run shell commands on this server (a command load balancer, a canary check command); refused otherwise")
+	cmd.Flags().StringVar(&o.RunnerName, "runner-name", "", "name this server shows as the runner of its rollouts (default hostname:pid)")
 	cmd.Flags().Float64Var(&o.JoinRateTot, "join-rate-total", server.DefaultJoinRateTotal, "agent joins a second taken from all addresses (bursts of 10x); -1: no limit")
 
 	var printSQL bool
@@ -99,9 +108,21 @@ func newReleaseCmd(g *globals) *cobra.Command {
 	o := &cli.ReleaseCreateOptions{}
 	create := &cobra.Command{
 		Use:   "create APP ENV SPEC",
-		Short: "Record a release; agents of APP/ENV upgrade to it",
+		Short: "Record a release and roll it out to the agents of APP/ENV",
+		Long: `create records a release on the control server and queues its rollout:
+the server rolls it out to the agents of APP/ENV with the strategy of
+drover.yml at the release's commit (read from the repository here and sent
+along), one rollout per environment at a time, in FIFO order. Nodes outside
+the rollout, and nodes that join meanwhile, stay on the last completed
+release.
+
+It prints the rollout's place in the queue and returns; --wait follows the
+rollout to its end with per-node progress and exits 1 unless it succeeded.`,
 		Example: `  drover release create shop production tag:v1.2 --note "fixes checkout"
-  drover release create shop staging branch:staging --repo git@github.com:acme/shop.git`,
+  drover release create shop staging branch:staging --repo git@github.com:acme/shop.git
+  drover release create shop production tag:v1.3 --wait
+  drover release create shop production tag:v1.3 --strategy canary --supersede
+  drover release create shop production tag:v1.3.1 --hotfix --skip migrate`,
 		Args: exactArgs(3, "an app, an environment and a version spec"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.IO = cli.StdIO(g.output)
@@ -112,6 +133,12 @@ func newReleaseCmd(g *globals) *cobra.Command {
 	clientFlags(create, &o.ClientOptions)
 	create.Flags().StringVar(&o.Note, "note", "", "a note kept with the release")
 	create.Flags().StringVar(&o.Repo, "repo", "", "repository to resolve the spec in (default: drover.yml's repo)")
+	create.Flags().StringVar(&o.Strategy, "strategy", "", "all-at-once, rolling or canary instead of drover.yml's strategy")
+	create.Flags().BoolVar(&o.NoWait, "no-wait", false, "fail at once, recording nothing, when another rollout of the environment runs or waits")
+	create.Flags().BoolVar(&o.Supersede, "supersede", false, "replace older queued rollouts of the environment (never a running one)")
+	create.Flags().BoolVar(&o.Hotfix, "hotfix", false, "code only: skip hooks marked hotfix: skip")
+	create.Flags().StringSliceVar(&o.Skip, "skip", nil, "run_once hook not to run (repeatable)")
+	create.Flags().BoolVar(&o.Wait, "wait", false, "follow the rollout to its end; exit 1 unless it succeeded")
 	lo := &cli.ClientOptions{}
 	list := &cobra.Command{
 		Use:     "list APP [ENV]",
@@ -136,7 +163,12 @@ func newStatusCmd(g *globals) *cobra.Command {
 	o := &cli.StatusOptions{}
 	cmd := &cobra.Command{
 		Use:   "status APP [ENV]",
-		Short: "Every node of APP: release, upgrade status, step, last seen; stale nodes flagged",
+		Short: "Every node of APP: release, upgrade status, step, last seen; the lock, queue and running rollout",
+		Long: `status prints every node of APP (in ENV): the release it runs, its latest
+upgrade's status and step, when it was last seen (stale nodes flagged);
+then, per environment, who holds the deploy lock, the queue, and the
+running rollout's per-node progress. -o json prints the nodes only, as
+before; drover rollouts APP ENV -o json has the rollouts.`,
 		Example: `  drover status shop production --watch
   drover status shop -o json`,
 		Args: cobra.RangeArgs(1, 2),

@@ -37,12 +37,27 @@ type Agent struct {
 	// the background without holding up the poll loop.
 	ReportWait time.Duration
 
+	// Heartbeat is how often an upgrade is reported while it runs, even
+	// when no step changed (default 5s; the server fails a node that stops
+	// reporting for its node timeout).
+	Heartbeat time.Duration
+
 	client     *api.Client
 	background bool // final reports are sent in the background (Run)
 	reports    sync.WaitGroup
 	mu         sync.Mutex
-	failed     map[string]int64          // app/env → server release that failed here; not retried until it changes
+	failed     map[string]work           // app/env → work that failed here; not retried until it changes
+	reported   map[string]work           // app/env → the finished rollout task this process reported
 	pending    map[string]*pendingReport // app/env → final report still being sent
+	tasks      *tasksFile                // state_dir/rollouts.json, once read
+}
+
+// work names what a desired state asks: a release, and in a rollout its
+// task.
+type work struct{ release, rollout, task int64 }
+
+func workOf(d api.DesiredApp) work {
+	return work{release: d.Release.ID, rollout: d.Rollout, task: d.Task}
 }
 
 func (a *Agent) log() *slog.Logger {
@@ -217,41 +232,79 @@ func (a *Agent) apply(ctx context.Context, d *api.Desired) Result {
 		if app == nil || want.Release == nil {
 			continue
 		}
-		key := want.App + "/" + want.Env
+		log := a.log().With("app", want.App, "env", want.Env, "release", want.Release.ID)
+		if want.Rollout != 0 {
+			log = log.With("rollout", want.Rollout, "task", want.Task, "action", want.Action)
+		}
+		ok, err := a.fence(want)
+		if err != nil {
+			res.Failed++
+			log.Error("cannot check the desired state's fencing token; nothing done", "err", err)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		key, w := want.App+"/"+want.Env, workOf(want)
 		a.mu.Lock()
-		skip := a.failed != nil && a.failed[key] == want.Release.ID
+		skip := a.failed[key] == w || want.Rollout != 0 && a.reported[key] == w
 		a.mu.Unlock()
 		if skip {
 			continue
 		}
-		// An upgrade that has begun is finished even when the agent is
-		// asked to stop (systemd's SIGTERM): stopping halfway would only
-		// leave work for the next start. SIGKILL still ends it, safely.
 		if ctx.Err() != nil {
 			break
 		}
+		if want.Rollout != 0 {
+			// A task finished here is never done again, also after a
+			// restart: its recorded outcome is reported again.
+			done, err := a.finished(want)
+			if err != nil {
+				res.Failed++
+				log.Error("cannot read the finished tasks; nothing done", "err", err)
+				continue
+			}
+			if done != nil {
+				if err := a.replay(ctx, app, want, done); err != nil {
+					log.Warn("cannot report a finished task again; retrying at the next desired state", "err", err)
+				}
+				continue
+			}
+		}
+		// An upgrade that has begun is finished even when the agent is
+		// asked to stop (systemd's SIGTERM): stopping halfway would only
+		// leave work for the next start. SIGKILL still ends it, safely.
 		stopping := context.AfterFunc(ctx, func() {
-			a.log().Warn("stop requested: finishing the upgrade in progress first", "app", want.App, "env", want.Env)
+			log.Warn("stop requested: finishing the upgrade in progress first")
 		})
 		ran, err := a.upgrade(ctx, app, want)
 		stopping()
 		switch {
 		case err != nil:
 			res.Failed++
-			a.log().Error("upgrade failed", "app", want.App, "env", want.Env, "release", want.Release.ID, "err", err)
-			{
-				a.mu.Lock()
-				if a.failed == nil {
-					a.failed = map[string]int64{}
-				}
-				a.failed[key] = want.Release.ID
-				a.mu.Unlock()
+			log.Error("upgrade failed", "err", err)
+			a.mu.Lock()
+			if a.failed == nil {
+				a.failed = map[string]work{}
 			}
+			a.failed[key] = w
+			a.mu.Unlock()
 		case ran:
 			res.Upgraded++
 		}
 	}
 	return res
+}
+
+// markReported notes that this process reported the finished rollout task
+// want: the server asking it again until it moves on is no news.
+func (a *Agent) markReported(want api.DesiredApp) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.reported == nil {
+		a.reported = map[string]work{}
+	}
+	a.reported[want.App+"/"+want.Env] = workOf(want)
 }
 
 func (a *Agent) app(name, env string) *config.AgentApp {

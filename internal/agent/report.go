@@ -105,14 +105,15 @@ type reporter struct {
 	client *api.Client // the connection the upgrade was recorded on
 	id     int64
 
-	mu    sync.Mutex
-	state string
-	step  string
-	err   string // the upgrade's error, once it ended
-	ended bool   // end was called: only finish sends from then on
-	steps []api.Step
-	logs  []*stepLog // beside steps
-	taken []bool     // beside steps: the server has the ended step and its log
+	mu      sync.Mutex
+	state   string
+	step    string
+	err     string // the upgrade's error, once it ended
+	serving string // the engine release this node serves after the work (final report)
+	ended   bool   // end was called: only finish sends from then on
+	steps   []api.Step
+	logs    []*stepLog // beside steps
+	taken   []bool     // beside steps: the server has the ended step and its log
 
 	sendMu sync.Mutex
 }
@@ -170,7 +171,7 @@ func (r *reporter) status(ctx context.Context, s string) {
 func (r *reporter) snapshot() (api.Report, []int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rep := api.Report{Status: r.state, Step: r.step, Error: r.err}
+	rep := api.Report{Status: r.state, Step: r.step, Error: r.err, Serving: r.serving}
 	var in, ended []int
 	for i, s := range r.steps {
 		if r.taken[i] {
@@ -219,9 +220,13 @@ func (r *reporter) send(ctx context.Context, timeout time.Duration, final bool) 
 	if ended && !final {
 		return nil
 	}
+	rep, steps := r.snapshot()
+	if !final && (rep.Status == api.StatusSucceeded || rep.Status == api.StatusFailed) {
+		// The upgrade ended since the check above: finish reports it.
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	rep, steps := r.snapshot()
 	if err := r.client.Report(ctx, r.id, rep); err != nil {
 		return err
 	}
@@ -235,12 +240,60 @@ func (r *reporter) send(ctx context.Context, timeout time.Duration, final bool) 
 
 // end records how the upgrade ended; every report sent after it says so.
 func (r *reporter) end(err error) {
+	if err != nil {
+		r.endWith(false, clipError(strings.TrimSpace(err.Error())))
+		return
+	}
+	r.endWith(true, "")
+}
+
+// endWith records that the upgrade ended, well or with error text msg.
+func (r *reporter) endWith(ok bool, msg string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.state, r.ended = api.StatusSucceeded, true
-	if err != nil {
-		r.state, r.err = api.StatusFailed, clipError(strings.TrimSpace(err.Error()))
+	r.state, r.err, r.ended = api.StatusSucceeded, "", true
+	if !ok {
+		r.state, r.err = api.StatusFailed, msg
 	}
+}
+
+// errText is the upgrade's error as reported, once it ended.
+func (r *reporter) errText() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// serve records the engine release this node serves after the work, for
+// the final report.
+func (r *reporter) serve(id string) {
+	r.mu.Lock()
+	r.serving = id
+	r.mu.Unlock()
+}
+
+// heartbeat reports the upgrade every period until the returned stop is
+// called, even when no step changed: the server counts a node that stops
+// reporting as failed. stop waits for the last send to end.
+func (r *reporter) heartbeat(ctx context.Context, period time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := r.send(ctx, 5*time.Second, false); err != nil && ctx.Err() == nil {
+					r.agent.log().Debug("heartbeat report failed; the next one carries the same", "upgrade", r.id, "err", err)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // finish sends the final report, retrying while the server is away, until

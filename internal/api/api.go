@@ -2,7 +2,10 @@
 // types the server, the agent and the CLI share, and a client for them.
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Prefix is the path of version 1 of the API.
 const Prefix = "/api/v1"
@@ -71,6 +74,15 @@ type Rollout struct {
 	StartedAt time.Time     `json:"started_at,omitzero"`
 	EndedAt   time.Time     `json:"ended_at,omitzero"`
 	Nodes     []RolloutNode `json:"nodes,omitempty"`
+	// HeldBy and HeldSince, while the rollout is queued: who holds the
+	// environment's deploy lease now and since when (empty when it is
+	// free and a deploy ahead is about to take it).
+	HeldBy    string    `json:"held_by,omitempty"`
+	HeldSince time.Time `json:"held_since,omitzero"`
+	// RenewEvery, for a push rollout that holds the lease: send
+	// PushProgress at least this often, or the lease lapses and the next
+	// deploy takes the lock.
+	RenewEvery time.Duration `json:"renew_every,omitempty"`
 }
 
 // RolloutNode is one node's progress in a rollout.
@@ -112,6 +124,35 @@ type PushProgress struct {
 	Done  bool          `json:"done,omitempty"`
 	OK    bool          `json:"ok,omitempty"`
 	Error string        `json:"error,omitempty"`
+	// Report is the deployer's final rollout report (JSON), with Done.
+	Report json.RawMessage `json:"report,omitempty"`
+}
+
+// Queue answers GET /api/v1/queue?app=&env=: an environment's deploy
+// lock holder and the deploys waiting, next first.
+type Queue struct {
+	App    string       `json:"app"`
+	Env    string       `json:"env"`
+	Holder *QueueTicket `json:"holder,omitempty"` // nil when free
+	// Expired says the holder's lease lapsed: the next deploy (or, for a
+	// server rollout, another server) takes it over.
+	Expired   bool          `json:"expired,omitempty"`
+	LastToken int64         `json:"last_token"`
+	Queue     []QueueTicket `json:"queue"`
+}
+
+// QueueTicket is a deploy holding or waiting for an environment's lease:
+// the holder's lease (TicketID, Since, ExpiresAt) or a queued ticket (ID,
+// Position, CreatedAt).
+type QueueTicket struct {
+	ID        int64     `json:"id,omitempty"`
+	TicketID  int64     `json:"ticket_id,omitempty"`
+	Holder    string    `json:"holder"`
+	Token     int64     `json:"token,omitempty"`
+	Position  int       `json:"position,omitempty"`
+	Since     time.Time `json:"since,omitzero"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
 }
 
 // ResolveRelease is the body of POST /api/v1/releases/{id}/resolve: an

@@ -178,10 +178,60 @@ var (
 	ErrTooLarge = errors.New("answer too large")
 )
 
-// CreateRelease records a release.
-func (c *Client) CreateRelease(ctx context.Context, r CreateRelease) (*Release, error) {
-	var out Release
+// CreateRelease records a release and queues its rollout. A 409
+// StatusError says the environment is busy (with NoWait), naming who holds
+// it and who waits; a 400 one that the config or strategy was refused.
+func (c *Client) CreateRelease(ctx context.Context, r CreateRelease) (*ReleaseCreated, error) {
+	var out ReleaseCreated
 	return &out, c.do(ctx, http.MethodPost, Prefix+"/releases", r, &out)
+}
+
+// Rollouts lists app's rollouts (of env when not empty), newest first:
+// running, queued with their position, finished; limit 0 is the server's
+// default.
+func (c *Client) Rollouts(ctx context.Context, app, env string, limit int) ([]Rollout, error) {
+	var out []Rollout
+	q := url.Values{"app": {app}}
+	if env != "" {
+		q.Set("env", env)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	return out, c.do(ctx, http.MethodGet, Prefix+"/rollouts?"+q.Encode(), nil, &out)
+}
+
+// Rollout returns one rollout with its nodes' progress.
+func (c *Client) Rollout(ctx context.Context, id int64) (*Rollout, error) {
+	var out Rollout
+	return &out, c.do(ctx, http.MethodGet, fmt.Sprintf("%s/rollouts/%d", Prefix, id), nil, &out)
+}
+
+// CancelRollout cancels a queued rollout (409 when it runs or ended).
+func (c *Client) CancelRollout(ctx context.Context, id int64) (*Rollout, error) {
+	var out Rollout
+	return &out, c.do(ctx, http.MethodPost, fmt.Sprintf("%s/rollouts/%d/cancel", Prefix, id), nil, &out)
+}
+
+// Decide promotes or aborts (decision "promote" or "abort") canary
+// rollout id.
+func (c *Client) Decide(ctx context.Context, id int64, decision string) (*Rollout, error) {
+	var out Rollout
+	return &out, c.do(ctx, http.MethodPost, fmt.Sprintf("%s/rollouts/%d/decide", Prefix, id), Decision{Decision: decision}, &out)
+}
+
+// DecideEnv promotes or aborts app/env's running canary rollout.
+func (c *Client) DecideEnv(ctx context.Context, app, env, decision string) (*Rollout, error) {
+	var out Rollout
+	q := url.Values{"app": {app}, "env": {env}}
+	return &out, c.do(ctx, http.MethodPost, Prefix+"/rollouts/decide?"+q.Encode(), Decision{Decision: decision}, &out)
+}
+
+// Queue returns app/env's deploy lock holder and queue.
+func (c *Client) Queue(ctx context.Context, app, env string) (*Queue, error) {
+	var out Queue
+	q := url.Values{"app": {app}, "env": {env}}
+	return &out, c.do(ctx, http.MethodGet, Prefix+"/queue?"+q.Encode(), nil, &out)
 }
 
 // Releases lists releases of app (and env when not empty), newest first.

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/term"
@@ -161,6 +162,11 @@ func resolve(ctx context.Context, app *config.File, specText string) (source.Spe
 		return spec, "", err
 	}
 	m := &source.Mirror{Dir: mirrorDir(app.Repo), URL: app.Repo}
+	unlock, err := lockMirror(m.Dir)
+	if err != nil {
+		return spec, "", err
+	}
+	defer unlock()
 	if err := m.Fetch(ctx); err != nil {
 		return spec, "", fmt.Errorf("resolve %s: %w", spec, err)
 	}
@@ -185,6 +191,11 @@ func (e *env) atCommit(ctx context.Context, commit string) error {
 		return nil
 	}
 	m := &source.Mirror{Dir: mirrorDir(e.app.Repo), URL: e.app.Repo}
+	unlock, err := lockMirror(m.Dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if err := m.Ensure(ctx, commit); err != nil {
 		return fmt.Errorf("read drover.yml of commit %s: %w", short(commit), err)
 	}
@@ -200,6 +211,25 @@ func (e *env) atCommit(ctx context.Context, commit string) error {
 	e.app = e.app.AtCommit(code)
 	e.plan.App = e.app
 	return nil
+}
+
+// lockMirror takes an exclusive flock on the mirror dir's lock file
+// (dir.lock), so that drover commands run at once on one machine (two CI
+// jobs creating releases) do not break each other's git init and fetch in
+// the shared cache; the returned function releases it.
+func lockMirror(dir string) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, fmt.Errorf("repository mirror cache: %w", err)
+	}
+	f, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("repository mirror cache: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("repository mirror cache: lock %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
 }
 
 func mirrorDir(url string) string {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -31,6 +32,9 @@ type DeployOptions struct {
 	// hotfix: skip, no cleanup. Activate and resume take it from the
 	// release's record instead.
 	Hotfix bool
+	// NoWait fails at once when the control server's deploy lock of the
+	// environment is busy, instead of waiting in its queue (--no-wait).
+	NoWait bool
 }
 
 // Deploy pushes a release to every host of an environment: resolve the spec
@@ -55,7 +59,7 @@ func Resume(ctx context.Context, o *DeployOptions) (*rollout.Report, error) {
 	return deploy(ctx, o, "resume")
 }
 
-func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report, error) {
+func deploy(ctx context.Context, o *DeployOptions, verb string) (rep *rollout.Report, err error) {
 	if err := checkLease(o.Lease); err != nil {
 		return nil, err
 	}
@@ -131,6 +135,13 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		}
 		e.plan.Balancer = b
 	}
+	// The server's lease comes first: what the hosts run is read once this
+	// deploy's turn came.
+	lease, ctx, err := takeServerLease(ctx, &o.Common, e, cmp.Or(o.Release, e.plan.ID), o.NoWait)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { lease.finish(ctx, rep, err) }()
 	set, err := e.open(ctx, &o.Common)
 	if err != nil {
 		return nil, err
@@ -188,9 +199,9 @@ func deploy(ctx context.Context, o *DeployOptions, verb string) (*rollout.Report
 		fmt.Fprintf(o.IO.Out, "%s %s %s to %s: release %s (commit %s), %d hosts, strategy %s%s\n",
 			verb, e.app.App, e.plan.Spec, e.env.Name, e.plan.ID, short(e.plan.Commit), len(set.Nodes), e.plan.Strategy.Type, hotfix)
 	}
-	rep, err := observe(&o.Common, e, e.plan.ID, func(obs rollout.Observer) (*rollout.Report, error) {
+	rep, err = observe(&o.Common, e, e.plan.ID, lease.wrap(func(obs rollout.Observer) (*rollout.Report, error) {
 		return rollout.Deploy(ctx, e.plan, set.Targets(), obs)
-	})
+	}))
 	if err == nil && verb == "prepare" && o.IO.Output != "json" {
 		// Seed 003's private release: say where it is and how to go on.
 		fmt.Fprintf(o.IO.Out, "\nprepared %s in %s on every host", e.plan.ID, release.Layout{Root: e.app.DeployTo}.Release(e.plan.ID))
@@ -247,11 +258,13 @@ type RollbackOptions struct {
 	Common
 	To    string
 	Lease time.Duration
+	// NoWait fails at once when the control server's deploy lock is busy.
+	NoWait bool
 }
 
 // Rollback switches every host back to a release recorded as good on all
 // of them, refusing and naming the hosts when one lacks it.
-func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) {
+func Rollback(ctx context.Context, o *RollbackOptions) (rep *rollout.Report, err error) {
 	if err := checkLease(o.Lease); err != nil {
 		return nil, err
 	}
@@ -264,6 +277,12 @@ func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) 
 			return nil, &UsageError{err}
 		}
 	}
+	e.plan.Command = "rollback " + e.env.Name
+	lease, ctx, err := takeServerLease(ctx, &o.Common, e, o.To, o.NoWait)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { lease.finish(ctx, rep, err) }()
 	set, err := e.open(ctx, &o.Common)
 	if err != nil {
 		return nil, err
@@ -282,9 +301,9 @@ func Rollback(ctx context.Context, o *RollbackOptions) (*rollout.Report, error) 
 	if o.IO.Output != "json" {
 		fmt.Fprintf(o.IO.Out, "rollback %s %s to %s on %d hosts\n", e.app.App, e.env.Name, to, len(set.Nodes))
 	}
-	return observe(&o.Common, e, to, func(obs rollout.Observer) (*rollout.Report, error) {
+	return observe(&o.Common, e, to, lease.wrap(func(obs rollout.Observer) (*rollout.Report, error) {
 		return rollout.Rollback(ctx, e.plan, set.Targets(), obs)
-	})
+	}))
 }
 
 // LockOptions are the inputs of `drover lock` and `drover unlock`.

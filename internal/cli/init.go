@@ -31,6 +31,10 @@ repo: {{.Repo}}
 deploy_to: /srv/{{.App}}
 # How many good releases to keep on each host (failed ones go first).
 keep_releases: 5
+# A drover server whose deploy queue push deploys share: drover deploy waits
+# its turn there, behind other deploys and server rollouts (DROVER_SERVER
+# overrides it, DROVER_SERVER=off ignores it; the token is DROVER_TOKEN).
+# server: https://drover.example.internal:8700
 
 # Paths that survive releases: created in shared/ when missing, linked into
 # every release, never deleted or overwritten by a deploy.

@@ -17,8 +17,8 @@ import (
 	"github.com/drover/drover/internal/agent"
 	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/config"
+	"github.com/drover/drover/internal/control"
 	"github.com/drover/drover/internal/server"
-	"github.com/drover/drover/internal/source"
 	"github.com/drover/drover/internal/store"
 )
 
@@ -35,8 +35,13 @@ type ServerOptions struct {
 	// limit.
 	MaxConns              int
 	JoinRate, JoinRateTot float64
-	IO                    IO
-	Logger                *slog.Logger
+	// NodeTimeout, AllowCommands and RunnerName configure the rollouts
+	// this server runs (control.RunnerOptions).
+	NodeTimeout   time.Duration
+	AllowCommands bool
+	RunnerName    string
+	IO            IO
+	Logger        *slog.Logger
 	// Ready, when set, receives the URL once the server listens (tests).
 	Ready func(url string)
 }
@@ -96,6 +101,7 @@ func Serve(ctx context.Context, o *ServerOptions) error {
 	if o.JoinRateTot != 0 {
 		srv.JoinRateTotal, srv.JoinBurstTotal = max(0, o.JoinRateTot), max(1, int(10*o.JoinRateTot))
 	}
+	srv.Runner = control.RunnerOptions{Name: o.RunnerName, NodeTimeout: o.NodeTimeout, AllowCommands: o.AllowCommands, Logger: log}
 	if err := srv.Start(ctx); err != nil {
 		return err
 	}
@@ -230,55 +236,6 @@ func JoinTokenCreate(ctx context.Context, o *JoinTokenOptions) error {
 	return nil
 }
 
-// ReleaseCreateOptions are the inputs of `drover release create`.
-type ReleaseCreateOptions struct {
-	ClientOptions
-	App, Env, Spec, Note string
-	Repo                 string // where to resolve the spec; default: drover.yml's repo when its app matches
-}
-
-// ReleaseCreate records a release on the server, resolving its spec to a
-// commit here when the repository can be reached; otherwise the first agent
-// resolves it and every other node uses that commit.
-func ReleaseCreate(ctx context.Context, o *ReleaseCreateOptions) error {
-	spec, err := source.ParseSpec(o.Spec)
-	if err != nil {
-		return err
-	}
-	c, err := o.client()
-	if err != nil {
-		return err
-	}
-	repo := o.Repo
-	if repo == "" {
-		if app, err := config.Load(config.DefaultFile); err == nil && app.App == o.App {
-			repo = app.Repo
-		}
-	}
-	commit := ""
-	if repo != "" {
-		m := &source.Mirror{Dir: mirrorDir(repo), URL: repo}
-		if err := m.Fetch(ctx); err != nil {
-			fmt.Fprintf(o.IO.Err, "note: cannot fetch %s (%v); the first agent will resolve %s\n", repo, err, spec)
-		} else if commit, err = m.Resolve(ctx, spec); err != nil {
-			return err
-		}
-	}
-	rel, err := c.CreateRelease(ctx, api.CreateRelease{App: o.App, Env: o.Env, Spec: spec.String(), Commit: commit, Note: o.Note})
-	if err != nil {
-		return err
-	}
-	if o.IO.Output == "json" {
-		return o.IO.JSON(rel)
-	}
-	resolved := rel.Commit
-	if resolved == "" {
-		resolved = "(resolved by the first agent)"
-	}
-	fmt.Fprintf(o.IO.Out, "release %d: %s %s %s → %s\n", rel.ID, rel.App, rel.Env, rel.Spec, resolved)
-	return nil
-}
-
 // ReleaseList prints the server's releases of an app.
 func ReleaseList(ctx context.Context, o *ClientOptions, app, env string) error {
 	c, err := o.client()
@@ -325,10 +282,15 @@ func Status(ctx context.Context, o *StatusOptions) error {
 				return err
 			}
 		} else {
+			envs, err := envStatus(ctx, c, o.App, o.Env, nodes)
+			if err != nil {
+				return err
+			}
 			if o.Watch && o.IO.IsTTY {
 				fmt.Fprint(o.IO.Out, "\x1b[H\x1b[2J")
 			}
 			printStatus(o.IO, nodes)
+			printEnvStatus(o.IO.Out, envs)
 		}
 		if !o.Watch {
 			return nil

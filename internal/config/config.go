@@ -27,6 +27,10 @@ type File struct {
 	Hooks        map[string]*Hook        `yaml:"hooks" json:"hooks,omitempty"`
 	Services     map[string]*Service     `yaml:"services" json:"services,omitempty"`
 	Environments map[string]*Environment `yaml:"environments" json:"environments,omitempty"`
+	// Server is the URL of the drover control server whose deploy queue
+	// push deploys of this app share (DROVER_SERVER overrides it); empty:
+	// push deploys take only the hosts' own locks.
+	Server string `yaml:"server" json:"server,omitempty"`
 
 	// HookOrder lists hook names in the order the file declares them;
 	// hooks of one stage run in this order.

@@ -64,7 +64,16 @@ func Load(path string) (*File, error) {
 
 // Parse decodes and validates data as the drover.yml named path.
 func Parse(name string, data []byte) (*File, error) {
-	return parse(name, data, false)
+	return parse(name, data, modeFull)
+}
+
+// ParsePull decodes and validates data as strictly as Parse, for a control
+// server that rolls the app out to agents (pull mode): an environment may
+// list no hosts, since its nodes are the agents that registered for it, and
+// a hook's role is then not checked against the hosts' roles (the agents
+// declare theirs). Errors name the file, line and key like Parse's.
+func ParsePull(name string, data []byte) (*File, error) {
+	return parse(name, data, modePull)
 }
 
 // ParseCode decodes data, the drover.yml in a commit, as strictly as Parse,
@@ -73,10 +82,17 @@ func Parse(name string, data []byte) (*File, error) {
 // repo, deploy_to, environments) comes from the deployer's file, so a key
 // there that today's drover refuses does not stop a rollback to the commit.
 func ParseCode(name string, data []byte) (*File, error) {
-	return parse(name, data, true)
+	return parse(name, data, modeCode)
 }
 
-func parse(name string, data []byte, code bool) (*File, error) {
+// What parse validates.
+const (
+	modeFull = iota // everything (Parse)
+	modeCode        // what a deploy takes from a commit (ParseCode)
+	modePull        // everything, environments without hosts allowed (ParsePull)
+)
+
+func parse(name string, data []byte, mode int) (*File, error) {
 	astFile, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return nil, yamlError(name, err)
@@ -105,9 +121,9 @@ func parse(name string, data []byte, code bool) (*File, error) {
 		return nil, e
 	}
 	f.Path = name
-	v := validator{file: name, ast: astFile}
+	v := validator{file: name, ast: astFile, pull: mode == modePull}
 	v.defaults(&f)
-	if code {
+	if mode == modeCode {
 		v.validateCode(&f)
 	} else {
 		v.validate(&f)
@@ -202,6 +218,8 @@ type validator struct {
 	file string
 	ast  *ast.File
 	errs Errors
+	// pull allows environments without hosts (ParsePull).
+	pull bool
 }
 
 // at records an error at the YAML path p (like $.environments.prod.hosts[0]).
@@ -320,6 +338,11 @@ func (v *validator) defaults(f *File) {
 		}
 	}
 	for name, e := range f.Environments {
+		if e == nil && v.pull {
+			// "staging:" alone: in pull mode its agents are its hosts.
+			e = &Environment{}
+			f.Environments[name] = e
+		}
 		if e == nil {
 			continue
 		}
@@ -358,6 +381,10 @@ var (
 	unitRE     = regexp.MustCompile(`^[A-Za-z0-9@._:\\-]+$`)
 )
 
+// ValidName reports whether s may name an app, an environment or a
+// service: lowercase letters, digits, '-', '_' or '.', at most 63.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
 func (v *validator) validate(f *File) {
 	if f.App == "" {
 		v.at("$", "missing required key app (the app's name, like app: shop)")
@@ -379,7 +406,13 @@ func (v *validator) validate(f *File) {
 		v.at("$.keep_releases", "must be at least 1, got %d", f.KeepReleases)
 	}
 	v.validateShared(f)
+	v.validateServer(f)
 	roles := v.validateEnvironments(f)
+	if v.pull && slices.ContainsFunc(f.EnvironmentNames(), func(n string) bool { return f.Environments[n] == nil || len(f.Environments[n].Hosts) == 0 }) {
+		// The agents of a hostless environment declare their roles when
+		// they register: no role can be refused here.
+		roles = nil
+	}
 	v.validateHooks(f, roles)
 	v.validateServices(f)
 }
@@ -448,7 +481,9 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		e := f.Environments[name]
 		p := "$.environments." + pathKey(name)
 		if e == nil {
-			v.at(p, "environment is empty; give it hosts")
+			if !v.pull {
+				v.at(p, "environment is empty; give it hosts")
+			}
 			continue
 		}
 		if !nameRE.MatchString(name) {
@@ -457,7 +492,7 @@ func (v *validator) validateEnvironments(f *File) map[string]bool {
 		v.validateStrategy(p, e)
 		v.unsupported(p, e)
 		v.validateLoadBalancer(p, e)
-		if len(e.Hosts) == 0 {
+		if len(e.Hosts) == 0 && !v.pull {
 			v.at(p, "missing required key hosts (at least one host)")
 		}
 		names, members := map[string]int{}, map[string]int{}
@@ -538,17 +573,6 @@ func (v *validator) validateStrategy(p string, e *Environment) {
 		return
 	}
 	v.validateCanary(sp, s)
-	if n == 0 {
-		return
-	}
-	if s.MaxFail.Floor(n) > n {
-		v.at(sp+".max_fail", "%s is more than the environment's %d hosts", s.MaxFail, n)
-	}
-	if mh := s.MinHealthy.Ceil(n); mh >= n {
-		v.at(sp+".min_healthy", "%s of %d hosts would have to keep serving, so no host could ever be taken out; make it at most %d", s.MinHealthy, n, n-1)
-	} else if b := min(s.Batch.Ceil(n), n); mh > 0 && n-b < mh {
-		v.at(sp+".batch", "a batch of %d of the %d hosts leaves %d serving, fewer than min_healthy %s (%d); make batch at most %d", b, n, n-b, s.MinHealthy, mh, n-mh)
-	}
 	if e.LoadBalancer == nil {
 		for _, k := range []string{"drain_timeout", "min_healthy_time"} {
 			if v.present(sp + "." + k) {
@@ -558,6 +582,17 @@ func (v *validator) validateStrategy(p string, e *Environment) {
 	}
 	if s.DrainTimeout == 0 {
 		s.DrainTimeout = Duration(DefaultDrainTimeout)
+	}
+	if n == 0 {
+		return // pull mode: the agents are the hosts, counted when the rollout runs
+	}
+	if s.MaxFail.Floor(n) > n {
+		v.at(sp+".max_fail", "%s is more than the environment's %d hosts", s.MaxFail, n)
+	}
+	if mh := s.MinHealthy.Ceil(n); mh >= n {
+		v.at(sp+".min_healthy", "%s of %d hosts would have to keep serving, so no host could ever be taken out; make it at most %d", s.MinHealthy, n, n-1)
+	} else if b := min(s.Batch.Ceil(n), n); mh > 0 && n-b < mh {
+		v.at(sp+".batch", "a batch of %d of the %d hosts leaves %d serving, fewer than min_healthy %s (%d); make batch at most %d", b, n, n-b, s.MinHealthy, mh, n-mh)
 	}
 }
 

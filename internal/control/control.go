@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/drover/drover/internal/lock"
@@ -80,6 +81,11 @@ type Options struct {
 	Recheck time.Duration
 	// Clock is the time source; default the system clock.
 	Clock Clock
+	// AllowCommands lets CreateRelease accept rollouts that run shell
+	// commands on the server (a command load balancer, a canary check
+	// command); RunRollouts with RunnerOptions.AllowCommands turns it on
+	// too, and the runner checks its own option again before it runs one.
+	AllowCommands bool
 }
 
 // Control is the control plane over one store. It is safe for concurrent
@@ -90,8 +96,17 @@ type Control struct {
 	lease   time.Duration
 	recheck time.Duration
 
+	allowCommands atomic.Bool
+
 	mu   sync.Mutex
 	wake map[envKey]chan struct{} // closed when the env's queue changed here
+
+	desired desiredCache // Desired's per-environment answers (desired.go)
+
+	kick chan struct{} // closed when a rollout may start here (runner.go)
+
+	boardsMu sync.Mutex
+	boards   map[int64]*nodeBoard // the nodes of each rollout this replica runs
 }
 
 type envKey struct{ app, env string }
@@ -113,7 +128,9 @@ func New(st store.Store, opts Options) (*Control, error) {
 	if opts.Clock == nil {
 		opts.Clock = realClock{}
 	}
-	return &Control{st: st, clock: opts.Clock, lease: opts.Lease, recheck: opts.Recheck, wake: map[envKey]chan struct{}{}}, nil
+	c := &Control{st: st, clock: opts.Clock, lease: opts.Lease, recheck: opts.Recheck, wake: map[envKey]chan struct{}{}, boards: map[int64]*nodeBoard{}}
+	c.allowCommands.Store(opts.AllowCommands)
+	return c, nil
 }
 
 // LeaseDuration is how long a lease lasts without renewal; renew well
@@ -149,16 +166,21 @@ type EnqueueOptions struct {
 	// Supersede replaces every older queued ticket of the environment
 	// (their waiters get ErrSuperseded); a running one is never touched.
 	Supersede bool
+	// Resumable marks a deploy another runner may continue (a server-run
+	// rollout): when its lease lapses the queue waits for a takeover
+	// (store.TakeOverLease) instead of passing the lease on.
+	Resumable bool
 }
 
 // Enqueue puts a deploy by holder (who: "alice@laptop", "rollout 12") at
 // the end of app/env's queue and returns its ticket with its Position.
 func (c *Control) Enqueue(ctx context.Context, app, env, holder string, opts EnqueueOptions) (*Ticket, error) {
-	t, err := c.st.EnqueueTicket(ctx, store.Ticket{App: app, Env: env, Holder: holder, CreatedAt: c.clock.Now()}, opts.Supersede)
+	t, err := c.st.EnqueueTicket(ctx, store.Ticket{App: app, Env: env, Holder: holder, CreatedAt: c.clock.Now(), Resumable: opts.Resumable}, opts.Supersede)
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
 	c.notify(app, env)
+	c.kickRunner()
 	return &t, nil
 }
 
@@ -185,20 +207,25 @@ func (c *Control) TryAcquire(ctx context.Context, t *Ticket) (Lease, bool, error
 // the ticket leaves the queue (or, if it just got the lease, releases it)
 // and ctx's error is returned.
 func (c *Control) Acquire(ctx context.Context, t *Ticket) (Lease, error) {
+	l, _, err := c.acquire(ctx, t, nil)
+	if ctx.Err() != nil {
+		return Lease{}, c.abandon(ctx, t)
+	}
+	return l, err
+}
+
+// acquire is Acquire's wait, which also stops when until fires (nil:
+// never): then it returns false and the holder's lease, and t stays in the
+// queue. It does not leave the queue when ctx ends either; the caller does.
+func (c *Control) acquire(ctx context.Context, t *Ticket, until <-chan time.Time) (Lease, bool, error) {
 	for {
 		changed := c.waitCh(t.App, t.Env)
-		if ctx.Err() != nil {
-			return Lease{}, c.abandon(ctx, t)
+		if err := ctx.Err(); err != nil {
+			return Lease{}, false, err
 		}
 		l, ok, err := c.TryAcquire(ctx, t)
-		if ctx.Err() != nil {
-			return Lease{}, c.abandon(ctx, t)
-		}
-		if err != nil {
-			return Lease{}, err
-		}
-		if ok {
-			return l, nil
+		if err != nil || ok || ctx.Err() != nil {
+			return l, ok, err
 		}
 		wait := c.recheck
 		if l.TicketID != 0 {
@@ -211,6 +238,9 @@ func (c *Control) Acquire(ctx context.Context, t *Ticket) (Lease, error) {
 		case <-changed:
 		case <-timer.C():
 		case <-ctx.Done():
+		case <-until:
+			timer.Stop()
+			return l, false, nil
 		}
 		timer.Stop()
 	}
@@ -250,6 +280,7 @@ func (c *Control) Renew(ctx context.Context, l Lease) (Lease, error) {
 func (c *Control) Release(ctx context.Context, l Lease) error {
 	err := c.st.ReleaseLease(ctx, l, c.clock.Now())
 	c.notify(l.App, l.Env)
+	c.kickRunner()
 	if err != nil {
 		return fmt.Errorf("control: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,6 +47,8 @@ func (s *canary) activate(ctx context.Context, r *run, rep *Report) {
 	if stop == "" && len(t.failed) > 0 {
 		stop = fmt.Sprintf("the canary failed on %s", strings.Join(t.failed, ", "))
 	}
+	// Hosts that failed to prepare count against max_fail from here on.
+	t.failed = append(slices.Clone(s.prepFailed), t.failed...)
 	if stop == "" {
 		// A canary of the whole fleet still waits out its gate: a failing
 		// check rolls it back.

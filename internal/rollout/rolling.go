@@ -46,6 +46,19 @@ type rolling struct {
 	upTimeout   time.Duration
 	poll        time.Duration
 	lb          lb.Balancer
+	// prepFailed are the hosts that failed to prepare, counted against
+	// max_fail (see tolerate).
+	prepFailed []string
+}
+
+// tolerate implements tolerant: hosts failed in prepare count against
+// max_fail like any other failure.
+func (s *rolling) tolerate(failed []string) bool {
+	if len(failed) > s.maxFail {
+		return false
+	}
+	s.prepFailed = failed
+	return true
 }
 
 func newRolling(plan *Plan, s config.Strategy, n int) *rolling {
@@ -93,7 +106,7 @@ func (s *rolling) activate(ctx context.Context, r *run, rep *Report) {
 	if !ok {
 		return
 	}
-	var t tally
+	t := tally{failed: slices.Clone(s.prepFailed)}
 	batches := s.batches(r.targets)
 	stop := s.roll(ctx, r, rep, batches, 0, len(batches), &t, prev)
 	s.finish(ctx, r, rep, &t, stop, prev)

@@ -300,9 +300,13 @@ func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*R
 	if !plan.ActivateOnly {
 		obs.Phase("prepare")
 		if !r.prepareAll(ctx) {
-			rep.Err = "no host was activated because a host failed to prepare; fix it and run `drover resume " + plan.Env.Name + "`"
-			r.skipRest("activate")
-			return rep, nil
+			sub := r.withoutFailed(ctx, strat, rep)
+			if sub == nil {
+				rep.Err = "no host was activated because a host failed to prepare; fix it and run `drover resume " + plan.Env.Name + "`"
+				r.skipRest("activate")
+				return rep, nil
+			}
+			r = sub // the report still lists every host (finish was deferred on the whole run)
 		}
 	}
 	if plan.PrepareOnly {
@@ -325,6 +329,38 @@ func Deploy(ctx context.Context, plan *Plan, targets []Target, obs Observer) (*R
 		return rep, nil
 	}
 	return rep, nil
+}
+
+// tolerant is a strategy that counts hosts failed in prepare against its
+// max_fail and goes on without them (rolling, serial, canary).
+type tolerant interface {
+	// tolerate reports whether the rollout may go on without the hosts
+	// failed (named) and, if so, counts them as failed.
+	tolerate(failed []string) bool
+}
+
+// withoutFailed is the run over the hosts that prepared when strat lets
+// the rollout go on without the others (they failed within max_fail, and
+// every run_once hook still has a host); nil when it must stop.
+func (r *run) withoutFailed(ctx context.Context, strat strategy, rep *Report) *run {
+	tol, ok := strat.(tolerant)
+	if !ok || ctx.Err() != nil || r.plan.PrepareOnly {
+		return nil
+	}
+	var prepared []Target
+	var failed []string
+	for _, t := range r.targets {
+		if r.result(t).State == StateOK {
+			prepared = append(prepared, t)
+		} else {
+			failed = append(failed, t.Name())
+		}
+	}
+	if len(prepared) == 0 || CheckRunOnce(r.plan, hostsOf(prepared)) != nil || !tol.tolerate(failed) {
+		return nil
+	}
+	r.note(rep, "", fmt.Sprintf("%s failed to prepare; max_fail lets the rollout go on without it (%d failed host(s) so far)", strings.Join(failed, ", "), len(failed)))
+	return r.sub(prepared)
 }
 
 // lock is the first phase of every rollout: lockAll, with a failure noted

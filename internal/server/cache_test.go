@@ -11,9 +11,9 @@ import (
 	"github.com/drover/drover/internal/store"
 )
 
-// gatedStore is a inner SQLite store whose Version waits for a gate while
-// the gate is shut, as a slow database would; it honours its context the way
-// database drivers do.
+// gatedStore is a inner SQLite store whose Version (the first read of a
+// desired-state lookup) waits for a gate while the gate is shut, as a
+// slow database would; it honours its context the way database drivers do.
 type gatedStore struct {
 	store.Store
 	gate chan struct{} // nil: open
@@ -66,9 +66,7 @@ func TestCancelledLongPollFailsOnlyItself(t *testing.T) {
 	gs := &gatedStore{}
 	e := startServer(t, serverOpts{wrap: func(st store.Store) store.Store { gs.Store = st; return gs }})
 	a, b := e.join("web1"), e.join("web2")
-	if _, err := e.client(e.admin).CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "commit:" + sha, Commit: sha}); err != nil {
-		t.Fatal(err)
-	}
+	e.completed(store.Release{App: "hello", Env: "demo", Spec: "commit:" + sha, Commit: sha})
 	gate := make(chan struct{})
 	gs.gate = gate
 	t.Cleanup(func() {

@@ -12,14 +12,12 @@ import (
 	"time"
 
 	"github.com/drover/drover/internal/api"
-	"github.com/drover/drover/internal/release"
+	"github.com/drover/drover/internal/control"
 	"github.com/drover/drover/internal/source"
 	"github.com/drover/drover/internal/store"
 )
 
-func toAPI(r store.Release) api.Release {
-	return api.Release{ID: r.ID, App: r.App, Env: r.Env, Spec: r.Spec, Commit: r.Commit, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt, Note: r.Note}
-}
+func toAPI(r store.Release) api.Release { return control.ReleaseToAPI(r) }
 
 func (s *Server) audit(ctx context.Context, p principal, action string, detail any) {
 	b, _ := json.Marshal(detail)
@@ -60,19 +58,51 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad request", "note longer than 4096 bytes")
 		return
 	}
+	if len(req.Config) > maxConfig {
+		writeError(w, http.StatusBadRequest, "bad request", fmt.Sprintf("config (drover.yml) longer than %d bytes", maxConfig))
+		return
+	}
 	p := from(r)
-	rel, err := s.store.CreateRelease(r.Context(), store.Release{App: req.App, Env: req.Env, Spec: spec.String(), Commit: strings.ToLower(req.Commit), CreatedBy: fmt.Sprintf("%s token %d", p.kind, p.token), Note: req.Note})
+	rel, ro, err := s.control.CreateRelease(r.Context(), control.NewRelease{App: req.App, Env: req.Env, Spec: spec.String(), Commit: strings.ToLower(req.Commit), Note: req.Note,
+		By: p.String(), Config: []byte(req.Config), Strategy: req.Strategy, NoWait: req.NoWait, Supersede: req.Supersede, Hotfix: req.Hotfix, Skip: req.Skip})
+	if errors.Is(err, control.ErrBusy) {
+		writeError(w, http.StatusConflict, "conflict", s.busy(r.Context(), req.App, req.Env, err))
+		return
+	}
 	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	s.audit(r.Context(), p, "release.create", rel)
-	writeJSON(w, http.StatusCreated, toAPI(rel))
+	s.audit(r.Context(), p, "release.create", map[string]any{"release": rel, "rollout": ro})
+	writeJSON(w, http.StatusCreated, api.ReleaseCreated{Release: toAPI(rel), Rollout: ro})
+}
+
+// maxConfig is the largest drover.yml a release may carry.
+const maxConfig = 256 << 10
+
+// busy says who holds app/env's deploy lease and who waits, for a
+// --no-wait release refused with err.
+func (s *Server) busy(ctx context.Context, app, env string, err error) string {
+	msg := fmt.Sprintf("%s/%s: %v", app, env, err)
+	st, serr := s.control.Status(ctx, app, env)
+	if serr != nil {
+		return msg + "; drop --no-wait to queue behind it"
+	}
+	if st.Holder != nil {
+		msg += fmt.Sprintf("; held by %s (token %d) since %s", st.Holder.Holder, st.Holder.Token, st.Holder.Since.UTC().Format(time.RFC3339))
+	}
+	if len(st.Queue) > 0 {
+		var q []string
+		for _, t := range st.Queue {
+			q = append(q, fmt.Sprintf("%d. %s", t.Position, t.Holder))
+		}
+		msg += "; queued: " + strings.Join(q, ", ")
+	}
+	return msg + "; drop --no-wait to queue behind it"
 }
 
 func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) {
-	f := store.ReleaseFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env"), Limit: 100}
-	rels, err := s.store.ListReleases(r.Context(), f)
+	rels, err := s.control.Releases(r.Context(), r.URL.Query().Get("app"), r.URL.Query().Get("env"), 100)
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -100,7 +130,7 @@ func (s *Server) nodeIn(w http.ResponseWriter, r *http.Request, app, env string)
 		writeError(w, http.StatusForbidden, "forbidden", msg)
 		return store.Node{}, false
 	}
-	n, err := s.store.FindNode(r.Context(), p.node, app, env)
+	n, err := s.control.Node(r.Context(), p.node, app, env)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("node %s is not registered for %s/%s", p.node, app, env))
@@ -125,7 +155,7 @@ func (s *Server) resolveRelease(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad request", "commit must be a full hex SHA")
 		return
 	}
-	rel, err := s.store.GetRelease(r.Context(), id)
+	rel, err := s.control.ReleaseByID(r.Context(), id)
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -135,7 +165,7 @@ func (s *Server) resolveRelease(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	commit, err := s.store.ResolveRelease(r.Context(), id, strings.ToLower(req.Commit))
+	commit, err := s.control.ResolveRelease(r.Context(), id, strings.ToLower(req.Commit))
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -409,28 +439,7 @@ func (s *Server) checkApps(apps []api.NodeApp) error {
 
 // register records the node's apps, and which server release each runs.
 func (s *Server) register(ctx context.Context, node, hostname, version string, apps []api.NodeApp) error {
-	for _, a := range apps {
-		n, err := s.store.RegisterNode(ctx, store.Node{Name: node, Hostname: hostname, App: a.App, Env: a.Env, Roles: a.Roles, AgentVersion: version})
-		if err != nil {
-			return err
-		}
-		if a.Release == "" {
-			continue
-		}
-		rels, err := s.store.ListReleases(ctx, store.ReleaseFilter{App: a.App, Env: a.Env, Limit: 200})
-		if err != nil {
-			return err
-		}
-		for _, rel := range rels {
-			if rel.Commit != "" && release.NewID(rel.CreatedAt, rel.Commit) == a.Release {
-				if err := s.store.SetNodeRelease(ctx, n.ID, rel.ID); err != nil {
-					return err
-				}
-				break
-			}
-		}
-	}
-	return nil
+	return s.control.RegisterNode(ctx, node, hostname, version, apps)
 }
 
 func (s *Server) hello(w http.ResponseWriter, r *http.Request) {
@@ -474,7 +483,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	}
 	var nodes []store.Node
 	var err error
-	offStack(func() { nodes, err = s.store.ListNodes(r.Context(), store.NodeFilter{Name: p.node}) })
+	offStack(func() { nodes, err = s.control.Nodes(r.Context(), store.NodeFilter{Name: p.node}) })
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -532,21 +541,7 @@ func (s *Server) touch(_ context.Context, nodes []store.Node) {
 }
 
 func (s *Server) desiredOf(ctx context.Context, nodes []store.Node) (*api.Desired, error) {
-	d := &api.Desired{}
-	for _, n := range nodes {
-		e, err := s.cache.get(ctx, n.App, n.Env)
-		if err != nil {
-			return nil, err
-		}
-		d.Version += e.version
-		da := api.DesiredApp{App: n.App, Env: n.Env, Action: api.ActionActivate}
-		if e.release != nil {
-			rel := toAPI(*e.release)
-			da.Release = &rel
-		}
-		d.Apps = append(d.Apps, da)
-	}
-	return d, nil
+	return s.control.Desired(ctx, nodes)
 }
 
 func (s *Server) startUpgrade(w http.ResponseWriter, r *http.Request) {
@@ -558,26 +553,7 @@ func (s *Server) startUpgrade(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	rel, err := s.store.GetRelease(r.Context(), req.ReleaseID)
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	if rel.App != req.App || rel.Env != req.Env {
-		writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("release %d belongs to %s/%s", rel.ID, rel.App, rel.Env))
-		return
-	}
-	// An unfinished upgrade of this node was interrupted (the agent
-	// restarted): close it so status shows the one that runs now.
-	if prev, err := s.store.ListUpgrades(r.Context(), store.UpgradeFilter{NodeID: n.ID, Limit: 5}); err == nil {
-		for _, p := range prev {
-			if !p.Status.Done() {
-				p.Status, p.Error, p.EndedAt = store.UpgradeFailed, "interrupted: the agent started another upgrade (it restarted)", s.now()
-				_ = s.store.UpdateUpgrade(r.Context(), p)
-			}
-		}
-	}
-	u, err := s.store.CreateUpgrade(r.Context(), store.Upgrade{NodeID: n.ID, ReleaseID: rel.ID, Status: store.UpgradePending, StartedAt: s.now()})
+	u, rel, err := s.control.StartUpgrade(r.Context(), n, req)
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -594,18 +570,8 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	status := store.UpgradeStatus(req.Status)
-	if !status.Valid() {
-		writeError(w, http.StatusBadRequest, "bad request", "unknown status "+strconv.Quote(req.Status))
-		return
-	}
 	ctx := r.Context()
-	u, err := s.store.GetUpgrade(ctx, id)
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	n, err := s.store.GetNode(ctx, u.NodeID)
+	u, n, err := s.control.Upgrade(ctx, id)
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -617,88 +583,24 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "forbidden", msg)
 		return
 	}
-	if u.Status.Done() {
-		writeError(w, http.StatusConflict, "conflict", "the upgrade is finished")
-		return
-	}
-	old := map[string]store.Step{}
-	for _, st := range u.Steps {
-		old[st.Name] = st
-	}
-	for _, st := range req.Steps {
-		if st.Name == "" || len(st.Name) > 200 {
-			writeError(w, http.StatusBadRequest, "bad request", "a step needs a name of at most 200 bytes")
-			return
-		}
-		ended := time.Time{}
-		if st.Status != "running" {
-			ended = st.Started.Add(st.Elapsed)
-		}
-		if err := s.store.SaveStep(ctx, store.Step{UpgradeID: id, Name: st.Name, Status: st.Status, StartedAt: st.Started, EndedAt: ended}); err != nil {
-			s.storeError(w, err)
-			return
-		}
-		// The agent sends each step's whole log; store what is new.
-		if prev := old[st.Name].Log; len(st.Log) > len(prev) && strings.HasPrefix(st.Log, prev) {
-			if err := s.store.AppendStepLog(ctx, id, st.Name, st.Log[len(prev):]); err != nil {
-				s.storeError(w, err)
-				return
-			}
-		}
-	}
-	u.Status, u.CurrentStep, u.Error = status, req.Step, req.Error
-	if status.Done() {
-		u.EndedAt = s.now()
-	}
-	if err := s.store.UpdateUpgrade(ctx, u); err != nil {
+	if err := s.control.Report(ctx, n, u, req); err != nil {
 		s.storeError(w, err)
 		return
 	}
-	if status == store.UpgradeSucceeded {
-		if err := s.store.SetNodeRelease(ctx, n.ID, u.ReleaseID); err != nil {
-			s.storeError(w, err)
-			return
-		}
-	}
-	_ = s.store.TouchNode(ctx, n.ID, time.Time{})
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }
 
 func (s *Server) listUpgrades(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
-	ups, err := s.store.ListUpgrades(ctx, store.UpgradeFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env"), Limit: 50})
+	ups, err := s.control.Upgrades(r.Context(), r.URL.Query().Get("app"), r.URL.Query().Get("env"), 50)
 	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	out := []api.Upgrade{}
-	names := map[int64]store.Node{}
-	for _, u := range ups {
-		full, err := s.store.GetUpgrade(ctx, u.ID)
-		if err != nil {
-			s.storeError(w, err)
-			return
-		}
-		n, ok := names[u.NodeID]
-		if !ok {
-			n, _ = s.store.GetNode(ctx, u.NodeID)
-			names[u.NodeID] = n
-		}
-		au := api.Upgrade{ID: u.ID, Node: n.Name, ReleaseID: u.ReleaseID, App: n.App, Env: n.Env, Status: string(u.Status), Step: u.CurrentStep, Error: u.Error, StartedAt: u.StartedAt, EndedAt: u.EndedAt}
-		for _, st := range full.Steps {
-			as := api.Step{Name: st.Name, Status: st.Status, Started: st.StartedAt, Log: st.Log}
-			if !st.EndedAt.IsZero() {
-				as.Elapsed = st.EndedAt.Sub(st.StartedAt)
-			}
-			au.Steps = append(au.Steps, as)
-		}
-		out = append(out, au)
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, ups)
 }
 
 func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
-	nodes, err := s.store.ListNodes(r.Context(), store.NodeFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env")})
+	nodes, err := s.control.Nodes(r.Context(), store.NodeFilter{App: r.URL.Query().Get("app"), Env: r.URL.Query().Get("env")})
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -708,46 +610,11 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) {
 
 // status is one line per node: what it runs and how its latest upgrade goes.
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
-	app, env := r.URL.Query().Get("app"), r.URL.Query().Get("env")
-	nodes, err := s.store.ListNodes(ctx, store.NodeFilter{App: app, Env: env})
+	out, err := s.control.NodeStatus(r.Context(), r.URL.Query().Get("app"), r.URL.Query().Get("env"), s.StaleAfter)
 	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	out := []api.NodeStatus{}
-	now := s.now()
-	rels := map[int64]store.Release{}
-	relOf := func(id int64) store.Release {
-		if rel, ok := rels[id]; ok || id == 0 {
-			return rel
-		}
-		rel, _ := s.store.GetRelease(ctx, id)
-		rels[id] = rel
-		return rel
-	}
-	for _, n := range nodes {
-		ns := api.NodeStatus{Node: n.Name, Hostname: n.Hostname, App: n.App, Env: n.Env, Roles: n.Roles, LastSeen: n.LastSeen, Agent: n.AgentVersion,
-			Stale: now.Sub(n.LastSeen) > s.StaleAfter, Status: "-"}
-		if n.CurrentRelease != 0 {
-			rel := relOf(n.CurrentRelease)
-			ns.Commit = rel.Commit
-			if rel.Commit != "" {
-				ns.Release = release.NewID(rel.CreatedAt, rel.Commit)
-			}
-		}
-		ups, err := s.store.ListUpgrades(ctx, store.UpgradeFilter{NodeID: n.ID, Limit: 1})
-		if err != nil {
-			s.storeError(w, err)
-			return
-		}
-		if len(ups) > 0 {
-			u := ups[0]
-			ns.Status, ns.Step, ns.Error, ns.Target, ns.Since = string(u.Status), u.CurrentStep, u.Error, u.ReleaseID, u.StartedAt
-		}
-		out = append(out, ns)
-	}
-	slices.SortFunc(out, func(a, b api.NodeStatus) int { return strings.Compare(a.App+a.Env+a.Node, b.App+b.Env+b.Node) })
 	writeJSON(w, http.StatusOK, out)
 }
 

@@ -16,7 +16,7 @@ func TestMain(m *testing.M) { dbtest.Main(m) }
 
 // TestReplicasWakeEachOther runs two server replicas on one database: an
 // agent long-polls replica A, a release is created through replica B, and
-// A's long-poll answers with it well before its wait ends.
+// A's long-poll answers with its rollout's task well before its wait ends.
 func TestReplicasWakeEachOther(t *testing.T) {
 	for _, backend := range []string{dbtest.Postgres, dbtest.MySQL} {
 		t.Run(backend, func(t *testing.T) {
@@ -65,9 +65,19 @@ func TestReplicasWakeEachOther(t *testing.T) {
 				err error
 			}
 			got := make(chan res, 1)
+			// The release's creation wakes the poll first (its rollout is
+			// queued, nothing to do yet); the poll goes on until the
+			// rollout's first task reaches the node.
 			go func() {
-				d2, err := agent.Desired(ctx, d.Version, 20*time.Second)
-				got <- res{d2, err}
+				known := d.Version
+				for {
+					d2, err := agent.Desired(ctx, known, 20*time.Second)
+					if err != nil || d2.Apps[0].Release != nil || d2.Version == known {
+						got <- res{d2, err}
+						return
+					}
+					known = d2.Version
+				}
 			}()
 			// Let the poll reach replica A and subscribe, then create on B.
 			deadline := time.Now().Add(300 * time.Millisecond)

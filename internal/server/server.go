@@ -31,13 +31,18 @@ type Server struct {
 	log   *slog.Logger
 	now   func() time.Time
 	hub   *hub
-	cache *desiredCache
 	seen  *lastSeen
 	mux   *http.ServeMux
 
-	// control is the deploy lease and queue: handlers use it, never the
+	// control is the control plane: desired state, upgrades, releases,
+	// rollouts, the deploy lease and queue. Handlers use it, never the
 	// store, for them.
 	control *control.Control
+
+	// Runner configures the rollouts this server runs (control.RunRollouts,
+	// started by Start); set it before Start. With AllowCommands, releases
+	// whose drover.yml has the server run commands are accepted too.
+	Runner control.RunnerOptions
 
 	// MaxWait caps a long-poll's wait.
 	MaxWait time.Duration
@@ -90,7 +95,6 @@ func New(st store.Store, log *slog.Logger) *Server {
 		panic(err)
 	}
 	s.control = ctl
-	s.cache = &desiredCache{st: st, entries: map[string]*desiredEntry{}}
 	s.seen = &lastSeen{ids: map[int64]time.Time{}}
 	s.routes()
 	return s
@@ -99,19 +103,45 @@ func New(st store.Store, log *slog.Logger) *Server {
 // Start follows the store's changes until ctx ends, waking long-polls on
 // this replica whenever any replica changes a desired state.
 func (s *Server) Start(ctx context.Context) error {
+	if s.Runner.AllowCommands {
+		// CreateRelease checks commands against the control plane's own
+		// setting: build it again with them allowed (nothing used it yet).
+		ctl, err := control.New(s.store, control.Options{AllowCommands: true})
+		if err != nil {
+			return err
+		}
+		s.control = ctl
+	}
 	ch, err := s.store.Watch(ctx)
 	if err != nil {
 		return fmt.Errorf("watch store: %w", err)
 	}
 	go func() {
 		for c := range ch {
-			s.cache.invalidate(c.App, c.Env)
+			s.control.Invalidate(c.App, c.Env)
 			s.hub.wake(c.App, c.Env)
 		}
 	}()
 	go s.seen.flushEvery(ctx, s.store, 2*time.Second, s.log)
+	go s.runRollouts(ctx)
 	return nil
 }
+
+// runRollouts runs this server's share of rollouts until ctx ends. A
+// runner that stops with an error is logged, never fatal: the API keeps
+// serving (agents still converge to each environment's current release).
+func (s *Server) runRollouts(ctx context.Context) {
+	opts := s.Runner
+	if opts.Logger == nil {
+		opts.Logger = s.log
+	}
+	if err := s.control.RunRollouts(ctx, opts); err != nil && ctx.Err() == nil {
+		s.log.Error("rollout runner stopped; releases are recorded but not rolled out by this server", "err", err)
+	}
+}
+
+// Control is the control plane the server serves (tests, the dashboard).
+func (s *Server) Control() *control.Control { return s.control }
 
 // lastSeen batches nodes' last-seen times: a long-poll answer only notes
 // the time, and one goroutine writes them every few seconds, so a thousand
@@ -177,6 +207,15 @@ func (s *Server) routes() {
 	m.Handle("GET /api/v1/nodes", admin(s.listNodes))
 	m.Handle("GET /api/v1/status", admin(s.status))
 	m.Handle("GET /api/v1/queue", admin(s.queue))
+	m.Handle("GET /api/v1/rollouts", admin(s.listRollouts))
+	m.Handle("GET /api/v1/rollouts/{id}", admin(s.getRollout))
+	m.Handle("POST /api/v1/rollouts/{id}/cancel", admin(s.cancelRollout))
+	m.Handle("POST /api/v1/rollouts/{id}/decide", admin(s.decideRollout))
+	m.Handle("POST /api/v1/rollouts/decide", admin(s.decideEnv))
+	// Push deploys sharing the queue (push.go).
+	m.Handle("POST /api/v1/push", admin(s.beginPush))
+	m.Handle("POST /api/v1/push/{id}/wait", admin(s.waitPush))
+	m.Handle("POST /api/v1/push/{id}/progress", admin(s.pushProgress))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasPrefix(r.URL.Path, "/api/") {
 			writeError(w, http.StatusNotFound, "not found", "")
@@ -209,6 +248,9 @@ type principal struct {
 func (p principal) allows(app, env string) bool {
 	return p.kind == store.TokenAdmin || p.scope.Allows(app, env)
 }
+
+// String names the principal for records: "admin token 3".
+func (p principal) String() string { return fmt.Sprintf("%s token %d", p.kind, p.token) }
 
 type ctxKey struct{}
 
@@ -336,9 +378,16 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
-// storeError maps a store error to an HTTP answer.
+// storeError maps a store or control error to an HTTP answer.
 func (s *Server) storeError(w http.ResponseWriter, err error) {
+	var ce *control.ConfigError
 	switch {
+	case errors.As(err, &ce):
+		writeError(w, http.StatusBadRequest, "bad request", err.Error())
+	case errors.Is(err, control.ErrForbidden):
+		writeError(w, http.StatusForbidden, "forbidden", err.Error())
+	case errors.Is(err, control.ErrFinished), errors.Is(err, control.ErrNotQueued), errors.Is(err, control.ErrLeaseLost):
+		writeError(w, http.StatusConflict, "conflict", err.Error())
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, "not found", err.Error())
 	case errors.Is(err, store.ErrInvalid):
@@ -428,86 +477,4 @@ func (h *hub) wake(app, env string) {
 			}
 		}
 	}
-}
-
-// desiredCache keeps the version and latest release of each app/env so
-// that a thousand agents waking at once cost one query each, not a
-// thousand.
-type desiredCache struct {
-	st      store.Store
-	mu      sync.Mutex
-	entries map[string]*desiredEntry
-}
-
-// lookupTimeout bounds one shared lookup of an app/env's desired state.
-const lookupTimeout = 30 * time.Second
-
-// desiredEntry is one app/env's cached desired state; done is closed when
-// the lookup that fills it has finished.
-type desiredEntry struct {
-	done    chan struct{}
-	version int64
-	release *store.Release
-	err     error
-}
-
-// get returns app/env's entry, looking it up once for every waiter. The
-// lookup runs on a context of its own: a waiter that gives up (its agent
-// hung up) stops waiting for itself only, never fails the others.
-func (c *desiredCache) get(ctx context.Context, app, env string) (*desiredEntry, error) {
-	key := app + "/" + env
-	c.mu.Lock()
-	e := c.entries[key]
-	if e == nil {
-		e = &desiredEntry{done: make(chan struct{})}
-		c.entries[key] = e
-		go c.load(context.WithoutCancel(ctx), e, app, env)
-	}
-	c.mu.Unlock()
-	select {
-	case <-e.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if e.err != nil {
-		c.drop(key, e) // the next waiter tries again
-	}
-	return e, e.err
-}
-
-func (c *desiredCache) load(ctx context.Context, e *desiredEntry, app, env string) {
-	defer close(e.done)
-	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
-	defer cancel()
-	e.version, e.err = c.st.Version(ctx, app, env)
-	if e.err != nil {
-		return
-	}
-	r, err := c.st.LatestRelease(ctx, app, env)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
-		e.err = err
-	default:
-		e.release = &r
-	}
-}
-
-// drop forgets e if it is still app/env's entry (not a newer one).
-func (c *desiredCache) drop(key string, e *desiredEntry) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.entries[key] == e {
-		delete(c.entries, key)
-	}
-}
-
-func (c *desiredCache) invalidate(app, env string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if app == "" {
-		c.entries = map[string]*desiredEntry{}
-		return
-	}
-	delete(c.entries, app+"/"+env)
 }

@@ -117,9 +117,18 @@ func TestReleaseAndLongPoll(t *testing.T) {
 		at  time.Time
 	}
 	got := make(chan result, 1)
+	// The release's creation wakes the poll (its rollout is queued, no
+	// task yet); the agent polls on until its rollout task arrives.
 	go func() {
-		d2, err := agent.Desired(ctx, d.Version, 30*time.Second)
-		got <- result{d2, err, time.Now()}
+		known := d.Version
+		for {
+			d2, err := agent.Desired(ctx, known, 30*time.Second)
+			if err != nil || d2.Apps[0].Release != nil || d2.Version == known {
+				got <- result{d2, err, time.Now()}
+				return
+			}
+			known = d2.Version
+		}
 	}()
 	select {
 	case r := <-got:

@@ -34,6 +34,27 @@ func migrationsFS(dialect string) (fs.FS, error) {
 }
 
 func migrate(ctx context.Context, db *sql.DB, dialect string) ([]string, error) {
+	p, err := provider(db, dialect)
+	if err != nil {
+		return nil, err
+	}
+	results, err := p.Up(ctx)
+	if err != nil {
+		if perr := permissionError(dialect, currentUser(ctx, db, dialect), err); perr != nil {
+			return nil, perr
+		}
+		return nil, fmt.Errorf("store: migrate %s schema: %w", dialect, err)
+	}
+	var applied []string
+	for _, r := range results {
+		applied = append(applied, r.Source.Path)
+	}
+	return applied, nil
+}
+
+// provider is goose's migrator for dialect's embedded migrations on db,
+// serialised across replicas by a lock on the database.
+func provider(db *sql.DB, dialect string) (*goose.Provider, error) {
 	fsys, err := migrationsFS(dialect)
 	if err != nil {
 		return nil, fmt.Errorf("store: migrations for %s: %w", dialect, err)
@@ -54,18 +75,7 @@ func migrate(ctx context.Context, db *sql.DB, dialect string) ([]string, error) 
 	if err != nil {
 		return nil, fmt.Errorf("store: migrations: %w", err)
 	}
-	results, err := p.Up(ctx)
-	if err != nil {
-		if perr := permissionError(dialect, currentUser(ctx, db, dialect), err); perr != nil {
-			return nil, perr
-		}
-		return nil, fmt.Errorf("store: migrate %s schema: %w", dialect, err)
-	}
-	var applied []string
-	for _, r := range results {
-		applied = append(applied, r.Source.Path)
-	}
-	return applied, nil
+	return p, nil
 }
 
 // mysqlLocker serialises migrations across replicas with GET_LOCK, which any

@@ -16,7 +16,7 @@ import (
 // ticket IDs are handed out in queue order, and the fencing token (the row's
 // token column, only ever incremented) never repeats.
 
-const ticketCols = "id, app, env, holder, state, created_at, touched_at, token, acquired_at, expires_at, ended_at, superseded_by"
+const ticketCols = "id, app, env, holder, state, created_at, touched_at, token, acquired_at, expires_at, ended_at, superseded_by, resumable"
 
 type ticketRow struct {
 	Ticket
@@ -27,7 +27,7 @@ func scanTicket(sc interface{ Scan(...any) error }) (ticketRow, error) {
 	var t ticketRow
 	var state string
 	var acquired, expires, ended sql.NullTime
-	err := sc.Scan(&t.ID, &t.App, &t.Env, &t.Holder, &state, &t.CreatedAt, &t.touched, &t.Token, &acquired, &expires, &ended, &t.SupersededBy)
+	err := sc.Scan(&t.ID, &t.App, &t.Env, &t.Holder, &state, &t.CreatedAt, &t.touched, &t.Token, &acquired, &expires, &ended, &t.SupersededBy, &t.Resumable)
 	t.State, t.CreatedAt, t.touched = TicketState(state), t.CreatedAt.UTC(), t.touched.UTC()
 	t.AcquiredAt, t.ExpiresAt, t.EndedAt = fromNull(acquired), fromNull(expires), fromNull(ended)
 	return t, err
@@ -138,8 +138,8 @@ func (s *sqlStore) EnqueueTicket(ctx context.Context, t Ticket, supersede bool) 
 		if _, err := s.lockLease(ctx, tx, t.App, t.Env); err != nil {
 			return err
 		}
-		id, err := s.insert(ctx, tx, "INSERT INTO deploy_tickets (app, env, holder, state, created_at, touched_at) VALUES (?, ?, ?, ?, ?, ?)",
-			t.App, t.Env, t.Holder, string(TicketQueued), at, at)
+		id, err := s.insert(ctx, tx, "INSERT INTO deploy_tickets (app, env, holder, state, created_at, touched_at, resumable) VALUES (?, ?, ?, ?, ?, ?, ?)",
+			t.App, t.Env, t.Holder, string(TicketQueued), at, at, t.Resumable)
 		if err != nil {
 			return err
 		}
@@ -153,7 +153,7 @@ func (s *sqlStore) EnqueueTicket(ctx context.Context, t Ticket, supersede bool) 
 		if err != nil {
 			return err
 		}
-		out = Ticket{ID: id, App: t.App, Env: t.Env, Holder: t.Holder, State: TicketQueued, Position: position(q, id), CreatedAt: at}
+		out = Ticket{ID: id, App: t.App, Env: t.Env, Holder: t.Holder, State: TicketQueued, Position: position(q, id), CreatedAt: at, Resumable: t.Resumable}
 		return nil
 	})
 	return out, wrap(op, err)
@@ -198,10 +198,12 @@ func (s *sqlStore) TryAcquire(ctx context.Context, id int64, at time.Time, ttl t
 			return err
 		}
 		// The head is the oldest queued ticket whose waiter is alive;
-		// waiters that stopped trying (a crashed server) are expired.
+		// waiters that stopped trying (a crashed deployer) are expired.
+		// A Resumable ticket has no single waiter (any replica's runner
+		// picks it up), so it stays queued until it runs or is cancelled.
 		var head int64
 		for _, o := range q {
-			if o.ID != id && !at.Before(o.touched.Add(ttl)) {
+			if o.ID != id && !o.Resumable && !at.Before(o.touched.Add(ttl)) {
 				if err := s.end(ctx, tx, o.ID, TicketQueued, TicketExpired, at); err != nil {
 					return err
 				}
@@ -211,6 +213,15 @@ func (s *sqlStore) TryAcquire(ctx context.Context, id int64, at time.Time, ttl t
 			break
 		}
 		held := cur.TicketID != 0 && at.Before(cur.ExpiresAt)
+		if cur.TicketID != 0 && !held {
+			// A lapsed Resumable holder is not expired: its rollout is
+			// continued by whoever calls TakeOverLease, so the queue waits.
+			holder, err := s.ticket(ctx, tx, cur.TicketID)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			held = err == nil && holder.Resumable && holder.State == TicketRunning
+		}
 		if head != id || held {
 			if cur.TicketID != 0 {
 				out = cur

@@ -369,7 +369,7 @@ func (s *sqlStore) ResolveRelease(ctx context.Context, id int64, commit string) 
 // Environments and change notification.
 
 func (s *sqlStore) ListEnvironments(ctx context.Context, app string) ([]Environment, error) {
-	query, args := "SELECT app, name, version, created_at FROM environments", []any{}
+	query, args := "SELECT "+envCols+" FROM environments", []any{}
 	if app != "" {
 		query, args = query+" WHERE app = ?", append(args, app)
 	}
@@ -380,11 +380,10 @@ func (s *sqlStore) ListEnvironments(ctx context.Context, app string) ([]Environm
 	defer rows.Close()
 	out := []Environment{}
 	for rows.Next() {
-		var e Environment
-		if err := rows.Scan(&e.App, &e.Name, &e.Version, &e.CreatedAt); err != nil {
+		e, err := scanEnvironment(rows)
+		if err != nil {
 			return nil, wrap("list environments", err)
 		}
-		e.CreatedAt = e.CreatedAt.UTC()
 		out = append(out, e)
 	}
 	return out, wrap("list environments", rows.Err())
@@ -525,13 +524,13 @@ func (s *sqlStore) SetNodeRelease(ctx context.Context, nodeID, releaseID int64) 
 
 // Upgrades.
 
-const upgradeCols = "u.id, u.node_id, u.release_id, u.status, u.current_step, u.created_at, u.started_at, u.ended_at, u.error"
+const upgradeCols = "u.id, u.node_id, u.release_id, u.status, u.current_step, u.created_at, u.started_at, u.ended_at, u.error, u.rollout_id, u.task"
 
 func scanUpgrade(sc interface{ Scan(...any) error }) (Upgrade, error) {
 	var u Upgrade
 	var started, ended sql.NullTime
 	var status string
-	err := sc.Scan(&u.ID, &u.NodeID, &u.ReleaseID, &status, &u.CurrentStep, &u.CreatedAt, &started, &ended, &u.Error)
+	err := sc.Scan(&u.ID, &u.NodeID, &u.ReleaseID, &status, &u.CurrentStep, &u.CreatedAt, &started, &ended, &u.Error, &u.RolloutID, &u.Task)
 	u.Status, u.CreatedAt, u.StartedAt, u.EndedAt = UpgradeStatus(status), u.CreatedAt.UTC(), fromNull(started), fromNull(ended)
 	return u, err
 }
@@ -546,8 +545,8 @@ func (s *sqlStore) CreateUpgrade(ctx context.Context, u Upgrade) (Upgrade, error
 	}
 	u.CreatedAt = norm(u.CreatedAt)
 	u.StartedAt, u.EndedAt = normOrZero(u.StartedAt), normOrZero(u.EndedAt)
-	id, err := s.insert(ctx, s.db, "INSERT INTO upgrades (node_id, release_id, status, current_step, created_at, started_at, ended_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-		u.NodeID, u.ReleaseID, string(u.Status), u.CurrentStep, u.CreatedAt, nullTime(u.StartedAt), nullTime(u.EndedAt), u.Error)
+	id, err := s.insert(ctx, s.db, "INSERT INTO upgrades (node_id, release_id, status, current_step, created_at, started_at, ended_at, error, rollout_id, task) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		u.NodeID, u.ReleaseID, string(u.Status), u.CurrentStep, u.CreatedAt, nullTime(u.StartedAt), nullTime(u.EndedAt), u.Error, u.RolloutID, u.Task)
 	if err != nil {
 		return Upgrade{}, wrap(op, err)
 	}

@@ -171,7 +171,10 @@ type Store interface {
 	// more than any token the environment ever handed out. When it must wait
 	// it returns false and the current holder's lease (zero when free). Each
 	// call also proves the waiter alive: a queued ticket not tried for ttl is
-	// expired so it cannot block the queue. A ticket that already holds the
+	// expired so it cannot block the queue (a Resumable one is not: any
+	// replica's runner picks it up). A holder whose lease lapsed loses it to
+	// the head, unless its ticket is Resumable: then the queue waits for
+	// TakeOverLease (or ReleaseLease). A ticket that already holds the
 	// lease gets it back. ErrSuperseded, ErrCancelled, ErrLeaseLost (the
 	// ticket expired), ErrNotFound.
 	TryAcquire(ctx context.Context, id int64, at time.Time, ttl time.Duration) (Lease, bool, error)
@@ -232,7 +235,7 @@ type Store interface {
 	// requests a rollout makes of nodes (RolloutID, Node identify each; all
 	// of one rollout): NodeID, Action, Stage, RunOnce, To, Task, Token,
 	// State (default assigned; Step, Error, Serving, UpgradeID cleared) and
-	// UpdatedAt (now). It is fenced: ErrLeaseLost, and nothing written,
+	// UpdatedAt (now); ErrInvalid when a node is listed twice. It is fenced: ErrLeaseLost, and nothing written,
 	// unless the Token is the fencing token of the environment's lease now
 	// held by the rollout's ticket, so a runner that lost its lease can no
 	// longer hand out work.
@@ -240,7 +243,9 @@ type Store interface {
 	// ReportRolloutNode records a node's progress on task n.Task of
 	// rollout n.RolloutID: State, Step, Error, Serving, UpgradeID, and sets
 	// UpdatedAt. It changes nothing (and returns false) when the node's
-	// current task is another one (an old report arriving late).
+	// current task is another one (an old report arriving late), or when
+	// the task already ended (done or failed) and the report is not final
+	// (a progress report overtaken by the result).
 	ReportRolloutNode(ctx context.Context, n RolloutNode) (bool, error)
 	// ListRolloutNodes returns a rollout's nodes ordered by name.
 	ListRolloutNodes(ctx context.Context, rolloutID int64) ([]RolloutNode, error)
@@ -471,7 +476,9 @@ type Ticket struct {
 	SupersededBy int64       `json:"superseded_by,omitempty"`
 	// Resumable says the ticket's work can be continued by another runner
 	// (a server-run rollout): when its lease lapses the queue waits for a
-	// TakeOverLease instead of expiring it for the next ticket.
+	// TakeOverLease instead of expiring it for the next ticket, and while
+	// queued it is not expired for want of a waiter (any replica's runner
+	// tries it).
 	Resumable bool `json:"resumable,omitempty"`
 }
 

@@ -50,6 +50,15 @@ func runSuite(t *testing.T, backend string) {
 		{"QueueExpiry", s.testQueueExpiry},
 		{"QueueSupersede", s.testQueueSupersede},
 		{"QueueCancel", s.testQueueCancel},
+		{"Environments", s.testEnvironments},
+		{"Rollouts", s.testRollouts},
+		{"RolloutNodes", s.testRolloutNodes},
+		{"QueueResumable", s.testQueueResumable},
+		{"TakeOverRace", s.testTakeOverRace},
+		{"FenceAcrossReplicas", s.testFenceAcrossReplicas},
+		{"UpgradeRolloutTask", s.testUpgradeRolloutTask},
+		{"MigrateCurrentRelease", s.testMigrateCurrentRelease},
+		{"AssignMany", s.testAssignMany},
 	} {
 		t.Run(tc.name, tc.fn)
 	}

@@ -1,0 +1,68 @@
+-- Server-run rollouts: one row per rollout (a release applied to an
+-- environment with a strategy, or a push deploy recorded here) and one row
+-- per node it asked something of (its current task, fenced by the token of
+-- the environment's lease). The environment records its last completed
+-- release, which nodes outside a rollout converge to; existing environments
+-- start at their latest release so their nodes keep converging as before.
+-- A Resumable ticket's lapsed lease waits for a takeover instead of being
+-- expired by the next ticket. An upgrade records the rollout task it does.
+-- +goose Up
+CREATE TABLE rollouts (
+    id             BIGINT AUTO_INCREMENT PRIMARY KEY,
+    app            VARCHAR(255) NOT NULL,
+    env            VARCHAR(255) NOT NULL,
+    kind           VARCHAR(32) NOT NULL,
+    release_id     BIGINT NOT NULL DEFAULT 0,
+    engine_release VARCHAR(1024) NOT NULL DEFAULT '',
+    ticket_id      BIGINT NOT NULL DEFAULT 0,
+    strategy       VARCHAR(255) NOT NULL DEFAULT '',
+    plan           LONGBLOB NOT NULL,
+    state          VARCHAR(32) NOT NULL,
+    phase          VARCHAR(255) NOT NULL DEFAULT '',
+    error          TEXT NOT NULL DEFAULT (''),
+    decision       VARCHAR(32) NOT NULL DEFAULT '',
+    runner         VARCHAR(1024) NOT NULL DEFAULT '',
+    created_by     VARCHAR(255) NOT NULL DEFAULT '',
+    created_at     DATETIME(6) NOT NULL,
+    started_at     DATETIME(6) NULL,
+    ended_at       DATETIME(6) NULL,
+    report         LONGBLOB NOT NULL,
+    FOREIGN KEY (app, env) REFERENCES environments (app, name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX rollouts_app_env ON rollouts (app, env, id);
+CREATE INDEX rollouts_ticket ON rollouts (ticket_id);
+CREATE INDEX rollouts_state ON rollouts (state, id);
+
+CREATE TABLE rollout_nodes (
+    rollout_id     BIGINT NOT NULL,
+    node           VARCHAR(255) NOT NULL,
+    node_id        BIGINT NOT NULL DEFAULT 0,
+    task           BIGINT NOT NULL DEFAULT 0,
+    action         VARCHAR(32) NOT NULL DEFAULT '',
+    stage          VARCHAR(255) NOT NULL DEFAULT '',
+    run_once       TEXT NOT NULL DEFAULT ('[]'),
+    to_release     VARCHAR(1024) NOT NULL DEFAULT '',
+    token          BIGINT NOT NULL DEFAULT 0,
+    state          VARCHAR(32) NOT NULL,
+    step           VARCHAR(255) NOT NULL DEFAULT '',
+    error          TEXT NOT NULL DEFAULT (''),
+    serving        VARCHAR(1024) NOT NULL DEFAULT '',
+    upgrade_id     BIGINT NOT NULL DEFAULT 0,
+    updated_at     DATETIME(6) NOT NULL,
+    PRIMARY KEY (rollout_id, node),
+    FOREIGN KEY (rollout_id) REFERENCES rollouts (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+ALTER TABLE deploy_tickets ADD COLUMN resumable BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE environments ADD COLUMN current_release BIGINT NOT NULL DEFAULT 0;
+UPDATE environments SET current_release = COALESCE((SELECT MAX(r.id) FROM releases r WHERE r.app = environments.app AND r.env = environments.name), 0);
+ALTER TABLE upgrades ADD COLUMN rollout_id BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE upgrades ADD COLUMN task BIGINT NOT NULL DEFAULT 0;
+
+-- +goose Down
+ALTER TABLE upgrades DROP COLUMN task;
+ALTER TABLE upgrades DROP COLUMN rollout_id;
+ALTER TABLE environments DROP COLUMN current_release;
+ALTER TABLE deploy_tickets DROP COLUMN resumable;
+DROP TABLE rollout_nodes;
+DROP TABLE rollouts;
