@@ -94,16 +94,14 @@ func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartU
 // rolloutNode returns node's row of rollout id, or nil when the rollout
 // asked nothing of it.
 func (c *Control) rolloutNode(ctx context.Context, id int64, node string) (*store.RolloutNode, error) {
-	nodes, err := c.st.ListRolloutNodes(ctx, id)
-	if err != nil {
+	rn, err := c.st.GetRolloutNode(ctx, id, node)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, nil
+	case err != nil:
 		return nil, err
 	}
-	for _, rn := range nodes {
-		if rn.Node == node {
-			return &rn, nil
-		}
-	}
-	return nil, nil
+	return &rn, nil
 }
 
 // maxStepName is the longest step name a report may carry.

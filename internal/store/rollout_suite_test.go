@@ -261,6 +261,12 @@ func (s suite) testRolloutNodes(t *testing.T) {
 	if !reflect.DeepEqual(ns, []store.RolloutNode{web1, web2}) {
 		t.Fatalf("ListRolloutNodes = %+v\nwant %+v", ns, []store.RolloutNode{web1, web2})
 	}
+	if got, err := st.GetRolloutNode(ctx, r.ID, "web2"); err != nil || !reflect.DeepEqual(got, ns[1]) {
+		t.Fatalf("GetRolloutNode(web2) = %+v, %v\nwant %+v", got, err, ns[1])
+	}
+	if _, err := st.GetRolloutNode(ctx, r.ID, "web9"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetRolloutNode of a node not in the rollout: %v, want ErrNotFound", err)
+	}
 
 	// Reports for the current task land; the row keeps the request.
 	ok, err := st.ReportRolloutNode(ctx, store.RolloutNode{RolloutID: r.ID, Node: "web2", Task: 1, State: store.NodeDone, Step: "prepare", Serving: "rel-1", UpgradeID: 9})

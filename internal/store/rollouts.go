@@ -391,6 +391,11 @@ func (s *sqlStore) ReportRolloutNode(ctx context.Context, n RolloutNode) (bool, 
 	return c > 0, nil
 }
 
+func (s *sqlStore) GetRolloutNode(ctx context.Context, rolloutID int64, node string) (RolloutNode, error) {
+	n, err := scanRolloutNode(s.db.QueryRowContext(ctx, s.q("SELECT "+rolloutNodeCols+" FROM rollout_nodes WHERE rollout_id = ? AND node = ?"), rolloutID, node))
+	return n, wrap(fmt.Sprintf("get node %s of rollout %d", node, rolloutID), err)
+}
+
 func (s *sqlStore) ListRolloutNodes(ctx context.Context, rolloutID int64) ([]RolloutNode, error) {
 	out, err := queryAll(ctx, s.db, scanRolloutNode, s.q("SELECT "+rolloutNodeCols+" FROM rollout_nodes WHERE rollout_id = ? ORDER BY node"), rolloutID)
 	return out, wrap(fmt.Sprintf("list nodes of rollout %d", rolloutID), err)

@@ -247,6 +247,10 @@ type Store interface {
 	// the task already ended (done or failed) and the report is not final
 	// (a progress report overtaken by the result).
 	ReportRolloutNode(ctx context.Context, n RolloutNode) (bool, error)
+	// GetRolloutNode returns one node's row of a rollout (its current
+	// task), or ErrNotFound: the agent's report path reads this, never the
+	// whole rollout, so ten thousand reports cost ten thousand row reads.
+	GetRolloutNode(ctx context.Context, rolloutID int64, node string) (RolloutNode, error)
 	// ListRolloutNodes returns a rollout's nodes ordered by name.
 	ListRolloutNodes(ctx context.Context, rolloutID int64) ([]RolloutNode, error)
 
