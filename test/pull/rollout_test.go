@@ -79,8 +79,8 @@ func TestRolloutRollingBehindHAProxyLosesNothing(t *testing.T) {
 // TestRolloutRollingWithoutBalancerLosesRequests proves the check above
 // can fail: the same rolling rollout with no load_balancer in drover.yml
 // (no drain) restarts each node while HAProxy still sends it requests,
-// and the load loses some, or HAProxy's retries hid them (its counters
-// show them).
+// and the load loses some (HAProxy runs without retries here, so none is
+// hidden).
 func TestRolloutRollingWithoutBalancerLosesRequests(t *testing.T) {
 	f := newRolloutFleet(t, rolloutOptions{nodes: 4, haproxy: true})
 	f.startV1()
@@ -89,8 +89,8 @@ func TestRolloutRollingWithoutBalancerLosesRequests(t *testing.T) {
 	if u.run.code != 0 || u.ro.State != "succeeded" {
 		t.Fatalf("release create --wait: exit %d, rollout %s: %s\n%s%s", u.run.code, u.ro.State, u.ro.Error, u.run.stdout, u.run.stderr)
 	}
-	if u.load.Failed() == 0 && len(u.load.Status) == 0 && u.retries == 0 {
-		t.Errorf("a rolling rollout without drain behind haproxy neither lost a request nor made haproxy retry one: the no-loss test cannot fail: %s", u.load)
+	if u.load.Failed() == 0 {
+		t.Errorf("a rolling rollout without drain behind haproxy (no retries) lost no request: the no-loss test cannot fail: %s", u.load)
 	}
 	f.wantOnRelease(u.ro.Release, f.nodes...)
 }

@@ -57,6 +57,10 @@ type Options struct {
 	Inter time.Duration
 	// TCPSocket adds an admin runtime socket on 127.0.0.1 (HAProxy.TCPSocket).
 	TCPSocket bool
+	// NoRetries turns off HAProxy's retries and redispatch: a connection a
+	// server refuses fails the client's request instead of being hidden by
+	// a retry on another server.
+	NoRetries bool
 }
 
 // HAProxy is a running HAProxy.
@@ -160,7 +164,11 @@ func (h *HAProxy) config(opts Options, ports []int) string {
 		fmt.Fprintf(&b, "  stats socket ipv4@127.0.0.1:%d level admin\n", ports[1])
 	}
 	b.WriteString("  stats timeout 30s\n\n")
-	b.WriteString("defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option redispatch\n  retries 2\n\n")
+	retry := "  option redispatch\n  retries 2\n"
+	if opts.NoRetries {
+		retry = "  retries 0\n"
+	}
+	b.WriteString("defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n" + retry + "\n")
 	fmt.Fprintf(&b, "frontend fe\n  bind 127.0.0.1:%d\n  default_backend %s\n\n", ports[0], opts.Backend)
 	inter := opts.Inter.Milliseconds()
 	fmt.Fprintf(&b, "backend %s\n  balance roundrobin\n  option httpchk GET %s\n", opts.Backend, opts.HealthPath)
