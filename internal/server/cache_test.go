@@ -33,7 +33,7 @@ func (g *gatedStore) Version(ctx context.Context, app, env string) (int64, error
 // goroutinesIn counts goroutines running fn (fn is a frame of their
 // stack, not only their creator).
 func goroutinesIn(fn string) int {
-	buf := make([]byte, 1<<22)
+	buf := make([]byte, 1<<26)
 	buf = buf[:runtime.Stack(buf, true)]
 	n := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
