@@ -39,6 +39,11 @@ var (
 // An unfinished upgrade of n was interrupted (the agent restarted): it is
 // closed as failed so status shows the one that runs now.
 func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartUpgrade) (store.Upgrade, store.Release, error) {
+	done, err := c.admit(ctx)
+	if err != nil {
+		return store.Upgrade{}, store.Release{}, err
+	}
+	defer done()
 	rel, err := c.st.GetRelease(ctx, req.ReleaseID)
 	if err != nil {
 		return store.Upgrade{}, store.Release{}, fmt.Errorf("release %d: %w", req.ReleaseID, err)
@@ -50,13 +55,13 @@ func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartU
 	if req.Rollout != 0 {
 		// A rollout this server does not know asks nothing of the node:
 		// the upgrade is recorded, nothing is mirrored.
-		ro, err := c.st.GetRollout(ctx, req.Rollout)
+		k, err := c.rolloutEnv(ctx, req.Rollout)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
 			return store.Upgrade{}, store.Release{}, fmt.Errorf("rollout %d: %w", req.Rollout, err)
-		case ro.App != n.App || ro.Env != n.Env:
-			return store.Upgrade{}, store.Release{}, fmt.Errorf("%w: rollout %d belongs to %s/%s, not %s/%s", ErrForbidden, ro.ID, ro.App, ro.Env, n.App, n.Env)
+		case k.app != n.App || k.env != n.Env:
+			return store.Upgrade{}, store.Release{}, fmt.Errorf("%w: rollout %d belongs to %s/%s, not %s/%s", ErrForbidden, req.Rollout, k.app, k.env, n.App, n.Env)
 		default:
 			if task, err = c.rolloutNode(ctx, req.Rollout, n.Name); err != nil {
 				return store.Upgrade{}, store.Release{}, err
@@ -91,6 +96,45 @@ func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartU
 	return u, rel, nil
 }
 
+// admit waits for a slot among the agent writes running at once (see
+// DefaultAgentWrites); done gives it back.
+func (c *Control) admit(ctx context.Context) (done func(), err error) {
+	select {
+	case c.writes <- struct{}{}:
+		return func() { <-c.writes }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// rolloutEnv is the environment of rollout id. A rollout never changes
+// environment, so the answer is kept: every node of a rollout asks once per
+// task, and the row (with its plan and report, large for a big fleet) is
+// read once instead of ten thousand times.
+func (c *Control) rolloutEnv(ctx context.Context, id int64) (envKey, error) {
+	c.envsMu.Lock()
+	k, ok := c.envs[id]
+	c.envsMu.Unlock()
+	if ok {
+		return k, nil
+	}
+	ro, err := c.st.GetRollout(ctx, id)
+	if err != nil {
+		return envKey{}, err
+	}
+	k = envKey{ro.App, ro.Env}
+	c.envsMu.Lock()
+	if c.envs == nil || len(c.envs) >= maxRolloutEnvs {
+		c.envs = map[int64]envKey{} // forget the old ones: they are re-read if asked about
+	}
+	c.envs[id] = k
+	c.envsMu.Unlock()
+	return k, nil
+}
+
+// maxRolloutEnvs bounds rolloutEnv's memory.
+const maxRolloutEnvs = 1024
+
 // rolloutNode returns node's row of rollout id, or nil when the rollout
 // asked nothing of it.
 func (c *Control) rolloutNode(ctx context.Context, id int64, node string) (*store.RolloutNode, error) {
@@ -115,6 +159,11 @@ const maxStepName = 200
 // waiting on it here wakes at once. ErrForbidden when u is another node's,
 // ErrFinished when u ended, ErrInvalid for a malformed report.
 func (c *Control) Report(ctx context.Context, n store.Node, u store.Upgrade, req api.Report) error {
+	done, err := c.admit(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
 	status := store.UpgradeStatus(req.Status)
 	if !status.Valid() {
 		return fmt.Errorf("%w: unknown status %q", ErrInvalid, req.Status)

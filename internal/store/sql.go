@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -511,6 +512,40 @@ func (s *sqlStore) TouchNode(ctx context.Context, id int64, at time.Time) error 
 		err = ErrNotFound
 	}
 	return wrap(op, err)
+}
+
+// touchBatch is how many nodes one TouchNodes transaction updates: enough
+// to make ten thousand nodes a handful of commits, few enough that another
+// writer (SQLite has one at a time) never waits long.
+const touchBatch = 500
+
+func (s *sqlStore) TouchNodes(ctx context.Context, seen map[int64]time.Time) error {
+	ids := make([]int64, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids) // the same lock order whoever writes
+	for len(ids) > 0 {
+		batch := ids[:min(touchBatch, len(ids))]
+		ids = ids[len(batch):]
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			stmt, err := tx.PrepareContext(ctx, s.q("UPDATE nodes SET last_seen = ? WHERE id = ?"))
+			if err != nil {
+				return err
+			}
+			defer stmt.Close()
+			for _, id := range batch {
+				if _, err := stmt.ExecContext(ctx, norm(seen[id]), id); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return wrap(fmt.Sprintf("touch %d nodes", len(seen)), err)
+		}
+	}
+	return nil
 }
 
 func (s *sqlStore) SetNodeRelease(ctx context.Context, nodeID, releaseID int64) error {

@@ -112,6 +112,9 @@ type Store interface {
 	ListNodes(ctx context.Context, f NodeFilter) ([]Node, error)
 	// TouchNode sets the node's LastSeen to at (now if zero).
 	TouchNode(ctx context.Context, id int64, at time.Time) error
+	// TouchNodes sets the LastSeen of many nodes (ID → time) in a few
+	// short transactions; IDs of nodes that are gone are skipped.
+	TouchNodes(ctx context.Context, seen map[int64]time.Time) error
 	// SetNodeRelease records that the node now runs release releaseID.
 	SetNodeRelease(ctx context.Context, nodeID, releaseID int64) error
 

@@ -354,6 +354,17 @@ func (s suite) testNodes(t *testing.T) {
 	if !got.LastSeen.Equal(seen) || got.CurrentRelease != r.ID {
 		t.Fatalf("after touch and set release: %+v", got)
 	}
+	// Many at once (the server's batched last-seen times), 1,200 IDs so
+	// that more than one transaction runs; gone IDs are skipped.
+	touchedAt := seen.Add(time.Hour)
+	many := map[int64]time.Time{n.ID: touchedAt}
+	for id := int64(1_000_000); len(many) < 1200; id++ {
+		many[id] = touchedAt
+	}
+	must(t, st.TouchNodes(ctx, many))
+	if got, err = st.GetNode(ctx, n.ID); err != nil || !got.LastSeen.Equal(touchedAt) {
+		t.Fatalf("after TouchNodes: %+v, %v; want last seen %v", got, err, touchedAt)
+	}
 	_, err = st.GetNode(ctx, 999999)
 	wantErr(t, err, store.ErrNotFound)
 }
