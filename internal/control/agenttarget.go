@@ -441,6 +441,33 @@ type assignReq struct {
 	done chan error
 }
 
+// Requests of a wave (an all-at-once prepare starts every node's target
+// together) trickle in over a few milliseconds: the writer waits while they
+// keep coming, so the wave is one write and one wake-up of the fleet's
+// long-polls instead of a small first batch whose agents' StartUpgrade
+// flood delays the rest.
+const (
+	assignQuiet  = 5 * time.Millisecond   // no new request for this long: write
+	assignGather = 250 * time.Millisecond // write after this long whatever came
+)
+
+// gather waits until no request has joined the batch for assignQuiet, or
+// assignGather passed.
+func (a *assigner) gather() {
+	end := time.Now().Add(assignGather)
+	n := -1
+	for time.Now().Before(end) {
+		a.mu.Lock()
+		m := len(a.pending)
+		a.mu.Unlock()
+		if m == n {
+			return
+		}
+		n = m
+		time.Sleep(assignQuiet)
+	}
+}
+
 // assign writes row (fenced by the run's token), bumps the environment's
 // version so that agents' long-polls wake on every replica, and records
 // the row on the board.
@@ -464,6 +491,7 @@ func (a *assigner) assign(ctx context.Context, row store.RolloutNode) error {
 func (a *assigner) flush() {
 	ctx := context.WithoutCancel(a.run.ctx)
 	for {
+		a.gather()
 		a.mu.Lock()
 		batch := a.pending
 		a.pending = nil

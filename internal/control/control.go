@@ -86,7 +86,20 @@ type Options struct {
 	// command); RunRollouts with RunnerOptions.AllowCommands turns it on
 	// too, and the runner checks its own option again before it runs one.
 	AllowCommands bool
+	// AgentWrites is how many agents' upgrade writes (StartUpgrade,
+	// Report) run at once; the rest wait their turn. Default
+	// DefaultAgentWrites.
+	AgentWrites int
 }
+
+// DefaultAgentWrites is Options.AgentWrites' default. When a rollout hands
+// ten thousand nodes their task at once, their agents all start an upgrade
+// at once: left alone, that flood holds every database connection (and
+// SQLite's one writer) and the one desired-state read that answers the
+// rest of the fleet waits behind it for seconds. A few at a time keep the
+// store's other connections free; the writes themselves go no slower,
+// since the database runs them one or a few at a time anyway.
+const DefaultAgentWrites = 4
 
 // Control is the control plane over one store. It is safe for concurrent
 // use; several Controls (server replicas) may share one database.
@@ -107,6 +120,11 @@ type Control struct {
 
 	boardsMu sync.Mutex
 	boards   map[int64]*nodeBoard // the nodes of each rollout this replica runs
+
+	writes chan struct{} // a slot per agent write running (admit)
+
+	envsMu sync.Mutex
+	envs   map[int64]envKey // the environment of recently asked-about rollouts (rolloutEnv)
 }
 
 type envKey struct{ app, env string }
@@ -128,7 +146,11 @@ func New(st store.Store, opts Options) (*Control, error) {
 	if opts.Clock == nil {
 		opts.Clock = realClock{}
 	}
-	c := &Control{st: st, clock: opts.Clock, lease: opts.Lease, recheck: opts.Recheck, wake: map[envKey]chan struct{}{}, boards: map[int64]*nodeBoard{}}
+	if opts.AgentWrites <= 0 {
+		opts.AgentWrites = DefaultAgentWrites
+	}
+	c := &Control{st: st, clock: opts.Clock, lease: opts.Lease, recheck: opts.Recheck, wake: map[envKey]chan struct{}{}, boards: map[int64]*nodeBoard{},
+		writes: make(chan struct{}, opts.AgentWrites)}
 	c.allowCommands.Store(opts.AllowCommands)
 	return c, nil
 }

@@ -380,9 +380,10 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 	ctx, cancel := context.WithCancel(ctx)
 	holder := lock.Holder{Owner: r.plan.By, PID: os.Getpid(), Command: r.plan.Command, Lease: r.plan.Lease}
 	var (
-		mu    sync.Mutex
-		helds []Lease
-		errs  []error
+		mu      sync.Mutex
+		helds   []Lease
+		errs    []error
+		watched = map[<-chan struct{}]bool{} // Lost channels with a watcher
 	)
 	lockOne := func(ctx context.Context, t Target) {
 		h, err := t.Lock(ctx, r.call(t), holder)
@@ -402,9 +403,16 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 		r.mu.Lock()
 		r.tokens[t.Name()] = h.Token()
 		r.mu.Unlock()
+		// Hosts may share one lease (a control server's environment lease
+		// is every node's): one watcher per lease, not per host.
+		lost := h.Lost()
+		if watched[lost] {
+			return
+		}
+		watched[lost] = true
 		go func() {
 			select {
-			case <-h.Lost():
+			case <-lost:
 				cancel()
 			case <-ctx.Done():
 			}
