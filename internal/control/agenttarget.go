@@ -323,12 +323,12 @@ type nodeBoard struct {
 
 	mu       sync.Mutex
 	rows     map[string]store.RolloutNode
-	assigned map[string]time.Time // when this run handed out each node's task
-	changed  chan struct{}        // closed at the next change
+	assigned map[string]time.Time     // when this run handed out each node's task
+	waits    map[string]chan struct{} // closed when that node's row changes
 }
 
 func newNodeBoard(st store.Store, id int64, poll time.Duration) *nodeBoard {
-	return &nodeBoard{st: st, id: id, poll: poll, kick: make(chan struct{}, 1), rows: map[string]store.RolloutNode{}, assigned: map[string]time.Time{}, changed: make(chan struct{})}
+	return &nodeBoard{st: st, id: id, poll: poll, kick: make(chan struct{}, 1), rows: map[string]store.RolloutNode{}, assigned: map[string]time.Time{}, waits: map[string]chan struct{}{}}
 }
 
 // refresh reads every row of the rollout. A row older than the task this
@@ -341,14 +341,26 @@ func (b *nodeBoard) refresh(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, r := range rows {
-		if old, ok := b.rows[r.Node]; ok && old.Task > r.Task {
+		old, ok := b.rows[r.Node]
+		if ok && (old.Task > r.Task || !rowChanged(old, r)) {
 			continue
 		}
 		b.rows[r.Node] = r
+		// Only the node's own target wakes: with a thousand nodes
+		// reporting, waking every target on every read cost more than
+		// the read.
+		if ch := b.waits[r.Node]; ch != nil {
+			close(ch)
+			delete(b.waits, r.Node)
+		}
 	}
-	close(b.changed)
-	b.changed = make(chan struct{})
 	return nil
+}
+
+// rowChanged says whether b is news after a: every report moves UpdatedAt.
+func rowChanged(a, b store.RolloutNode) bool {
+	return a.Task != b.Task || a.State != b.State || a.Token != b.Token || a.Step != b.Step ||
+		a.UpgradeID != b.UpgradeID || a.Serving != b.Serving || a.Error != b.Error || !a.UpdatedAt.Equal(b.UpdatedAt)
 }
 
 // loop refreshes the board every poll, or when kicked, until ctx ends.
@@ -401,12 +413,17 @@ func (b *nodeBoard) get(name string) (store.RolloutNode, bool) {
 	return r, ok
 }
 
-// watch returns name's row and a channel closed at the next refresh.
+// watch returns name's row and a channel closed when it changes.
 func (b *nodeBoard) watch(name string) (store.RolloutNode, bool, <-chan struct{}) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	r, ok := b.rows[name]
-	return r, ok, b.changed
+	ch := b.waits[name]
+	if ch == nil {
+		ch = make(chan struct{})
+		b.waits[name] = ch
+	}
+	return r, ok, ch
 }
 
 // put records rows this run just handed out.

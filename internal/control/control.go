@@ -87,19 +87,25 @@ type Options struct {
 	// too, and the runner checks its own option again before it runs one.
 	AllowCommands bool
 	// AgentWrites is how many agents' upgrade writes (StartUpgrade,
-	// Report) run at once; the rest wait their turn. Default
-	// DefaultAgentWrites.
+	// Report) run at once; the rest wait their turn. Default: half the
+	// store's connections (DefaultAgentWrites).
 	AgentWrites int
 }
 
-// DefaultAgentWrites is Options.AgentWrites' default. When a rollout hands
-// ten thousand nodes their task at once, their agents all start an upgrade
-// at once: left alone, that flood holds every database connection (and
-// SQLite's one writer) and the one desired-state read that answers the
-// rest of the fleet waits behind it for seconds. A few at a time keep the
-// store's other connections free; the writes themselves go no slower,
-// since the database runs them one or a few at a time anyway.
-const DefaultAgentWrites = 4
+// DefaultAgentWrites is Options.AgentWrites' default for a store of the
+// dialect: half its connection pool (store.Open: 8 for SQLite, 32 for
+// PostgreSQL and MySQL). When a rollout hands ten thousand nodes their task
+// at once, their agents all start an upgrade at once: left alone, that
+// flood holds every database connection (and SQLite's one writer), and the
+// one desired-state read that answers the rest of the fleet waits behind it
+// for seconds. The other half stays free for reads; the writes go no
+// slower, since the database could not run more of them at once anyway.
+func DefaultAgentWrites(dialect string) int {
+	if dialect == store.SQLite {
+		return 4
+	}
+	return 16
+}
 
 // Control is the control plane over one store. It is safe for concurrent
 // use; several Controls (server replicas) may share one database.
@@ -147,7 +153,7 @@ func New(st store.Store, opts Options) (*Control, error) {
 		opts.Clock = realClock{}
 	}
 	if opts.AgentWrites <= 0 {
-		opts.AgentWrites = DefaultAgentWrites
+		opts.AgentWrites = DefaultAgentWrites(st.Dialect())
 	}
 	c := &Control{st: st, clock: opts.Clock, lease: opts.Lease, recheck: opts.Recheck, wake: map[envKey]chan struct{}{}, boards: map[int64]*nodeBoard{},
 		writes: make(chan struct{}, opts.AgentWrites)}
