@@ -468,8 +468,8 @@ const (
 	assignGather = 250 * time.Millisecond // write after this long whatever came
 )
 
-// gather waits until no request has joined the batch for assignQuiet, or
-// assignGather passed.
+// gather waits until every node of the run asked, or no request has joined
+// the batch for assignQuiet, or assignGather passed.
 func (a *assigner) gather() {
 	end := time.Now().Add(assignGather)
 	n := -1
@@ -477,7 +477,7 @@ func (a *assigner) gather() {
 		a.mu.Lock()
 		m := len(a.pending)
 		a.mu.Unlock()
-		if m == n {
+		if m == n || int64(m) >= a.run.ntargets.Load() {
 			return
 		}
 		n = m

@@ -276,6 +276,9 @@ type rolloutRun struct {
 	// their agents were not seen for StaleAfter.
 	stale []store.Node
 	plan  *planDoc
+	// ntargets is how many nodes the run has (once deploy read them): a
+	// batch of tasks for all of them is complete (assigner.gather).
+	ntargets atomic.Int64
 
 	board  *nodeBoard
 	assign *assigner
@@ -434,6 +437,7 @@ func (run *rolloutRun) deploy(ctx context.Context, ro store.Rollout) (*rollout.R
 	if err != nil {
 		return nil, err
 	}
+	run.ntargets.Store(int64(len(targets)))
 	hosts := make([]*config.Host, len(targets))
 	rts := make([]rollout.Target, len(targets))
 	for i, t := range targets {
