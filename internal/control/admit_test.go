@@ -96,3 +96,45 @@ func waitingInAdmit() int {
 	buf = buf[:runtime.Stack(buf, true)]
 	return strings.Count(string(buf), "control.(*Control).admit(")
 }
+
+// TestTokenAloneIsNoNews: a node outside any rollout is told the
+// environment's last fencing token with its release, but a lease taken
+// (a rollout about to start) moves only the token: its long-poll's
+// version stays, so ten thousand agents are not answered (and do not poll
+// again) for nothing. A new current release is news.
+func TestTokenAloneIsNoNews(t *testing.T) {
+	ctx := ctxT(t)
+	c, path, _ := setup(t)
+	st := openStore(t, path)
+	must(t, c.RegisterNode(ctx, "web1", "web1", "test", []api.NodeApp{{App: "shop", Env: "production", Roles: []string{"web"}}}))
+	nodes, err := st.ListNodes(ctx, store.NodeFilter{Name: "web1"})
+	must(t, err)
+	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1", Commit: strings.Repeat("a", 40)})
+	must(t, err)
+	must(t, st.SetCurrentRelease(ctx, "shop", "production", rel.ID))
+	c.Invalidate("shop", "production")
+	before, err := c.Desired(ctx, nodes)
+	must(t, err)
+
+	l, err := c.Acquire(ctx, enqueue(t, c, "rollout", control.EnqueueOptions{}))
+	must(t, err)
+	c.Invalidate("shop", "production")
+	after, err := c.Desired(ctx, nodes)
+	must(t, err)
+	if after.Apps[0].Token != l.Token || after.Apps[0].Token == before.Apps[0].Token {
+		t.Fatalf("token %d, then %d; want the new lease's %d", before.Apps[0].Token, after.Apps[0].Token, l.Token)
+	}
+	if after.Version != before.Version {
+		t.Fatalf("version moved from %d to %d with the token alone", before.Version, after.Version)
+	}
+
+	rel2, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v2", Commit: strings.Repeat("b", 40)})
+	must(t, err)
+	must(t, st.SetCurrentRelease(ctx, "shop", "production", rel2.ID))
+	c.Invalidate("shop", "production")
+	next, err := c.Desired(ctx, nodes)
+	must(t, err)
+	if next.Version == after.Version {
+		t.Fatalf("version %d unchanged after the current release moved", next.Version)
+	}
+}

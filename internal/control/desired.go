@@ -49,7 +49,13 @@ func (c *Control) Desired(ctx context.Context, nodes []store.Node) (*api.Desired
 	return d, nil
 }
 
-// answerVersion digests everything an agent acts on in apps.
+// answerVersion digests everything an agent acts on in apps. Outside a
+// rollout the fencing token is left out: a lease taken for a rollout that
+// asks nothing of the node yet moves only the token, and answering every
+// agent of the environment for that (each then polls again, all at once,
+// while the rollout starts) is work for nothing. The agent learns the
+// token with its next answer that is news; it fences what it acts on, and
+// a lower token it has not seen refuses nothing it would act on.
 func answerVersion(apps []api.DesiredApp) int64 {
 	h := fnv.New64a()
 	for _, a := range apps {
@@ -58,8 +64,12 @@ func answerVersion(apps []api.DesiredApp) int64 {
 		if a.Release != nil {
 			id, commit = a.Release.ID, a.Release.Commit
 		}
+		token := a.Token
+		if a.Rollout == 0 {
+			token = 0
+		}
 		fmt.Fprintf(h, "%s\x00%s\x00%d\x00%s\x00%s\x00%d\x00%d\x00%d\x00%s\x00%q\x00%s\x00%t\n",
-			a.App, a.Env, id, commit, a.Action, a.Token, a.Rollout, a.Task, a.Stage, a.RunOnce, a.To, a.Hotfix)
+			a.App, a.Env, id, commit, a.Action, token, a.Rollout, a.Task, a.Stage, a.RunOnce, a.To, a.Hotfix)
 	}
 	return int64(h.Sum64() >> 1)
 }
