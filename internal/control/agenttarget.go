@@ -59,7 +59,7 @@ func (t *agentTarget) Prepare(ctx context.Context, c rollout.Call, runOnce []str
 	if len(want.RunOnce) > 0 {
 		want.Stage = config.StagePrepare
 	}
-	if _, err := t.task(ctx, want); err != nil {
+	if _, err := t.task(ctx, want, c.Wave); err != nil {
 		return nil, err
 	}
 	return &release.Record{ID: c.Release, Commit: c.Commit, Spec: c.Spec, Status: release.StatusPrepared}, nil
@@ -67,7 +67,7 @@ func (t *agentTarget) Prepare(ctx context.Context, c rollout.Call, runOnce []str
 
 // RunHooks implements rollout.Target.
 func (t *agentTarget) RunHooks(ctx context.Context, c rollout.Call, stage string, hooks []string) error {
-	_, err := t.task(ctx, store.RolloutNode{Action: api.ActionHooks, Stage: stage, RunOnce: t.run.plan.runOnceNames(hooks)})
+	_, err := t.task(ctx, store.RolloutNode{Action: api.ActionHooks, Stage: stage, RunOnce: t.run.plan.runOnceNames(hooks)}, c.Wave)
 	return err
 }
 
@@ -85,7 +85,7 @@ func (t *agentTarget) Activate(ctx context.Context, c rollout.Call, keep int) (*
 			}
 		}
 	}
-	row, err := t.task(ctx, want)
+	row, err := t.task(ctx, want, c.Wave)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,7 @@ func (t *agentTarget) Activate(ctx context.Context, c rollout.Call, keep int) (*
 
 // Rollback implements rollout.Target.
 func (t *agentTarget) Rollback(ctx context.Context, c rollout.Call, to string) (*release.Serving, error) {
-	row, err := t.task(ctx, store.RolloutNode{Action: api.ActionRollback, To: to})
+	row, err := t.task(ctx, store.RolloutNode{Action: api.ActionRollback, To: to}, c.Wave)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +200,7 @@ func finished(n store.RolloutNode) bool {
 // task has the node do want (Action, Stage, RunOnce, To) and returns its
 // row once done; a failed task is a *rollout.NodeError, a node that stops
 // reporting an error that says so.
-func (t *agentTarget) task(ctx context.Context, want store.RolloutNode) (store.RolloutNode, error) {
+func (t *agentTarget) task(ctx context.Context, want store.RolloutNode, wave int) (store.RolloutNode, error) {
 	if err := ctx.Err(); err != nil {
 		return store.RolloutNode{}, err
 	}
@@ -227,7 +227,7 @@ func (t *agentTarget) task(ctx context.Context, want store.RolloutNode) (store.R
 		}
 	}
 	if !ok || cur.Token != want.Token || want.Task != cur.Task {
-		if err := t.run.assign.assign(ctx, want); err != nil {
+		if err := t.run.assign.assign(ctx, want, wave); err != nil {
 			return store.RolloutNode{}, err
 		}
 	}
@@ -448,8 +448,11 @@ func (b *nodeBoard) assignedAt(name string) time.Time {
 type assigner struct {
 	run *rolloutRun
 
+	grew chan struct{} // signalled when a request joins pending
+
 	mu      sync.Mutex
 	pending []assignReq
+	wave    int // the largest Call.Wave among pending (0: not known)
 	busy    bool
 }
 
@@ -459,39 +462,58 @@ type assignReq struct {
 }
 
 // Requests of a wave (an all-at-once prepare starts every node's target
-// together) trickle in over a few milliseconds: the writer waits while they
-// keep coming, so the wave is one write and one wake-up of the fleet's
-// long-polls instead of a small first batch whose agents' StartUpgrade
-// flood delays the rest.
+// together) trickle in over milliseconds, more on a busy server: the
+// writer waits for the whole wave (Call.Wave), or while requests keep
+// coming when the size is not known, so the wave is one write and one
+// wake-up of the fleet's long-polls instead of a small first batch whose
+// agents' StartUpgrade flood delays the rest.
 const (
-	assignQuiet  = 5 * time.Millisecond   // no new request for this long: write
+	assignQuiet  = 5 * time.Millisecond   // size not known, no new request for this long: write
 	assignGather = 250 * time.Millisecond // write after this long whatever came
 )
 
-// gather waits until every node of the run asked, or no request has joined
-// the batch for assignQuiet, or assignGather passed.
+// gather waits until the wave is complete (every node of the run asked, or
+// the known wave size did), or, the size not known, no request joined for
+// assignQuiet; at most assignGather.
 func (a *assigner) gather() {
 	end := time.Now().Add(assignGather)
 	n := -1
-	for time.Now().Before(end) {
+	for {
 		a.mu.Lock()
-		m := len(a.pending)
+		m, wave := len(a.pending), a.wave
 		a.mu.Unlock()
-		if m == n || int64(m) >= a.run.ntargets.Load() {
+		left := time.Until(end)
+		switch {
+		case left <= 0, int64(m) >= a.run.ntargets.Load(), wave > 0 && m >= wave:
+			return
+		case wave == 0 && m == n:
 			return
 		}
 		n = m
-		time.Sleep(assignQuiet)
+		if wave == 0 {
+			left = min(left, assignQuiet)
+		}
+		timer := time.NewTimer(left)
+		select {
+		case <-a.grew:
+		case <-timer.C:
+		}
+		timer.Stop()
 	}
 }
 
 // assign writes row (fenced by the run's token), bumps the environment's
 // version so that agents' long-polls wake on every replica, and records
-// the row on the board.
-func (a *assigner) assign(ctx context.Context, row store.RolloutNode) error {
+// the row on the board. wave is the operation's Call.Wave.
+func (a *assigner) assign(ctx context.Context, row store.RolloutNode, wave int) error {
 	req := assignReq{row: row, done: make(chan error, 1)}
 	a.mu.Lock()
 	a.pending = append(a.pending, req)
+	a.wave = max(a.wave, wave)
+	select {
+	case a.grew <- struct{}{}:
+	default:
+	}
 	if !a.busy {
 		a.busy = true
 		go a.flush()
@@ -511,7 +533,7 @@ func (a *assigner) flush() {
 		a.gather()
 		a.mu.Lock()
 		batch := a.pending
-		a.pending = nil
+		a.pending, a.wave = nil, 0
 		if len(batch) == 0 {
 			a.busy = false
 			a.mu.Unlock()

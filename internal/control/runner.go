@@ -371,7 +371,7 @@ func (r *runner) run(ctx context.Context, ro store.Rollout, l Lease) {
 	run := &rolloutRun{c: c, opts: r.opts, log: r.log, ctx: rctx, stop: ctx, id: ro.ID, app: ro.App, env: ro.Env, token: l.Token, lease: l,
 		lost: make(chan struct{}), cancel: cancel, row: ro}
 	run.board = newNodeBoard(c.st, ro.ID, r.opts.Poll)
-	run.assign = &assigner{run: run}
+	run.assign = &assigner{run: run, grew: make(chan struct{}, 1)}
 	kept := make(chan struct{}) // closed once the lease is no longer renewed
 	go func() {
 		defer close(kept)

@@ -252,7 +252,9 @@ func (r *run) do(ctx context.Context, t Target, phase string, op func(context.Co
 		res.Phase, res.State, res.Error = phase, StateFailed, "interrupted before "+phase+": "+err.Error()
 		return false
 	}
-	err := op(ctx, r.call(t))
+	c := r.call(t)
+	c.Wave, _ = ctx.Value(waveKey{}).(int)
+	err := op(ctx, c)
 	res := r.result(t)
 	res.Phase = phase
 	var ne *NodeError
@@ -445,11 +447,18 @@ func (r *run) lockAll(ctx context.Context) (context.Context, func(), error) {
 	return ctx, release, nil
 }
 
+// waveKey carries, in the context of each's calls, how many targets it
+// started at once.
+type waveKey struct{}
+
 // each runs fn for every target, at most limit at once (0 = all).
 func (r *run) each(ctx context.Context, limit int, fn func(context.Context, Target)) {
 	var g errgroup.Group
-	if limit > 0 {
+	if limit > 0 && limit < len(r.targets) {
 		g.SetLimit(limit)
+	} else {
+		// Every target starts at once: a wave (Call.Wave).
+		ctx = context.WithValue(ctx, waveKey{}, len(r.targets))
 	}
 	for _, t := range r.targets {
 		g.Go(func() error { fn(ctx, t); return nil })

@@ -82,6 +82,11 @@ type Call struct {
 	// returns true. It blocks until every node of the rollout is ready
 	// (all-at-once switches them together) or one failed. nil: no wait.
 	Ready func() bool
+	// Wave is how many nodes were asked for the same operation at once,
+	// this one among them (an all-at-once prepare: every node); 0 when
+	// not known. A target that batches work across nodes (a control
+	// server writing tasks) may wait for the rest of the wave.
+	Wave int
 }
 
 // Lease is a deploy lock held on one node.
