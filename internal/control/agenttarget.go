@@ -469,34 +469,41 @@ type assignReq struct {
 // agents' StartUpgrade flood delays the rest.
 const (
 	assignQuiet  = 5 * time.Millisecond   // size not known, no new request for this long: write
-	assignGather = 250 * time.Millisecond // write after this long whatever came
+	assignGather = 250 * time.Millisecond // size not known: write after this long whatever came
+	// A known wave still short of its size: write when none joined for
+	// waveStall (its other nodes will not ask: they failed, or their task
+	// is done already), at most after waveGather.
+	waveStall  = 100 * time.Millisecond
+	waveGather = 2 * time.Second
 )
 
 // gather waits until the wave is complete (every node of the run asked, or
-// the known wave size did), or, the size not known, no request joined for
-// assignQuiet; at most assignGather.
+// the known wave size did), or no request joined for assignQuiet (size not
+// known) or waveStall (known); at most assignGather or waveGather.
 func (a *assigner) gather() {
-	end := time.Now().Add(assignGather)
-	n := -1
+	start := time.Now()
+	n, quiet := -1, false
 	for {
 		a.mu.Lock()
 		m, wave := len(a.pending), a.wave
 		a.mu.Unlock()
-		left := time.Until(end)
+		gap, left := assignQuiet, assignGather-time.Since(start)
+		if wave > 0 {
+			gap, left = waveStall, waveGather-time.Since(start)
+		}
 		switch {
 		case left <= 0, int64(m) >= a.run.ntargets.Load(), wave > 0 && m >= wave:
 			return
-		case wave == 0 && m == n:
-			return
+		case quiet && m == n:
+			return // none joined for gap
 		}
 		n = m
-		if wave == 0 {
-			left = min(left, assignQuiet)
-		}
-		timer := time.NewTimer(left)
+		timer := time.NewTimer(min(left, gap))
 		select {
-		case <-a.grew:
+		case <-a.grew: // (or a signal left from before: looked at again)
+			quiet = false
 		case <-timer.C:
+			quiet = true
 		}
 		timer.Stop()
 	}
