@@ -271,7 +271,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := s.store.RevokeToken(r.Context(), id); err != nil {
+	if err := s.revoke(r.Context(), id); err != nil {
 		s.storeError(w, err)
 		return
 	}
@@ -353,14 +353,14 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 	}
 	if jt.Replace != "" {
 		for _, old := range live {
-			if err := s.store.RevokeToken(ctx, old.ID); err != nil {
+			if err := s.revoke(ctx, old.ID); err != nil {
 				s.storeError(w, err)
 				return
 			}
 		}
 	} else if taken, err := s.joinedMeanwhile(ctx, req.Node, t.ID); err != nil || taken != 0 {
 		// Two joins raced for a new name: the older token keeps it.
-		_ = s.store.RevokeToken(ctx, t.ID)
+		_ = s.revoke(ctx, t.ID)
 		if err != nil {
 			s.storeError(w, err)
 			return

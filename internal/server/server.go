@@ -33,6 +33,8 @@ type Server struct {
 	hub   *hub
 	seen  *lastSeen
 	mux   *http.ServeMux
+	// tokens caches token lookups for a few seconds (tokens.go).
+	tokens tokenCache
 
 	// control is the control plane: desired state, upgrades, releases,
 	// rollouts, the deploy lease and queue. Handlers use it, never the
@@ -308,7 +310,7 @@ func (s *Server) lookupPrincipal(r *http.Request) (principal, error) {
 	if !ok || secret == "" {
 		return principal{}, errNoToken
 	}
-	t, err := s.store.TokenByHash(r.Context(), HashToken(strings.TrimSpace(secret)))
+	t, err := s.tokens.get(r.Context(), s.store, HashToken(strings.TrimSpace(secret)), s.now())
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return principal{}, errors.New("unknown token")
