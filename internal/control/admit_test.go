@@ -109,12 +109,18 @@ func TestTokenAloneIsNoNews(t *testing.T) {
 	must(t, c.RegisterNode(ctx, "web1", "web1", "test", []api.NodeApp{{App: "shop", Env: "production", Roles: []string{"web"}}}))
 	nodes, err := st.ListNodes(ctx, store.NodeFilter{Name: "web1"})
 	must(t, err)
-	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1", Commit: strings.Repeat("a", 40)})
-	must(t, err)
-	must(t, st.SetCurrentRelease(ctx, "shop", "production", rel.ID))
-	c.Invalidate("shop", "production")
-	before, err := c.Desired(ctx, nodes)
-	must(t, err)
+	// current makes a release of commit the environment's current one and
+	// returns the node's desired state.
+	current := func(commit string) *api.Desired {
+		rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:" + commit, Commit: strings.Repeat(commit, 40)})
+		must(t, err)
+		must(t, st.SetCurrentRelease(ctx, "shop", "production", rel.ID))
+		c.Invalidate("shop", "production")
+		d, err := c.Desired(ctx, nodes)
+		must(t, err)
+		return d
+	}
+	before := current("a")
 
 	l, err := c.Acquire(ctx, enqueue(t, c, "rollout", control.EnqueueOptions{}))
 	must(t, err)
@@ -128,13 +134,7 @@ func TestTokenAloneIsNoNews(t *testing.T) {
 		t.Fatalf("version moved from %d to %d with the token alone", before.Version, after.Version)
 	}
 
-	rel2, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v2", Commit: strings.Repeat("b", 40)})
-	must(t, err)
-	must(t, st.SetCurrentRelease(ctx, "shop", "production", rel2.ID))
-	c.Invalidate("shop", "production")
-	next, err := c.Desired(ctx, nodes)
-	must(t, err)
-	if next.Version == after.Version {
-		t.Fatalf("version %d unchanged after the current release moved", next.Version)
+	if next := current("b"); next.Version == after.Version {
+		t.Fatalf("version %d unchanged after the current release moved", after.Version)
 	}
 }

@@ -676,16 +676,42 @@ func (s suite) testAssignMany(t *testing.T) {
 func BenchmarkAssignRolloutNodes(b *testing.B) {
 	for _, backend := range dbtest.Backends {
 		b.Run(backend, func(b *testing.B) {
-			st, err := store.Open(context.Background(), dbtest.New(b, backend))
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { st.Close() })
-			_, l, r := startRollout(b, st, "rollout")
+			st, l, r := benchRollout(b, backend)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				if err := assignAll(context.Background(), st, r, l, 10000, i+1); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// benchRollout opens a store of backend with one running rollout.
+func benchRollout(b *testing.B, backend string) (store.Store, store.Lease, store.Rollout) {
+	st, err := store.Open(context.Background(), dbtest.New(b, backend))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { st.Close() })
+	_, l, r := startRollout(b, st, "rollout")
+	return st, l, r
+}
+
+// BenchmarkListRolloutNodes reads the 10,000 rows of one rollout: what a
+// control server's desired-state load reads after every hand-out.
+func BenchmarkListRolloutNodes(b *testing.B) {
+	for _, backend := range dbtest.Backends {
+		b.Run(backend, func(b *testing.B) {
+			st, l, r := benchRollout(b, backend)
+			if err := assignAll(context.Background(), st, r, l, 10000, 1); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				rows, err := st.ListRolloutNodes(context.Background(), r.ID)
+				if err != nil || len(rows) != 10000 {
+					b.Fatalf("%d rows, %v", len(rows), err)
 				}
 			}
 		})
