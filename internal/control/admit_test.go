@@ -115,7 +115,7 @@ func TestTokenAloneIsNoNews(t *testing.T) {
 		rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:" + commit, Commit: strings.Repeat(commit, 40)})
 		must(t, err)
 		must(t, st.SetCurrentRelease(ctx, "shop", "production", rel.ID))
-		c.Invalidate("shop", "production")
+		c.Invalidate("shop", "production", 0)
 		d, err := c.Desired(ctx, nodes)
 		must(t, err)
 		return d
@@ -124,7 +124,7 @@ func TestTokenAloneIsNoNews(t *testing.T) {
 
 	l, err := c.Acquire(ctx, enqueue(t, c, "rollout", control.EnqueueOptions{}))
 	must(t, err)
-	c.Invalidate("shop", "production")
+	c.Invalidate("shop", "production", 0)
 	after, err := c.Desired(ctx, nodes)
 	must(t, err)
 	if after.Apps[0].Token != l.Token || after.Apps[0].Token == before.Apps[0].Token {

@@ -106,7 +106,7 @@ func newAPIFleet(t *testing.T, c *control.Control, st store.Store, app, env stri
 	go func() {
 		defer close(done)
 		for ch := range changes {
-			c.Invalidate(ch.App, ch.Env)
+			c.Invalidate(ch.App, ch.Env, ch.Version)
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })

@@ -552,13 +552,17 @@ func (a *assigner) flush() {
 			rows[i] = r.row
 		}
 		err := a.run.ctx.Err()
+		run := a.run
+		base := run.c.desired.peek(run.app, run.env)
 		if err == nil {
-			err = a.run.c.st.AssignRolloutNodes(ctx, rows)
+			err = run.c.st.AssignRolloutNodes(ctx, rows)
 		}
 		if err == nil {
-			a.run.board.put(rows, time.Now())
-			if _, berr := a.run.c.st.BumpVersion(ctx, a.run.app, a.run.env); berr != nil {
-				a.run.log.Warn("bump the desired-state version", "app", a.run.app, "env", a.run.env, "err", berr)
+			run.board.put(rows, time.Now())
+			if v, berr := run.c.st.BumpVersion(ctx, run.app, run.env); berr != nil {
+				run.log.Warn("bump the desired-state version", "app", run.app, "env", run.env, "err", berr)
+			} else {
+				run.c.desired.advance(run.app, run.env, base, v, run.id, run.release, run.hotfix, run.token, rows)
 			}
 		} else if errors.Is(err, store.ErrLeaseLost) {
 			a.run.loseLease(err)

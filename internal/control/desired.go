@@ -74,9 +74,12 @@ func answerVersion(apps []api.DesiredApp) int64 {
 	return int64(h.Sum64() >> 1)
 }
 
-// Invalidate drops what Desired cached of app/env (app "": everything);
+// Invalidate drops what Desired cached of app/env (app "": everything)
+// unless it shows version or later already (version 0: whatever it shows);
 // the server calls it on every store change, before waking its long-polls.
-func (c *Control) Invalidate(app, env string) { c.desired.invalidate(app, env) }
+func (c *Control) Invalidate(app, env string, version int64) {
+	c.desired.invalidate(app, env, version)
+}
 
 // desiredCache holds each environment's loaded desired state; the zero
 // value is ready to use.
@@ -240,12 +243,72 @@ func (c *desiredCache) drop(k envKey, e *envDesired) {
 	}
 }
 
-func (c *desiredCache) invalidate(app, env string) {
+func (c *desiredCache) invalidate(app, env string, version int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if app == "" {
 		c.entries = nil
 		return
 	}
-	delete(c.entries, envKey{app, env})
+	k := envKey{app, env}
+	if e := c.entries[k]; e != nil && version > 0 && e.loaded() && e.version >= version {
+		return // advance put it there already
+	}
+	delete(c.entries, k)
+}
+
+// loaded says whether e's load finished without an error.
+func (e *envDesired) loaded() bool {
+	select {
+	case <-e.done:
+		return e.err == nil
+	default:
+		return false
+	}
+}
+
+// peek returns app/env's loaded entry, or nil.
+func (c *desiredCache) peek(app, env string) *envDesired {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.entries[envKey{app, env}]; e != nil && e.loaded() {
+		return e
+	}
+	return nil
+}
+
+// advance is the write-through of a task hand-out on the replica that made
+// it: base, the entry before the hand-out, plus rows (the tasks written
+// for rollout ro of release rel) is the environment's desired state at
+// version v, the version the hand-out's bump returned, when base shows v-1
+// (no other change came between). Then it becomes the entry, and the
+// fleet's long-polls are answered without reading 10,000 rows back.
+// Otherwise nothing is done: the next Desired loads the entry.
+func (c *desiredCache) advance(app, env string, base *envDesired, v, ro int64, rel *api.Release, hotfix bool, token int64, rows []store.RolloutNode) {
+	if base == nil || base.version != v-1 || base.rollout != 0 && base.rollout != ro {
+		return
+	}
+	e := &envDesired{done: make(chan struct{}), version: v, current: base.current, token: max(base.token, token),
+		rollout: ro, release: rel, hotfix: hotfix, tasks: make(map[string]store.RolloutNode, max(len(base.tasks), len(rows)))}
+	for name, t := range base.tasks {
+		e.tasks[name] = t
+	}
+	for _, r := range rows {
+		if r.State == "" {
+			r.State = store.NodeAssigned
+		}
+		r.Step, r.Error, r.Serving, r.UpgradeID = "", "", "", 0
+		e.tasks[r.Node] = r
+	}
+	close(e.done)
+	k := envKey{app, env}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.entries[k]; old != nil && old.loaded() && old.version >= v {
+		return // a load at v or later was quicker
+	}
+	if c.entries == nil {
+		c.entries = map[envKey]*envDesired{}
+	}
+	c.entries[k] = e
 }

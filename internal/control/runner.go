@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
@@ -279,6 +280,10 @@ type rolloutRun struct {
 	// ntargets is how many nodes the run has (once deploy read them): a
 	// batch of tasks for all of them is complete (assigner.gather).
 	ntargets atomic.Int64
+	// release is the rollout's release as agents are told it; hotfix
+	// its plan's hotfix flag.
+	release *api.Release
+	hotfix  bool
 
 	board  *nodeBoard
 	assign *assigner
@@ -429,6 +434,8 @@ func (run *rolloutRun) deploy(ctx context.Context, ro store.Rollout) (*rollout.R
 	if err != nil {
 		return nil, fmt.Errorf("read release %d: %w", ro.ReleaseID, err)
 	}
+	a := ReleaseToAPI(rel)
+	run.release, run.hotfix = &a, planHotfix(ro.Plan)
 	if err := run.board.refresh(ctx); err != nil {
 		return nil, fmt.Errorf("read the rollout's nodes: %w", err)
 	}

@@ -126,7 +126,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	go func() {
 		for c := range ch {
-			s.control.Invalidate(c.App, c.Env)
+			s.control.Invalidate(c.App, c.Env, c.Version)
 			s.hub.wake(c.App, c.Env)
 		}
 	}()
