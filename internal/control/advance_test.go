@@ -149,6 +149,25 @@ func TestAdvanceMatchesLoad(t *testing.T) {
 	if e := c.desired.peek("shop", "production"); e != base {
 		t.Fatalf("advanced over a change it did not see (version %d, base %d)", v, base.version)
 	}
+
+	// A later change announced before the advance: no advance either.
+	c.Invalidate("shop", "production", 0)
+	if _, err := c.Desired(ctx, nodes[:1]); err != nil {
+		t.Fatal(err)
+	}
+	base = c.desired.peek("shop", "production")
+	rows = []store.RolloutNode{row(nodes[0], 2, api.ActionActivate)}
+	if err := st.AssignRolloutNodes(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	if v, err = st.BumpVersion(ctx, "shop", "production"); err != nil {
+		t.Fatal(err)
+	}
+	c.Invalidate("shop", "production", v+1) // someone else's change, announced first
+	c.desired.advance("shop", "production", base, v, ro.ID, &apiRel, true, l.Token, rows)
+	if e := c.desired.peek("shop", "production"); e != nil {
+		t.Fatalf("advanced to version %d after version %d was announced", e.version, v+1)
+	}
 }
 
 func show(ds []*api.Desired) string {
@@ -157,4 +176,84 @@ func show(ds []*api.Desired) string {
 		fmt.Fprintf(&b, "  %d %+v\n", d.Version, d.Apps)
 	}
 	return b.String()
+}
+
+// gatedVersions is a store whose Version waits while gate is shut.
+type gatedVersions struct {
+	store.Store
+	gate chan struct{}
+}
+
+func (g *gatedVersions) Version(ctx context.Context, app, env string) (int64, error) {
+	if g.gate != nil {
+		<-g.gate
+	}
+	return g.Store.Version(ctx, app, env)
+}
+
+// TestAdvanceFreesWaitersOfALoad: a long-poll that started a load of the
+// environment (its change was announced before the hand-out's advance)
+// takes the advanced entry instead of waiting for the slow load.
+func TestAdvanceFreesWaitersOfALoad(t *testing.T) {
+	ctx := context.Background()
+	inner, err := store.Open(ctx, filepath.Join(t.TempDir(), "drover.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inner.Close()
+	st := &gatedVersions{Store: inner}
+	c, err := New(st, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RegisterNode(ctx, "web1", "web1", "test", []api.NodeApp{{App: "shop", Env: "production", Roles: []string{"web"}}}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := st.FindNode(ctx, "web1", "shop", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Desired(ctx, []store.Node{n}); err != nil {
+		t.Fatal(err)
+	}
+	base := c.desired.peek("shop", "production")
+	v, err := st.BumpVersion(ctx, "shop", "production")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.gate = make(chan struct{})
+	defer close(st.gate)
+	c.Invalidate("shop", "production", v)
+	got := make(chan int64, 1)
+	go func() {
+		d, err := c.Desired(ctx, []store.Node{n})
+		if err != nil {
+			got <- -1
+			return
+		}
+		got <- d.Version
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for { // the waiter's load has started (and waits at the gate)
+		c.desired.mu.Lock()
+		e := c.desired.entries[envKey{"shop", "production"}]
+		c.desired.mu.Unlock()
+		if e != nil && e != base {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no load started")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	rel := api.Release{ID: 1, App: "shop", Env: "production", Commit: strings.Repeat("c", 40)}
+	c.desired.advance("shop", "production", base, v, 7, &rel, false, 1, []store.RolloutNode{{RolloutID: 7, Node: "web1", NodeID: n.ID, Task: 1, Action: api.ActionPrepare, Token: 1}})
+	select {
+	case version := <-got:
+		if version <= 0 {
+			t.Fatalf("the waiter failed (%d)", version)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter still waits for the gated load after the advance")
+	}
 }

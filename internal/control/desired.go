@@ -86,12 +86,21 @@ func (c *Control) Invalidate(app, env string, version int64) {
 type desiredCache struct {
 	mu      sync.Mutex
 	entries map[envKey]*envDesired
+	// seen is the newest version each environment was invalidated at,
+	// gen counts invalidations of everything: advance never installs an
+	// entry older than a change already announced.
+	seen map[envKey]int64
+	gen  int64
+	// advanced is closed when advance installs an entry: waiters of a
+	// load take the installed entry instead of waiting on.
+	advanced chan struct{}
 }
 
 // envDesired is one environment's desired state as loaded; done is closed
 // when the load that fills it has finished.
 type envDesired struct {
 	done    chan struct{}
+	gen     int64 // desiredCache.gen when it was made
 	err     error
 	version int64        // the environment's (0: it does not exist yet)
 	current *api.Release // the environment's last completed release
@@ -123,21 +132,30 @@ func (e *envDesired) answer(n store.Node) api.DesiredApp {
 // stops waiting for itself only, never fails the others.
 func (c *desiredCache) get(ctx context.Context, st store.Store, app, env string) (*envDesired, error) {
 	k := envKey{app, env}
-	c.mu.Lock()
-	if c.entries == nil {
-		c.entries = map[envKey]*envDesired{}
-	}
-	e := c.entries[k]
-	if e == nil {
-		e = &envDesired{done: make(chan struct{})}
-		c.entries[k] = e
-		go e.load(context.WithoutCancel(ctx), st, app, env)
-	}
-	c.mu.Unlock()
-	select {
-	case <-e.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	var e *envDesired
+	for e == nil {
+		c.mu.Lock()
+		if c.entries == nil {
+			c.entries = map[envKey]*envDesired{}
+		}
+		if c.advanced == nil {
+			c.advanced = make(chan struct{})
+		}
+		e = c.entries[k]
+		if e == nil {
+			e = &envDesired{done: make(chan struct{}), gen: c.gen}
+			c.entries[k] = e
+			go e.load(context.WithoutCancel(ctx), st, app, env)
+		}
+		advanced := c.advanced
+		c.mu.Unlock()
+		select {
+		case <-e.done:
+		case <-advanced:
+			e = nil // look again: the entry may be there, loaded
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	if e.err != nil {
 		c.drop(k, e) // the next waiter tries again
@@ -247,10 +265,15 @@ func (c *desiredCache) invalidate(app, env string, version int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if app == "" {
-		c.entries = nil
+		c.entries, c.seen = nil, nil
+		c.gen++
 		return
 	}
 	k := envKey{app, env}
+	if c.seen == nil {
+		c.seen = map[envKey]int64{}
+	}
+	c.seen[k] = max(c.seen[k], version)
 	if e := c.entries[k]; e != nil && version > 0 && e.loaded() && e.version >= version {
 		return // advance put it there already
 	}
@@ -288,7 +311,7 @@ func (c *desiredCache) advance(app, env string, base *envDesired, v, ro int64, r
 	if base == nil || base.version != v-1 || base.rollout != 0 && base.rollout != ro {
 		return
 	}
-	e := &envDesired{done: make(chan struct{}), version: v, current: base.current, token: max(base.token, token),
+	e := &envDesired{done: make(chan struct{}), gen: base.gen, version: v, current: base.current, token: max(base.token, token),
 		rollout: ro, release: rel, hotfix: hotfix, tasks: make(map[string]store.RolloutNode, max(len(base.tasks), len(rows)))}
 	for name, t := range base.tasks {
 		e.tasks[name] = t
@@ -304,11 +327,18 @@ func (c *desiredCache) advance(app, env string, base *envDesired, v, ro int64, r
 	k := envKey{app, env}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if old := c.entries[k]; old != nil && old.loaded() && old.version >= v {
+	switch old := c.entries[k]; {
+	case c.gen != base.gen, c.seen[k] > v:
+		return // a later change was announced: the entry must be loaded
+	case old != nil && old.loaded() && old.version >= v:
 		return // a load at v or later was quicker
 	}
 	if c.entries == nil {
 		c.entries = map[envKey]*envDesired{}
 	}
 	c.entries[k] = e
+	if c.advanced != nil {
+		close(c.advanced)
+		c.advanced = nil
+	}
 }
