@@ -36,6 +36,9 @@ import (
 // state: a stuck store delays the other parked answers no longer.
 const lookupTimeout = 30 * time.Second
 
+// workersPerCPU sizes the lot's worker pool (see lot).
+const workersPerCPU = 16
+
 // parked is a long-poll waiting in the lot.
 type parked struct {
 	lot      *lot
@@ -65,6 +68,15 @@ const (
 func (p *parked) wake() { p.lot.schedule(p) }
 
 // lot holds the parked long-polls and the workers that answer them.
+//
+// Workers start when answers are queued and stop when the queue is empty,
+// at most maxWorkers at once: 16 per CPU, not one, because they share the
+// CPUs with the requests their answers set off (each agent asks again at
+// once) and Go schedules goroutines alike: with one per CPU, 10,000 agents
+// whose waits end close together (bench's BenchmarkServerIdle) got their
+// answers late enough that a third of them missed a poll in the window.
+// More also keep a few slow readers (a write waits up to WriteTimeout)
+// from holding up the rest.
 type lot struct {
 	s          *Server
 	maxWorkers int
@@ -79,7 +91,7 @@ type lot struct {
 }
 
 func newLot(s *Server) *lot {
-	return &lot{s: s, maxWorkers: runtime.GOMAXPROCS(0), ctx: context.Background(), parked: map[*parked]struct{}{}}
+	return &lot{s: s, maxWorkers: workersPerCPU * runtime.GOMAXPROCS(0), ctx: context.Background(), parked: map[*parked]struct{}{}}
 }
 
 // start ties the lot to the server's life: when ctx ends, it closes.

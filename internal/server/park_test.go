@@ -193,6 +193,45 @@ func TestParkedAnswerOnTheWire(t *testing.T) {
 	}
 }
 
+// TestLongPollNotParked: a long-poll whose connection is not kept alive
+// (Connection: close, HTTP/1.0) is not taken from net/http: it waits in
+// its goroutine, is answered at its wait's end, and its connection
+// closes as asked.
+func TestLongPollNotParked(t *testing.T) {
+	e, srv := parkingServer(t, nil)
+	agent := e.join("web1")
+	d, err := agent.Desired(context.Background(), -1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, proto, header string }{
+		{"Connection: close", "HTTP/1.1", "Connection: close\r\n"},
+		{"HTTP/1.0", "HTTP/1.0", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", e.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "GET %s/agents/desired?version=%d&wait=300ms %s\r\nHost: drover\r\nAuthorization: Bearer %s\r\n%s\r\n", api.Prefix, d.Version, tc.proto, agent.Token, tc.header)
+			waitFor(t, "the long-poll to wait in its goroutine", func() bool { return goroutinesIn("(*Server).desired") == 1 })
+			if n := server.Parked(srv); n != 0 {
+				t.Fatalf("%d long-polls parked, want none", n)
+			}
+			br := bufio.NewReader(c)
+			resp, body := readAnswer(t, c, br)
+			var got api.Desired
+			if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &got) != nil || got.Version != d.Version {
+				t.Fatalf("answered %s %q, want the desired state at version %d", resp.Status, body, d.Version)
+			}
+			if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+				t.Fatalf("after the answer: %q, %v; want the connection closed", rest, err)
+			}
+		})
+	}
+}
+
 // TestResumedConnectionWaitsIdle: after a parked answer, the connection
 // may idle longer than ReadHeaderTimeout before the agent's next request
 // (as on any kept-alive connection), but once a request begins, its
@@ -250,24 +289,8 @@ func TestResumedConnectionWaitsIdle(t *testing.T) {
 // when it closes.
 func TestMaxConnsCountsParkedOnce(t *testing.T) {
 	e, srv := parkingServer(t, func(s *server.Server) { s.MaxConns = 2 })
-	// Join over connections that close after each request: kept alive,
-	// they would hold the two slots.
-	ctx := context.Background()
-	noKeepAlive := func(token string) *api.Client {
-		c := e.client(token)
-		c.HTTP.Transport.(*http.Transport).DisableKeepAlives = true
-		return c
-	}
-	jt, err := noKeepAlive(e.admin).CreateJoinToken(ctx, api.CreateJoinToken{Apps: []string{"hello"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	j, err := noKeepAlive("").Join(ctx, api.Join{JoinToken: jt.Token, Node: "web1", Hostname: "web1", Apps: []api.NodeApp{{App: "hello", Env: "demo", Roles: []string{"web"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := noKeepAlive(j.Token)
-	d, err := agent.Desired(ctx, -1, 0)
+	agent := joinClosing(t, e)
+	d, err := agent.Desired(context.Background(), -1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,6 +341,57 @@ func TestMaxConnsCountsParkedOnce(t *testing.T) {
 	}
 	a.Close()
 	waitFor(t, "a third connection to be served after the parked one closed", thirdServed)
+}
+
+// joinClosing joins node web1 over connections that close after each
+// request (kept alive, they would hold MaxConns slots) and returns its
+// agent client, which does the same.
+func joinClosing(t *testing.T, e *env) *api.Client {
+	t.Helper()
+	ctx := context.Background()
+	closing := func(token string) *api.Client {
+		c := e.client(token)
+		c.HTTP.Transport.(*http.Transport).DisableKeepAlives = true
+		return c
+	}
+	jt, err := closing(e.admin).CreateJoinToken(ctx, api.CreateJoinToken{Apps: []string{"hello"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := closing("").Join(ctx, api.Join{JoinToken: jt.Token, Node: "web1", Hostname: "web1", Apps: []api.NodeApp{{App: "hello", Env: "demo", Roles: []string{"web"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return closing(j.Token)
+}
+
+// TestHungUpParkedFreesSlot: a parked connection is not read, so an
+// agent that hangs up is not noticed at once; but at its wait's end it
+// leaves the lot and its MaxConns slot is free again.
+func TestHungUpParkedFreesSlot(t *testing.T) {
+	e, srv := parkingServer(t, func(s *server.Server) { s.MaxConns = 1 })
+	agent := joinClosing(t, e)
+	d, err := agent.Desired(context.Background(), -1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, longPollRequest(agent.Token, d.Version, 500*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	waitParked(t, srv, 1)
+	c.Close()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(e.url + "/healthz") // waits for the slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if n := server.Parked(srv); n != 0 {
+		t.Fatalf("a connection was served while the hung-up one was still parked (%d parked)", n)
+	}
 }
 
 // TestParkOverTLS: over TLS with HTTP/1.1 (what `drover server
