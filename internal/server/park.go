@@ -70,13 +70,11 @@ func (p *parked) wake() { p.lot.schedule(p) }
 // lot holds the parked long-polls and the workers that answer them.
 //
 // Workers start when answers are queued and stop when the queue is empty,
-// at most maxWorkers at once: 16 per CPU, not one, because they share the
-// CPUs with the requests their answers set off (each agent asks again at
-// once) and Go schedules goroutines alike: with one per CPU, 10,000 agents
-// whose waits end close together (bench's BenchmarkServerIdle) got their
-// answers late enough that a third of them missed a poll in the window.
-// More also keep a few slow readers (a write waits up to WriteTimeout)
-// from holding up the rest.
+// at most maxWorkers at once: 16 per CPU rather than one, so that a few
+// agents slow to take their answer (a write may wait up to WriteTimeout)
+// do not hold up the others', and so that the answers get their share of
+// the CPUs next to the requests they set off (each agent asks again at
+// once; Go schedules all goroutines alike).
 type lot struct {
 	s          *Server
 	maxWorkers int

@@ -146,6 +146,48 @@ func TestParkedLongPollKeepsConnection(t *testing.T) {
 	}
 }
 
+// TestReleaseWakesManyParked: one release wakes every long-poll parked
+// on its environment, through the workers' queue, and each is answered
+// with the new desired state.
+func TestReleaseWakesManyParked(t *testing.T) {
+	e, srv := parkingServer(t, func(s *server.Server) { s.JoinRate, s.JoinRateTotal = 0, 0 })
+	ctx := context.Background()
+	const n = 40
+	type poll struct {
+		c       net.Conn
+		br      *bufio.Reader
+		version int64 // the agent's before the release
+	}
+	polls := make([]poll, n)
+	for i := range polls {
+		agent := e.join(fmt.Sprintf("web%d", i))
+		d, err := agent.Desired(ctx, -1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := io.WriteString(c, longPollRequest(agent.Token, d.Version, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		polls[i] = poll{c, bufio.NewReader(c), d.Version}
+	}
+	waitParked(t, srv, n)
+	if _, err := e.client(e.admin).CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "tag:v1", Commit: sha}); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range polls {
+		resp, body := readAnswer(t, p.c, p.br)
+		var d api.Desired
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &d) != nil || d.Version == p.version {
+			t.Fatalf("long-poll %d after the release: %s %q, want a version other than %d", i+1, resp.Status, body, p.version)
+		}
+	}
+}
+
 // TestParkedAnswerOnTheWire: a parked long-poll's answer is a plain
 // HTTP/1.1 response with the handler's headers and JSON, and a request
 // the client sent behind it (pipelined, so net/http had read it already
