@@ -59,8 +59,9 @@ func (c *limitConn) Close() error {
 }
 
 // HTTPServer returns the http.Server that serves s's API over Listener:
-// ReadHeaderTimeout and IdleTimeout here; body and answer deadlines are set per request
-// by the handler, so the long-poll can wait as long as it asks.
+// ReadHeaderTimeout and IdleTimeout here; body and answer deadlines are
+// set per request by the handler, so the long-poll can wait as long as it
+// asks.
 func (s *Server) HTTPServer() *http.Server {
 	return &http.Server{Handler: s.Handler(), ReadHeaderTimeout: s.ReadHeaderTimeout, IdleTimeout: s.IdleTimeout}
 }

@@ -139,7 +139,9 @@ func (l *resumeListener) Close() error {
 // connection, and an agent may work for minutes before its next request.
 // So until the first byte comes, the read waits as long as an idle
 // connection may (IdleTimeout), and the deadline net/http set counts from
-// that byte.
+// that byte. Under TLS, net/http takes it for a plain connection (the
+// handshake is long done; a request on it has no r.TLS, which the API
+// does not read).
 type resumedConn struct {
 	net.Conn
 	buf  []byte // read first: what the agent sent after its long-poll
