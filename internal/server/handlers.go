@@ -502,7 +502,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	// Subscribe before the first look, so a change between the look and
 	// the wait still wakes it.
 	ch := make(wakeChan, 1)
-	s.hub.add(ch, keys)
+	since := s.hub.add(ch, keys)
 	defer s.hub.remove(ch, keys)
 	deadline := time.Now().Add(wait)
 	var timer *time.Timer
@@ -528,7 +528,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		// Not ready: hand the connection to the parking lot, which waits
 		// without this goroutine. Where it cannot (HTTP/2, no Listener,
 		// shutting down), this goroutine waits.
-		if s.lot.park(w, r, ch, parked{nodes: nodes, keys: keys, known: known, deadline: deadline}) {
+		if s.lot.park(w, r, ch, since, parked{nodes: nodes, keys: keys, known: known, deadline: deadline}) {
 			return
 		}
 		select {

@@ -108,9 +108,10 @@ func (l *lot) setListener(ln *resumeListener) {
 
 // park takes over the long-poll of w and r, whose answer is not ready:
 // it hijacks the connection and parks it with p's wait, subscribed to the
-// hub in place of ch. It reports false, w untouched, when it cannot; the
-// caller then waits as before.
-func (l *lot) park(w http.ResponseWriter, r *http.Request, ch wakeChan, p parked) bool {
+// hub in place of ch (subscribed when the hub had counted since wakes).
+// It reports false, w untouched, when it cannot; the caller then waits as
+// before.
+func (l *lot) park(w http.ResponseWriter, r *http.Request, ch wakeChan, since uint64, p parked) bool {
 	// Only a plain HTTP/1.1 GET whose connection stays open parks: the
 	// answer is written by hand and the connection reused, which HTTP/2,
 	// HTTP/1.0, HEAD, a body left to read or Connection: close would break.
@@ -152,7 +153,9 @@ func (l *lot) park(w http.ResponseWriter, r *http.Request, ch wakeChan, p parked
 	l.mu.Unlock()
 	l.s.hub.add(rec, rec.keys)
 	l.s.hub.remove(ch, rec.keys)
-	woken := len(ch) > 0 // a change came while the handler looked
+	// A change may have come since the handler subscribed, its wake
+	// meant for ch: look once more.
+	woken := l.s.hub.wokeSince(since)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {

@@ -471,6 +471,7 @@ func EnsureAdminToken(ctx context.Context, st store.Store, dir string) (string, 
 type hub struct {
 	mu    sync.Mutex
 	byKey map[string]map[waiter]struct{} // app/env → who waits on it
+	wakes uint64                         // wake calls so far (see wokeSince)
 }
 
 // waiter is a long-poll waiting in the hub: a wakeChan while a handler's
@@ -490,7 +491,8 @@ func (c wakeChan) wake() {
 
 func newHub() *hub { return &hub{byKey: map[string]map[waiter]struct{}{}} }
 
-func (h *hub) add(w waiter, keys []string) {
+// add subscribes w to keys and returns the count of wakes so far.
+func (h *hub) add(w waiter, keys []string) (wakes uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, k := range keys {
@@ -501,6 +503,17 @@ func (h *hub) add(w waiter, keys []string) {
 		}
 		ws[w] = struct{}{}
 	}
+	return h.wakes
+}
+
+// wokeSince reports whether any wake came after add returned wakes. A
+// waiter handed over to another (a long-poll parked, park.go) may have
+// been picked by a wake that calls it only after the handover: then the
+// new waiter must look again.
+func (h *hub) wokeSince(wakes uint64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.wakes != wakes
 }
 
 func (h *hub) remove(w waiter, keys []string) {
@@ -520,6 +533,7 @@ func (h *hub) remove(w waiter, keys []string) {
 func (h *hub) wake(app, env string) {
 	var ws []waiter
 	h.mu.Lock()
+	h.wakes++
 	if app == "" {
 		for _, byKey := range h.byKey {
 			for w := range byKey {
