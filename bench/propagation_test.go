@@ -160,12 +160,13 @@ func inProcessServer(ctx context.Context, tb testing.TB, st store.Store) string 
 		tb.Fatal(err)
 	}
 	hs := srv.HTTPServer()
-	go hs.Serve(srv.Listener(ln))
+	go hs.Serve(srv.Listener(ln, nil))
 	tb.Cleanup(func() {
 		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = hs.Shutdown(c)
 		hs.Close()
+		srv.Close()
 	})
 	return "http://" + ln.Addr().String()
 }

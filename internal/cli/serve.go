@@ -118,17 +118,18 @@ func Serve(ctx context.Context, o *ServerOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", o.Listen, err)
 	}
-	ln = srv.Listener(ln) // counts TCP connections, under TLS too
 	scheme := "http"
+	var tlsConfig *tls.Config
 	if o.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("TLS certificate: %w", err)
 		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		scheme = "https"
 	}
+	ln = srv.Listener(ln, tlsConfig) // caps TCP connections, then TLS, then long-polls given back
 	url := fmt.Sprintf("%s://%s", scheme, ln.Addr())
 	fmt.Fprintf(o.IO.Out, "drover server listening on %s (store: %s)\n", url, st.Dialect())
 	if tokenPath != "" {
@@ -150,6 +151,7 @@ func Serve(ctx context.Context, o *ServerOptions) error {
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(shutdown)
+	srv.Close() // the long-polls parked off the http.Server
 	return nil
 }
 

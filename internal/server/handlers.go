@@ -499,8 +499,12 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	for i, n := range nodes {
 		keys[i] = n.App + "/" + n.Env
 	}
-	ch := s.hub.subscribe(keys)
-	defer s.hub.unsubscribe(ch)
+	// Subscribe before the first look, so a change between the look and
+	// the wait still wakes it.
+	ch := make(wakeChan, 1)
+	since := s.hub.add(ch, keys)
+	defer s.hub.remove(ch, keys)
+	deadline := time.Now().Add(wait)
 	var timer *time.Timer
 	if wait > 0 {
 		timer = time.NewTimer(wait)
@@ -519,6 +523,12 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		if d.Version != known || wait == 0 {
 			s.touch(r.Context(), nodes)
 			writeJSON(w, http.StatusOK, d)
+			return
+		}
+		// Not ready: hand the connection to the parking lot, which waits
+		// without this goroutine. Where it cannot (HTTP/2, no Listener,
+		// shutting down), this goroutine waits.
+		if s.lot.park(w, r, ch, since, parked{nodes: nodes, keys: keys, known: known, deadline: deadline}) {
 			return
 		}
 		select {

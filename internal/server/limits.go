@@ -14,15 +14,10 @@ import (
 // connections, deadlines on request bodies and on answers, and a rate limit
 // on joins (the only route a client without a token reaches).
 
-// Listener caps ln at MaxConns connections served at once: past it, Accept
-// waits until one closes and the kernel queues the rest.
-func (s *Server) Listener(ln net.Listener) net.Listener {
-	if s.MaxConns <= 0 {
-		return ln
-	}
-	return &limitListener{Listener: ln, slots: make(chan struct{}, s.MaxConns), done: make(chan struct{})}
-}
-
+// limitListener caps the connections served at once at MaxConns: past
+// it, Accept waits until one closes and the kernel queues the rest. A
+// connection holds its slot from its accept until it is closed, through
+// any long-polls parked on it (park.go).
 type limitListener struct {
 	net.Listener
 	slots     chan struct{}
@@ -63,11 +58,12 @@ func (c *limitConn) Close() error {
 	return err
 }
 
-// HTTPServer returns the http.Server that serves s's API: a header timeout
-// and an idle timeout here; body and answer deadlines are set per request
-// by the handler, so the long-poll can wait as long as it asks.
+// HTTPServer returns the http.Server that serves s's API over Listener:
+// ReadHeaderTimeout and IdleTimeout here; body and answer deadlines are
+// set per request by the handler, so the long-poll can wait as long as it
+// asks.
 func (s *Server) HTTPServer() *http.Server {
-	return &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	return &http.Server{Handler: s.Handler(), ReadHeaderTimeout: s.ReadHeaderTimeout, IdleTimeout: s.IdleTimeout}
 }
 
 // deadlines bounds how long a request's body may take to arrive

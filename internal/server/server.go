@@ -66,6 +66,10 @@ type Server struct {
 	// MaxConns caps the connections served at once (see Listener); the
 	// kernel queues the rest. 0: no cap.
 	MaxConns int
+	// ReadHeaderTimeout bounds how long a request's headers may take to
+	// arrive once it has begun; IdleTimeout how long a kept-alive
+	// connection may wait for its next request (HTTPServer).
+	ReadHeaderTimeout, IdleTimeout time.Duration
 	// JoinRate is how many joins per second one remote address may
 	// attempt, with bursts of JoinBurst; JoinRateTotal and JoinBurstTotal
 	// bound all addresses together. Past them a join is answered 429 with
@@ -76,6 +80,7 @@ type Server struct {
 	joinOnce  sync.Once
 	joinLimit *rateLimiter
 	handler   http.Handler
+	lot       *lot // long-polls parked off net/http (park.go)
 }
 
 // Defaults of the limits a Server starts with.
@@ -83,6 +88,8 @@ const (
 	DefaultBodyTimeout    = 30 * time.Second
 	DefaultWriteTimeout   = 30 * time.Second
 	DefaultMaxConns       = 20000
+	DefaultHeaderTimeout  = 10 * time.Second
+	DefaultIdleTimeout    = 120 * time.Second
 	DefaultJoinRate       = 10
 	DefaultJoinBurst      = 100
 	DefaultJoinRateTotal  = 100
@@ -96,6 +103,7 @@ func New(st store.Store, log *slog.Logger) *Server {
 	}
 	s := &Server{store: st, log: log, now: time.Now, hub: newHub(), MaxWait: 60 * time.Second, StaleAfter: 100 * time.Second,
 		BodyTimeout: DefaultBodyTimeout, WriteTimeout: DefaultWriteTimeout, MaxConns: DefaultMaxConns,
+		ReadHeaderTimeout: DefaultHeaderTimeout, IdleTimeout: DefaultIdleTimeout,
 		JoinRate: DefaultJoinRate, JoinBurst: DefaultJoinBurst, JoinRateTotal: DefaultJoinRateTotal, JoinBurstTotal: DefaultJoinBurstTotal}
 	ctl, err := control.New(st, control.Options{})
 	if err != nil { // the defaults are always valid
@@ -103,12 +111,14 @@ func New(st store.Store, log *slog.Logger) *Server {
 	}
 	s.control = ctl
 	s.seen = &lastSeen{ids: map[int64]time.Time{}}
+	s.lot = newLot(s)
 	s.routes()
 	return s
 }
 
 // Start follows the store's changes until ctx ends, waking long-polls on
-// this replica whenever any replica changes a desired state.
+// this replica whenever any replica changes a desired state. When ctx
+// ends, the long-polls parked off net/http are closed (see Close).
 func (s *Server) Start(ctx context.Context) error {
 	if s.Runner.AllowCommands || s.Lease != 0 {
 		// The control plane's options are set between New and Start:
@@ -132,8 +142,16 @@ func (s *Server) Start(ctx context.Context) error {
 	}()
 	go s.seen.flushEvery(ctx, s.store, 2*time.Second, s.log)
 	go s.runRollouts(ctx)
+	s.lot.start(ctx)
 	return nil
 }
+
+// Close closes the connections of the long-polls parked off net/http,
+// and those answered but not yet taken back by the http.Server: neither
+// is tracked by http.Server, so its Close and Shutdown leave them. Call
+// it after those; long-polls that come later wait the way any request
+// does. The end of Start's context closes them too.
+func (s *Server) Close() { s.lot.close() }
 
 // runRollouts runs this server's share of rollouts until ctx ends. A
 // runner that stops with an error is logged, never fatal: the API keeps
@@ -456,39 +474,84 @@ func EnsureAdminToken(ctx context.Context, st store.Store, dir string) (string, 
 
 // hub wakes long-polls waiting on an app/env.
 type hub struct {
-	mu      sync.Mutex
-	waiters map[chan struct{}][]string // waiter → app/env keys
+	mu    sync.Mutex
+	byKey map[string]map[waiter]struct{} // app/env → who waits on it
+	wakes uint64                         // wake calls so far (see wokeSince)
 }
 
-func newHub() *hub { return &hub{waiters: map[chan struct{}][]string{}} }
+// waiter is a long-poll waiting in the hub: a wakeChan while a handler's
+// goroutine waits, a *parked once its connection is parked. wake must
+// not block.
+type waiter interface{ wake() }
 
-func (h *hub) subscribe(keys []string) chan struct{} {
-	ch := make(chan struct{}, 1)
-	h.mu.Lock()
-	h.waiters[ch] = keys
-	h.mu.Unlock()
-	return ch
+// wakeChan is a waiter a goroutine selects on.
+type wakeChan chan struct{}
+
+func (c wakeChan) wake() {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
-func (h *hub) unsubscribe(ch chan struct{}) {
-	h.mu.Lock()
-	delete(h.waiters, ch)
-	h.mu.Unlock()
-}
+func newHub() *hub { return &hub{byKey: map[string]map[waiter]struct{}{}} }
 
-func (h *hub) wake(app, env string) {
-	key := app + "/" + env
+// add subscribes w to keys and returns the count of wakes so far.
+func (h *hub) add(w waiter, keys []string) (wakes uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for ch, keys := range h.waiters {
-		for _, k := range keys {
-			if app == "" || k == key {
-				select {
-				case ch <- struct{}{}:
-				default:
-				}
-				break
+	for _, k := range keys {
+		ws := h.byKey[k]
+		if ws == nil {
+			ws = map[waiter]struct{}{}
+			h.byKey[k] = ws
+		}
+		ws[w] = struct{}{}
+	}
+	return h.wakes
+}
+
+// wokeSince reports whether any wake came after add returned wakes. A
+// waiter handed over to another (a long-poll parked, park.go) may have
+// been picked by a wake that calls it only after the handover: then the
+// new waiter must look again.
+func (h *hub) wokeSince(wakes uint64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.wakes != wakes
+}
+
+func (h *hub) remove(w waiter, keys []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, k := range keys {
+		delete(h.byKey[k], w)
+		if len(h.byKey[k]) == 0 {
+			delete(h.byKey, k)
+		}
+	}
+}
+
+// wake wakes the waiters on app/env, or every waiter when app is "".
+// They are woken after the lock is let go: a parked long-poll's wake
+// takes the parking lot's lock.
+func (h *hub) wake(app, env string) {
+	var ws []waiter
+	h.mu.Lock()
+	h.wakes++
+	if app == "" {
+		for _, byKey := range h.byKey {
+			for w := range byKey {
+				ws = append(ws, w)
 			}
 		}
+	} else {
+		for w := range h.byKey[app+"/"+env] {
+			ws = append(ws, w)
+		}
+	}
+	h.mu.Unlock()
+	for _, w := range ws {
+		w.wake()
 	}
 }

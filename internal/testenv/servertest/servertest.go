@@ -6,6 +6,7 @@ package servertest
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"os"
 	"path/filepath"
@@ -22,12 +23,14 @@ type Options struct {
 	Wrap func(store.Store) store.Store
 	// Set adjusts the server (limits, waits) before it starts.
 	Set func(*server.Server)
+	// TLS, when not nil, serves https with it (server.Listener's TLS).
+	TLS *tls.Config
 }
 
 // Server is a running control server.
 type Server struct {
 	Store store.Store // the real store under the server
-	URL   string      // http://127.0.0.1:PORT
+	URL   string      // http://127.0.0.1:PORT (https with Options.TLS)
 	Addr  string      // 127.0.0.1:PORT
 	Admin string      // the first admin token
 	// AdminFile is the admin token file, written 0600 in the data dir.
@@ -70,8 +73,12 @@ func Start(t testing.TB, o Options) *Server {
 	}
 	hs := s.HTTPServer()
 	done := make(chan struct{})
-	go func() { defer close(done); _ = hs.Serve(s.Listener(ln)) }()
-	t.Cleanup(func() { hs.Close(); <-done })
+	go func() { defer close(done); _ = hs.Serve(s.Listener(ln, o.TLS)) }()
+	t.Cleanup(func() { hs.Close(); s.Close(); <-done })
 	addr := ln.Addr().String()
-	return &Server{Store: st, URL: "http://" + addr, Addr: addr, Admin: strings.TrimSpace(string(token)), AdminFile: path}
+	scheme := "http://"
+	if o.TLS != nil {
+		scheme = "https://"
+	}
+	return &Server{Store: st, URL: scheme + addr, Addr: addr, Admin: strings.TrimSpace(string(token)), AdminFile: path}
 }
