@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -73,13 +72,6 @@ func Serve(ctx context.Context, o *ServerOptions) error {
 	}
 	if err := os.MkdirAll(o.data(), 0o700); err != nil {
 		return err
-	}
-	if os.Getenv("GOGC") == "" {
-		// Most of an idle server's memory is long-poll connections, live
-		// for their whole life: the default GOGC lets the heap double over
-		// them. 25 keeps 10,000 idle agents near 300 MB, and idle
-		// long-polls allocate little, so collections stay rare.
-		debug.SetGCPercent(25)
 	}
 	st, err := store.Open(ctx, o.dbURL())
 	if err != nil {
