@@ -70,13 +70,24 @@ func TestAdvanceMatchesLoad(t *testing.T) {
 	// handOut writes rows as the assigner does and advances the cache
 	// from the entry cached before; it returns the desired state of
 	// every node from the cache, and from a load.
-	handOut := func(rows ...store.RolloutNode) (cached, loaded []*api.Desired) {
+	// cached loads the entry before a hand-out.
+	cached := func() *envDesired {
 		t.Helper()
 		c.Invalidate("shop", "production", 0)
-		if _, err := c.Desired(ctx, nodes[:1]); err != nil { // the entry before
+		if _, err := c.Desired(ctx, nodes[:1]); err != nil {
 			t.Fatal(err)
 		}
-		base := c.desired.peek("shop", "production")
+		return c.desired.peek("shop", "production")
+	}
+	// write writes rows and bumps the version, as the assigner does, after
+	// other, someone else's version bumps.
+	write := func(rows []store.RolloutNode, other int) int64 {
+		t.Helper()
+		for range other {
+			if _, err := st.BumpVersion(ctx, "shop", "production"); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if err := st.AssignRolloutNodes(ctx, rows); err != nil {
 			t.Fatal(err)
 		}
@@ -84,6 +95,12 @@ func TestAdvanceMatchesLoad(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		return v
+	}
+	handOut := func(rows ...store.RolloutNode) (cachedDs, loaded []*api.Desired) {
+		t.Helper()
+		base := cached()
+		v := write(rows, 0)
 		c.desired.advance("shop", "production", base, v, ro.ID, &apiRel, true, l.Token, rows)
 		c.Invalidate("shop", "production", v) // the Change arriving: keeps it
 		for _, n := range nodes {
@@ -91,7 +108,7 @@ func TestAdvanceMatchesLoad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cached = append(cached, d)
+			cachedDs = append(cachedDs, d)
 		}
 		fresh, err := New(st, Options{})
 		if err != nil {
@@ -104,7 +121,7 @@ func TestAdvanceMatchesLoad(t *testing.T) {
 			}
 			loaded = append(loaded, d)
 		}
-		return cached, loaded
+		return cachedDs, loaded
 	}
 	row := func(n store.Node, task int64, action string, runOnce ...string) store.RolloutNode {
 		return store.RolloutNode{RolloutID: ro.ID, Node: n.Name, NodeID: n.ID, Task: task, Action: action, RunOnce: runOnce, Token: l.Token}
@@ -129,40 +146,18 @@ func TestAdvanceMatchesLoad(t *testing.T) {
 	}
 
 	// Another change between the cached entry and the hand-out: no advance.
-	c.Invalidate("shop", "production", 0)
-	if _, err := c.Desired(ctx, nodes[:1]); err != nil {
-		t.Fatal(err)
-	}
-	base := c.desired.peek("shop", "production")
-	if _, err := st.BumpVersion(ctx, "shop", "production"); err != nil { // someone else's change
-		t.Fatal(err)
-	}
+	base := cached()
 	rows := []store.RolloutNode{row(nodes[2], 2, api.ActionActivate)}
-	if err := st.AssignRolloutNodes(ctx, rows); err != nil {
-		t.Fatal(err)
-	}
-	v, err := st.BumpVersion(ctx, "shop", "production")
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := write(rows, 1)
 	c.desired.advance("shop", "production", base, v, ro.ID, &apiRel, true, l.Token, rows)
 	if e := c.desired.peek("shop", "production"); e != base {
 		t.Fatalf("advanced over a change it did not see (version %d, base %d)", v, base.version)
 	}
 
 	// A later change announced before the advance: no advance either.
-	c.Invalidate("shop", "production", 0)
-	if _, err := c.Desired(ctx, nodes[:1]); err != nil {
-		t.Fatal(err)
-	}
-	base = c.desired.peek("shop", "production")
+	base = cached()
 	rows = []store.RolloutNode{row(nodes[0], 2, api.ActionActivate)}
-	if err := st.AssignRolloutNodes(ctx, rows); err != nil {
-		t.Fatal(err)
-	}
-	if v, err = st.BumpVersion(ctx, "shop", "production"); err != nil {
-		t.Fatal(err)
-	}
+	v = write(rows, 0)
 	c.Invalidate("shop", "production", v+1) // someone else's change, announced first
 	c.desired.advance("shop", "production", base, v, ro.ID, &apiRel, true, l.Token, rows)
 	if e := c.desired.peek("shop", "production"); e != nil {

@@ -194,16 +194,7 @@ func TestReleaseWakesManyParked(t *testing.T) {
 // when the long-poll parked) is answered next on the same connection.
 func TestParkedAnswerOnTheWire(t *testing.T) {
 	e, srv := parkingServer(t, nil)
-	agent := e.join("web1")
-	d, err := agent.Desired(context.Background(), -1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	agent, d, c := rawAgent(t, e, "web1")
 	// One write, so both requests reach the server's buffer together.
 	second := fmt.Sprintf("GET %s/agents/desired?version=-1&wait=0s HTTP/1.1\r\nHost: drover\r\nAuthorization: Bearer %s\r\n\r\n", api.Prefix, agent.Token)
 	if _, err := io.WriteString(c, longPollRequest(agent.Token, d.Version, 200*time.Millisecond)+second); err != nil {
@@ -281,16 +272,7 @@ func TestLongPollNotParked(t *testing.T) {
 func TestResumedConnectionWaitsIdle(t *testing.T) {
 	const header = 100 * time.Millisecond
 	e, srv := parkingServer(t, func(s *server.Server) { s.ReadHeaderTimeout, s.IdleTimeout = header, 10*time.Second })
-	agent := e.join("web1")
-	d, err := agent.Desired(context.Background(), -1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	agent, d, c := rawAgent(t, e, "web1")
 	br := bufio.NewReader(c)
 	park := func() {
 		t.Helper()
@@ -638,4 +620,21 @@ func goroutinesWith(s string) int {
 		}
 	}
 	return n
+}
+
+// rawAgent joins node, reads its desired state once and opens a raw
+// connection to the server for the test to speak HTTP on.
+func rawAgent(t *testing.T, e *env, node string) (*api.Client, *api.Desired, net.Conn) {
+	t.Helper()
+	agent := e.join(node)
+	d, err := agent.Desired(context.Background(), -1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return agent, d, c
 }
