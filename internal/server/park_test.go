@@ -160,16 +160,7 @@ func TestReleaseWakesManyParked(t *testing.T) {
 	}
 	polls := make([]poll, n)
 	for i := range polls {
-		agent := e.join(fmt.Sprintf("web%d", i))
-		d, err := agent.Desired(ctx, -1, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := net.Dial("tcp", e.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
+		agent, d, c := rawAgent(t, e, fmt.Sprintf("web%d", i))
 		if _, err := io.WriteString(c, longPollRequest(agent.Token, d.Version, 10*time.Second)); err != nil {
 			t.Fatal(err)
 		}
