@@ -477,9 +477,9 @@ const (
 	waveGather = 2 * time.Second
 )
 
-// gather waits until the wave is complete (every node of the run asked, or
-// the known wave size did), or no request joined for assignQuiet (size not
-// known) or waveStall (known); at most assignGather or waveGather.
+// gather waits until the wave is complete (its known size asked), or no
+// request joined for assignQuiet (size not known) or waveStall (known); at
+// most assignGather or waveGather.
 func (a *assigner) gather() {
 	start := time.Now()
 	n, quiet := -1, false
@@ -492,7 +492,7 @@ func (a *assigner) gather() {
 			gap, left = waveStall, waveGather-time.Since(start)
 		}
 		switch {
-		case left <= 0, int64(m) >= a.run.ntargets.Load(), wave > 0 && m >= wave:
+		case left <= 0, wave > 0 && m >= wave:
 			return
 		case quiet && m == n:
 			return // none joined for gap

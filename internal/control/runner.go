@@ -277,9 +277,6 @@ type rolloutRun struct {
 	// their agents were not seen for StaleAfter.
 	stale []store.Node
 	plan  *planDoc
-	// ntargets is how many nodes the run has (once deploy read them): a
-	// batch of tasks for all of them is complete (assigner.gather).
-	ntargets atomic.Int64
 	// release is the rollout's release as agents are told it; hotfix
 	// its plan's hotfix flag.
 	release *api.Release
@@ -444,7 +441,6 @@ func (run *rolloutRun) deploy(ctx context.Context, ro store.Rollout) (*rollout.R
 	if err != nil {
 		return nil, err
 	}
-	run.ntargets.Store(int64(len(targets)))
 	hosts := make([]*config.Host, len(targets))
 	rts := make([]rollout.Target, len(targets))
 	for i, t := range targets {
