@@ -101,7 +101,7 @@ func TestAdvanceMatchesLoad(t *testing.T) {
 		t.Helper()
 		base := cached()
 		v := write(rows, 0)
-		c.desired.advance("shop", "production", base, v, ro.ID, &apiRel, true, l.Token, rows)
+		c.desired.advance("shop", "production", base, v, rolloutAnswer{id: ro.ID, release: &apiRel, hotfix: true}, l.Token, rows)
 		c.Invalidate("shop", "production", v) // the Change arriving: keeps it
 		for _, n := range nodes {
 			d, err := c.Desired(ctx, []store.Node{n})
@@ -149,7 +149,7 @@ func TestAdvanceMatchesLoad(t *testing.T) {
 	base := cached()
 	rows := []store.RolloutNode{row(nodes[2], 2, api.ActionActivate)}
 	v := write(rows, 1)
-	c.desired.advance("shop", "production", base, v, ro.ID, &apiRel, true, l.Token, rows)
+	c.desired.advance("shop", "production", base, v, rolloutAnswer{id: ro.ID, release: &apiRel, hotfix: true}, l.Token, rows)
 	if e := c.desired.peek("shop", "production"); e != base {
 		t.Fatalf("advanced over a change it did not see (version %d, base %d)", v, base.version)
 	}
@@ -159,7 +159,7 @@ func TestAdvanceMatchesLoad(t *testing.T) {
 	rows = []store.RolloutNode{row(nodes[0], 2, api.ActionActivate)}
 	v = write(rows, 0)
 	c.Invalidate("shop", "production", v+1) // someone else's change, announced first
-	c.desired.advance("shop", "production", base, v, ro.ID, &apiRel, true, l.Token, rows)
+	c.desired.advance("shop", "production", base, v, rolloutAnswer{id: ro.ID, release: &apiRel, hotfix: true}, l.Token, rows)
 	if e := c.desired.peek("shop", "production"); e != nil {
 		t.Fatalf("advanced to version %d after version %d was announced", e.version, v+1)
 	}
@@ -242,7 +242,7 @@ func TestAdvanceFreesWaitersOfALoad(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	rel := api.Release{ID: 1, App: "shop", Env: "production", Commit: strings.Repeat("c", 40)}
-	c.desired.advance("shop", "production", base, v, 7, &rel, false, 1, []store.RolloutNode{{RolloutID: 7, Node: "web1", NodeID: n.ID, Task: 1, Action: api.ActionPrepare, Token: 1}})
+	c.desired.advance("shop", "production", base, v, rolloutAnswer{id: 7, release: &rel}, 1, []store.RolloutNode{{RolloutID: 7, Node: "web1", NodeID: n.ID, Task: 1, Action: api.ActionPrepare, Token: 1}})
 	select {
 	case version := <-got:
 		if version <= 0 {

@@ -551,8 +551,8 @@ func (a *assigner) flush() {
 		for i, r := range batch {
 			rows[i] = r.row
 		}
-		err := a.run.ctx.Err()
 		run := a.run
+		err := run.ctx.Err()
 		base := run.c.desired.peek(run.app, run.env)
 		if err == nil {
 			err = run.c.st.AssignRolloutNodes(ctx, rows)
@@ -562,10 +562,10 @@ func (a *assigner) flush() {
 			if v, berr := run.c.st.BumpVersion(ctx, run.app, run.env); berr != nil {
 				run.log.Warn("bump the desired-state version", "app", run.app, "env", run.env, "err", berr)
 			} else {
-				run.c.desired.advance(run.app, run.env, base, v, run.id, run.release, run.hotfix, run.token, rows)
+				run.c.desired.advance(run.app, run.env, base, v, run.answer, run.token, rows)
 			}
 		} else if errors.Is(err, store.ErrLeaseLost) {
-			a.run.loseLease(err)
+			run.loseLease(err)
 		}
 		if err != nil {
 			err = fmt.Errorf("hand out the task: %w", err)

@@ -108,10 +108,22 @@ type envDesired struct {
 
 	// The running or paused server rollout, if any, and its tasks by node
 	// name.
-	rollout int64
+	ro    rolloutAnswer
+	tasks map[string]store.RolloutNode
+}
+
+// rolloutAnswer is what every task of a server rollout tells its node
+// besides the task itself.
+type rolloutAnswer struct {
+	id      int64
 	release *api.Release
 	hotfix  bool
-	tasks   map[string]store.RolloutNode
+}
+
+// answerOf is rollout ro's rolloutAnswer; rel is its release.
+func answerOf(ro store.Rollout, rel store.Release) rolloutAnswer {
+	a := ReleaseToAPI(rel)
+	return rolloutAnswer{id: ro.ID, release: &a, hotfix: planHotfix(ro.Plan)}
 }
 
 // answer is node n's desired state in this environment.
@@ -121,8 +133,8 @@ func (e *envDesired) answer(n store.Node) api.DesiredApp {
 	// completed release like a node outside the rollout, so an agent that
 	// comes back late never does the task outside the rollout's steps.
 	if t, ok := e.tasks[n.Name]; ok && (t.NodeID == 0 || t.NodeID == n.ID) && t.State != store.NodeFailed {
-		return api.DesiredApp{App: n.App, Env: n.Env, Release: e.release, Action: t.Action, Token: t.Token,
-			Rollout: e.rollout, Task: t.Task, Stage: t.Stage, RunOnce: t.RunOnce, To: t.To, Hotfix: e.hotfix}
+		return api.DesiredApp{App: n.App, Env: n.Env, Release: e.ro.release, Action: t.Action, Token: t.Token,
+			Rollout: e.ro.id, Task: t.Task, Stage: t.Stage, RunOnce: t.RunOnce, To: t.To, Hotfix: e.ro.hotfix}
 	}
 	return api.DesiredApp{App: n.App, Env: n.Env, Release: e.current, Action: api.ActionActivate, Token: e.token}
 }
@@ -217,10 +229,11 @@ func (e *envDesired) fillRollout(ctx context.Context, st store.Store, ro store.R
 	if err != nil || len(nodes) == 0 {
 		return err
 	}
-	if e.release, err = apiRelease(ctx, st, ro.ReleaseID); err != nil {
+	rel, err := st.GetRelease(ctx, ro.ReleaseID)
+	if err != nil {
 		return err
 	}
-	e.rollout, e.hotfix = ro.ID, planHotfix(ro.Plan)
+	e.ro = answerOf(ro, rel)
 	e.tasks = make(map[string]store.RolloutNode, len(nodes))
 	for _, n := range nodes {
 		e.tasks[n.Node] = n
@@ -302,17 +315,17 @@ func (c *desiredCache) peek(app, env string) *envDesired {
 
 // advance is the write-through of a task hand-out on the replica that made
 // it: base, the entry before the hand-out, plus rows (the tasks written
-// for rollout ro of release rel) is the environment's desired state at
+// for rollout ro under fencing token token) is the environment's desired state at
 // version v, the version the hand-out's bump returned, when base shows v-1
 // (no other change came between). Then it becomes the entry, and the
 // fleet's long-polls are answered without reading 10,000 rows back.
 // Otherwise nothing is done: the next Desired loads the entry.
-func (c *desiredCache) advance(app, env string, base *envDesired, v, ro int64, rel *api.Release, hotfix bool, token int64, rows []store.RolloutNode) {
-	if base == nil || base.version != v-1 || base.rollout != 0 && base.rollout != ro {
+func (c *desiredCache) advance(app, env string, base *envDesired, v int64, ro rolloutAnswer, token int64, rows []store.RolloutNode) {
+	if base == nil || base.version != v-1 || base.ro.id != 0 && base.ro.id != ro.id {
 		return
 	}
 	e := &envDesired{done: make(chan struct{}), gen: base.gen, version: v, current: base.current, token: max(base.token, token),
-		rollout: ro, release: rel, hotfix: hotfix, tasks: make(map[string]store.RolloutNode, max(len(base.tasks), len(rows)))}
+		ro: ro, tasks: make(map[string]store.RolloutNode, max(len(base.tasks), len(rows)))}
 	for name, t := range base.tasks {
 		e.tasks[name] = t
 	}

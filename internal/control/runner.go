@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/config"
 	"github.com/drover/drover/internal/release"
 	"github.com/drover/drover/internal/rollout"
@@ -277,10 +276,8 @@ type rolloutRun struct {
 	// their agents were not seen for StaleAfter.
 	stale []store.Node
 	plan  *planDoc
-	// release is the rollout's release as agents are told it; hotfix
-	// its plan's hotfix flag.
-	release *api.Release
-	hotfix  bool
+	// answer is what the rollout's tasks tell agents besides the task.
+	answer rolloutAnswer
 
 	board  *nodeBoard
 	assign *assigner
@@ -431,8 +428,7 @@ func (run *rolloutRun) deploy(ctx context.Context, ro store.Rollout) (*rollout.R
 	if err != nil {
 		return nil, fmt.Errorf("read release %d: %w", ro.ReleaseID, err)
 	}
-	a := ReleaseToAPI(rel)
-	run.release, run.hotfix = &a, planHotfix(ro.Plan)
+	run.answer = answerOf(ro, rel)
 	if err := run.board.refresh(ctx); err != nil {
 		return nil, fmt.Errorf("read the rollout's nodes: %w", err)
 	}
