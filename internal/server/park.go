@@ -32,10 +32,6 @@ import (
 // its answer is written or at its deadline. Until then its connection
 // holds its MaxConns slot, for MaxWait at most.
 
-// lookupTimeout bounds a worker's look at a parked long-poll's desired
-// state: a stuck store delays the other parked answers no longer.
-const lookupTimeout = 30 * time.Second
-
 // workersPerCPU sizes the lot's worker pool (see lot).
 const workersPerCPU = 16
 
@@ -229,9 +225,9 @@ func (l *lot) work() {
 // handler would, and parks it again otherwise.
 func (l *lot) look(ctx context.Context, p *parked) {
 	s := l.s
-	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
-	d, err := s.desiredOf(lctx, p.nodes)
-	cancel()
+	// A stuck store holds a look no longer than control's own bound on
+	// the environment's load.
+	d, err := s.desiredOf(ctx, p.nodes)
 	if err == nil && d.Version == p.known && time.Now().Before(p.deadline) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
