@@ -147,11 +147,9 @@ func (l *lot) park(w http.ResponseWriter, r *http.Request, ch wakeChan, since ui
 	l.parked[rec] = struct{}{}
 	rec.timer = time.AfterFunc(time.Until(rec.deadline), rec.wake)
 	l.mu.Unlock()
-	l.s.hub.add(rec, rec.keys)
-	l.s.hub.remove(ch, rec.keys)
 	// A change may have come since the handler subscribed, its wake
-	// meant for ch: look once more.
-	woken := l.s.hub.wokeSince(since)
+	// meant for ch: then look once more.
+	woken := l.s.hub.handOver(ch, rec, rec.keys, since)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {

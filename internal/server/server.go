@@ -476,7 +476,7 @@ func EnsureAdminToken(ctx context.Context, st store.Store, dir string) (string, 
 type hub struct {
 	mu    sync.Mutex
 	byKey map[string]map[waiter]struct{} // app/env → who waits on it
-	wakes uint64                         // wake calls so far (see wokeSince)
+	wakes uint64                         // wake calls so far (see handOver)
 }
 
 // waiter is a long-poll waiting in the hub: a wakeChan while a handler's
@@ -500,6 +500,12 @@ func newHub() *hub { return &hub{byKey: map[string]map[waiter]struct{}{}} }
 func (h *hub) add(w waiter, keys []string) (wakes uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.put(w, keys)
+	return h.wakes
+}
+
+// put subscribes w to keys; h.mu is held.
+func (h *hub) put(w waiter, keys []string) {
 	for _, k := range keys {
 		ws := h.byKey[k]
 		if ws == nil {
@@ -508,16 +514,19 @@ func (h *hub) add(w waiter, keys []string) (wakes uint64) {
 		}
 		ws[w] = struct{}{}
 	}
-	return h.wakes
 }
 
-// wokeSince reports whether any wake came after add returned wakes. A
-// waiter handed over to another (a long-poll parked, park.go) may have
-// been picked by a wake that calls it only after the handover: then the
-// new waiter must look again.
-func (h *hub) wokeSince(wakes uint64) bool {
+// handOver puts to in from's place on keys, in one turn of the lock, and
+// reports whether any wake came since add returned wakes for from: such a
+// wake may have picked from and reach it only after the handover (a
+// long-poll parked, park.go), so to must look again.
+func (h *hub) handOver(from, to waiter, keys []string, wakes uint64) (woken bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	for _, k := range keys {
+		delete(h.byKey[k], from)
+	}
+	h.put(to, keys)
 	return h.wakes != wakes
 }
 
