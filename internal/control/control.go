@@ -88,11 +88,11 @@ type Options struct {
 	AllowCommands bool
 	// AgentWrites is how many agents' upgrade writes (StartUpgrade,
 	// Report) run at once; the rest wait their turn. Default: half the
-	// store's connections (DefaultAgentWrites).
+	// store's connections (defaultAgentWrites).
 	AgentWrites int
 }
 
-// DefaultAgentWrites is Options.AgentWrites' default for a store of the
+// defaultAgentWrites is Options.AgentWrites' default for a store of the
 // dialect: half its connection pool (store.Open: 8 for SQLite, 32 for
 // PostgreSQL and MySQL). When a rollout hands ten thousand nodes their task
 // at once, their agents all start an upgrade at once: left alone, that
@@ -100,7 +100,7 @@ type Options struct {
 // one desired-state read that answers the rest of the fleet waits behind it
 // for seconds. The other half stays free for reads; the writes go no
 // slower, since the database could not run more of them at once anyway.
-func DefaultAgentWrites(dialect string) int {
+func defaultAgentWrites(dialect string) int {
 	if dialect == store.SQLite {
 		return 4
 	}
@@ -153,7 +153,7 @@ func New(st store.Store, opts Options) (*Control, error) {
 		opts.Clock = realClock{}
 	}
 	if opts.AgentWrites <= 0 {
-		opts.AgentWrites = DefaultAgentWrites(st.Dialect())
+		opts.AgentWrites = defaultAgentWrites(st.Dialect())
 	}
 	c := &Control{st: st, clock: opts.Clock, lease: opts.Lease, recheck: opts.Recheck, wake: map[envKey]chan struct{}{}, boards: map[int64]*nodeBoard{},
 		writes: make(chan struct{}, opts.AgentWrites)}

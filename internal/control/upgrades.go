@@ -97,7 +97,7 @@ func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartU
 }
 
 // admit waits for a slot among the agent writes running at once (see
-// DefaultAgentWrites); done gives it back.
+// defaultAgentWrites); done gives it back.
 func (c *Control) admit(ctx context.Context) (done func(), err error) {
 	select {
 	case c.writes <- struct{}{}:
