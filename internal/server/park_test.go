@@ -27,7 +27,6 @@ import (
 
 	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/server"
-	"github.com/drover/drover/internal/store"
 	"github.com/drover/drover/internal/testenv/servertest"
 )
 
@@ -536,32 +535,10 @@ func TestShutdownClosesParked(t *testing.T) {
 		{"context", func(_ *server.Server, _ *http.Server, cancel context.CancelFunc) { cancel() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			dir := t.TempDir()
-			st, err := store.Open(ctx, filepath.Join(dir, "drover.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			path, err := server.EnsureAdminToken(ctx, st, dir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tok, _ := os.ReadFile(path)
-			s := server.New(st, nil)
-			s.MaxWait = time.Minute
-			if err := s.Start(ctx); err != nil {
-				t.Fatal(err)
-			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			hs := s.HTTPServer()
-			served := make(chan struct{})
-			go func() { defer close(served); _ = hs.Serve(s.Listener(ln, nil)) }()
-			e := &env{t: t, st: st, url: "http://" + ln.Addr().String(), addr: ln.Addr().String(), admin: strings.TrimSpace(string(tok))}
+			srv := servertest.Start(t, servertest.Options{Set: func(s *server.Server) { s.MaxWait = time.Minute }})
+			s, hs, cancel, served := srv.API, srv.HTTP, srv.Stop, srv.Served
+			e := &env{t: t, st: srv.Store, url: srv.URL, addr: srv.Addr, admin: srv.Admin}
+			ctx := context.Background()
 
 			agent := e.join("web1")
 			d, err := agent.Desired(ctx, -1, 0)

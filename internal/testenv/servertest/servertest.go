@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +36,15 @@ type Server struct {
 	Admin string      // the first admin token
 	// AdminFile is the admin token file, written 0600 in the data dir.
 	AdminFile string
+
+	// The running parts, for tests that stop them their own way (the
+	// cleanup stops whatever is left): the API server, the http.Server
+	// serving it, Stop ends the context Start ran the API server with,
+	// Served is closed when the http.Server stopped serving.
+	API    *server.Server
+	HTTP   *http.Server
+	Stop   context.CancelFunc
+	Served <-chan struct{}
 }
 
 // Start serves a new SQLite-backed server until t ends.
@@ -80,5 +90,6 @@ func Start(t testing.TB, o Options) *Server {
 	if o.TLS != nil {
 		scheme = "https://"
 	}
-	return &Server{Store: st, URL: scheme + addr, Addr: addr, Admin: strings.TrimSpace(string(token)), AdminFile: path}
+	return &Server{Store: st, URL: scheme + addr, Addr: addr, Admin: strings.TrimSpace(string(token)), AdminFile: path,
+		API: s, HTTP: hs, Stop: cancel, Served: done}
 }
