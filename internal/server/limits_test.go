@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/server"
 )
 
@@ -148,17 +147,7 @@ func TestLongPollOutlivesBodyTimeout(t *testing.T) {
 	// And a release during a long-poll still wakes it.
 	got := make(chan error, 1)
 	go func() { _, err := agent.Desired(ctx, d.Version, 5*time.Second); got <- err }()
-	if _, err := l.client(l.admin).CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "tag:v1", Commit: sha}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("long-poll not woken by a release")
-	}
+	releaseWakes(t, l.client(l.admin), got)
 }
 
 // TestMaxConns: past MaxConns, a new connection waits until one closes.

@@ -468,17 +468,7 @@ func TestParkOverTLS(t *testing.T) {
 			if n := server.Parked(srv); n != tc.wantPark {
 				t.Fatalf("%d long-polls parked, want %d", n, tc.wantPark)
 			}
-			if _, err := admin.CreateRelease(ctx, api.CreateRelease{App: "hello", Env: "demo", Spec: "tag:v1", Commit: sha}); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case err := <-got:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("long-poll not answered within 5s of a release")
-			}
+			releaseWakes(t, admin, got)
 			if int(proto.Load()) != tc.wantProto {
 				t.Fatalf("answered over HTTP/%d, want HTTP/%d", proto.Load(), tc.wantProto)
 			}

@@ -301,3 +301,20 @@ func TestSecurity(t *testing.T) {
 		t.Errorf("second use of a join token: %v", err)
 	}
 }
+
+// releaseWakes creates a release of hello/demo through admin and waits up
+// to 5 s for a long-poll, whose outcome got carries, to be answered.
+func releaseWakes(t *testing.T, admin *api.Client, got <-chan error) {
+	t.Helper()
+	if _, err := admin.CreateRelease(context.Background(), api.CreateRelease{App: "hello", Env: "demo", Spec: "tag:v1", Commit: sha}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("long-poll not answered within 5s of a release")
+	}
+}
