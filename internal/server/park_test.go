@@ -385,14 +385,7 @@ func joinClosing(t *testing.T, e *env) *api.Client {
 func TestHungUpParkedFreesSlot(t *testing.T) {
 	e, srv := parkingServer(t, func(s *server.Server) { s.MaxConns = 1 })
 	agent := joinClosing(t, e)
-	d, err := agent.Desired(context.Background(), -1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, c := rawConn(t, e, agent)
 	if _, err := io.WriteString(c, longPollRequest(agent.Token, d.Version, 500*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
@@ -585,6 +578,14 @@ func goroutinesWith(s string) int {
 func rawAgent(t *testing.T, e *env, node string) (*api.Client, *api.Desired, net.Conn) {
 	t.Helper()
 	agent := e.join(node)
+	d, c := rawConn(t, e, agent)
+	return agent, d, c
+}
+
+// rawConn reads agent's desired state once and opens a raw connection to
+// the server for the test to speak HTTP on as agent.
+func rawConn(t *testing.T, e *env, agent *api.Client) (*api.Desired, net.Conn) {
+	t.Helper()
 	d, err := agent.Desired(context.Background(), -1, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -594,5 +595,5 @@ func rawAgent(t *testing.T, e *env, node string) (*api.Client, *api.Desired, net
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return agent, d, c
+	return d, c
 }
