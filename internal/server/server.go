@@ -191,9 +191,6 @@ func (l *lastSeen) flush(ctx context.Context, st store.Store, log *slog.Logger) 
 	ids := l.ids
 	l.ids = map[int64]time.Time{}
 	l.mu.Unlock()
-	if len(ids) == 0 {
-		return
-	}
 	// One write per few hundred nodes: ten thousand separate commits every
 	// flush kept SQLite's one writer busy and everything else waiting.
 	if err := st.TouchNodes(ctx, ids); err != nil && ctx.Err() == nil {
