@@ -35,7 +35,7 @@ func scanTicket(sc interface{ Scan(...any) error }) (ticketRow, error) {
 
 // queueTx runs fn in a READ COMMITTED transaction (SQLite: IMMEDIATE, which
 // serialises writers anyway), retried on deadlock.
-func (s *sqlStore) queueTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (s *sqlStore) queueTx(ctx context.Context, fn func(tx *storeTx) error) error {
 	var opts *sql.TxOptions
 	if s.dialect != SQLite {
 		opts = &sql.TxOptions{Isolation: sql.LevelReadCommitted}
@@ -52,7 +52,7 @@ func (s *sqlStore) queueTx(ctx context.Context, fn func(tx *sql.Tx) error) error
 
 // lockLease locks app/env's lease row for the rest of tx and returns it
 // (TicketID 0 when free; Token is the last one handed out).
-func (s *sqlStore) lockLease(ctx context.Context, tx *sql.Tx, app, env string) (Lease, error) {
+func (s *sqlStore) lockLease(ctx context.Context, tx *storeTx, app, env string) (Lease, error) {
 	forUpdate := " FOR UPDATE"
 	if s.dialect == SQLite {
 		forUpdate = ""
@@ -71,7 +71,7 @@ func (s *sqlStore) ticket(ctx context.Context, db queryer, id int64) (ticketRow,
 
 // lockTicket reads ticket id's environment, locks its lease row and reads
 // the ticket again under the lock.
-func (s *sqlStore) lockTicket(ctx context.Context, tx *sql.Tx, id int64) (ticketRow, Lease, error) {
+func (s *sqlStore) lockTicket(ctx context.Context, tx *storeTx, id int64) (ticketRow, Lease, error) {
 	t, err := s.ticket(ctx, tx, id)
 	if err != nil {
 		return ticketRow{}, Lease{}, err
@@ -112,7 +112,7 @@ func position(q []ticketRow, id int64) int {
 }
 
 // end moves ticket id from state from to a final state at at.
-func (s *sqlStore) end(ctx context.Context, tx *sql.Tx, id int64, from, to TicketState, at time.Time) error {
+func (s *sqlStore) end(ctx context.Context, tx *storeTx, id int64, from, to TicketState, at time.Time) error {
 	_, err := s.exec(ctx, tx, "UPDATE deploy_tickets SET state = ?, ended_at = ? WHERE id = ? AND state = ?", string(to), at, id, string(from))
 	return err
 }
@@ -128,7 +128,7 @@ func (s *sqlStore) EnqueueTicket(ctx context.Context, t Ticket, supersede bool) 
 		ignore = " ON DUPLICATE KEY UPDATE app = app"
 	}
 	var out Ticket
-	err := s.queueTx(ctx, func(tx *sql.Tx) error {
+	err := s.queueTx(ctx, func(tx *storeTx) error {
 		if err := s.ensureEnv(ctx, tx, t.App, t.Env, at); err != nil {
 			return err
 		}
@@ -167,7 +167,7 @@ func (s *sqlStore) TryAcquire(ctx context.Context, id int64, at time.Time, ttl t
 	at = norm(at)
 	var out Lease
 	var got bool
-	err := s.queueTx(ctx, func(tx *sql.Tx) error {
+	err := s.queueTx(ctx, func(tx *storeTx) error {
 		out, got = Lease{}, false
 		t, cur, err := s.lockTicket(ctx, tx, id)
 		if err != nil {
@@ -253,7 +253,7 @@ func (s *sqlStore) TryAcquire(ctx context.Context, id int64, at time.Time, ttl t
 
 // lockHeld locks l's environment and fails with ErrLeaseLost unless l
 // still holds its lease.
-func (s *sqlStore) lockHeld(ctx context.Context, tx *sql.Tx, l Lease) error {
+func (s *sqlStore) lockHeld(ctx context.Context, tx *storeTx, l Lease) error {
 	cur, err := s.lockLease(ctx, tx, l.App, l.Env)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ErrLeaseLost
@@ -277,7 +277,7 @@ func (s *sqlStore) RenewLease(ctx context.Context, l Lease, at time.Time, ttl ti
 		return Lease{}, wrap(op, fmt.Errorf("%w: lease duration %s", ErrInvalid, ttl))
 	}
 	at = norm(at)
-	err := s.queueTx(ctx, func(tx *sql.Tx) error {
+	err := s.queueTx(ctx, func(tx *storeTx) error {
 		if err := s.lockHeld(ctx, tx, l); err != nil {
 			return err
 		}
@@ -297,7 +297,7 @@ func (s *sqlStore) RenewLease(ctx context.Context, l Lease, at time.Time, ttl ti
 func (s *sqlStore) ReleaseLease(ctx context.Context, l Lease, at time.Time) error {
 	op := fmt.Sprintf("release deploy lease of %s/%s", l.App, l.Env)
 	at = norm(at)
-	err := s.queueTx(ctx, func(tx *sql.Tx) error {
+	err := s.queueTx(ctx, func(tx *storeTx) error {
 		if err := s.lockHeld(ctx, tx, l); err != nil {
 			return err
 		}
@@ -313,7 +313,7 @@ func (s *sqlStore) CancelTicket(ctx context.Context, id int64, at time.Time) (Ti
 	op := fmt.Sprintf("cancel ticket %d", id)
 	at = norm(at)
 	var out Ticket
-	err := s.queueTx(ctx, func(tx *sql.Tx) error {
+	err := s.queueTx(ctx, func(tx *storeTx) error {
 		t, _, err := s.lockTicket(ctx, tx, id)
 		if err != nil {
 			return err

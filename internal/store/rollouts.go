@@ -22,7 +22,7 @@ func (s *sqlStore) TakeOverLease(ctx context.Context, id int64, at time.Time, tt
 	}
 	at = norm(at)
 	var out Lease
-	err := s.queueTx(ctx, func(tx *sql.Tx) error {
+	err := s.queueTx(ctx, func(tx *storeTx) error {
 		t, cur, err := s.lockTicket(ctx, tx, id)
 		if err != nil {
 			return err
@@ -70,7 +70,7 @@ func (s *sqlStore) GetEnvironment(ctx context.Context, app, env string) (Environ
 func (s *sqlStore) SetCurrentRelease(ctx context.Context, app, env string, releaseID int64) error {
 	op := fmt.Sprintf("set current release of %s/%s to %d", app, env, releaseID)
 	var version int64
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *storeTx) error {
 		var one int
 		err := tx.QueryRowContext(ctx, s.q("SELECT 1 FROM releases WHERE id = ? AND app = ? AND env = ?"), releaseID, app, env).Scan(&one)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -149,7 +149,7 @@ func (s *sqlStore) CreateRollout(ctx context.Context, r Rollout) (Rollout, error
 	}
 	r.CreatedAt = norm(r.CreatedAt)
 	r.StartedAt, r.EndedAt = normOrZero(r.StartedAt), normOrZero(r.EndedAt)
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *storeTx) error {
 		if err := s.ensureEnv(ctx, tx, r.App, r.Env, r.CreatedAt); err != nil {
 			return err
 		}
@@ -237,7 +237,7 @@ func (s *sqlStore) DecideRollout(ctx context.Context, id int64, decision string)
 		return Rollout{}, wrap(op, fmt.Errorf("%w: decision %q (want promote or abort)", ErrInvalid, decision))
 	}
 	var out Rollout
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *storeTx) error {
 		// The conditional UPDATE decides atomically against a rollout
 		// ending meanwhile; the read afterwards says which happened.
 		done := []any{decision, id}
@@ -338,7 +338,7 @@ func (s *sqlStore) AssignRolloutNodes(ctx context.Context, nodes []RolloutNode) 
 	}
 	upsert += strings.Join(sets, ", ")
 	const row = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-	err := s.queueTx(ctx, func(tx *sql.Tx) error {
+	err := s.queueTx(ctx, func(tx *storeTx) error {
 		var app, env string
 		var ticket int64
 		if err := tx.QueryRowContext(ctx, s.q("SELECT app, env, ticket_id FROM rollouts WHERE id = ?"), rid).Scan(&app, &env, &ticket); err != nil {

@@ -20,7 +20,7 @@ import (
 // sqlStore implements Store for every dialect on database/sql; the few
 // statements that differ are chosen by dialect.
 type sqlStore struct {
-	db      *sql.DB
+	db      *storeDB
 	dialect string
 	pgURL   string // PostgreSQL: URL of the LISTEN connection
 
@@ -39,7 +39,7 @@ type sqlStore struct {
 
 func newSQLStore(db *sql.DB, t Target) *sqlStore {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &sqlStore{db: db, dialect: t.Dialect, pgURL: t.URL, hub: newHub(), ctx: ctx, cancel: cancel}
+	return &sqlStore{db: newStoreDB(db, t.Dialect), dialect: t.Dialect, pgURL: t.URL, hub: newHub(), ctx: ctx, cancel: cancel}
 }
 
 func (s *sqlStore) Dialect() string { return s.dialect }
@@ -106,7 +106,7 @@ func (s *sqlStore) insert(ctx context.Context, db queryer, query string, args ..
 
 // tx runs fn in a transaction, running it again (up to 5 times in all)
 // when the database chose it as a deadlock victim.
-func (s *sqlStore) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (s *sqlStore) tx(ctx context.Context, fn func(tx *storeTx) error) error {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		err = s.txOpts(ctx, nil, fn)
@@ -118,7 +118,7 @@ func (s *sqlStore) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 }
 
 // txOpts runs fn in one transaction with opts.
-func (s *sqlStore) txOpts(ctx context.Context, opts *sql.TxOptions, fn func(tx *sql.Tx) error) error {
+func (s *sqlStore) txOpts(ctx context.Context, opts *sql.TxOptions, fn func(tx *storeTx) error) error {
 	tx, err := s.db.BeginTx(ctx, opts)
 	if err != nil {
 		return err
@@ -244,7 +244,7 @@ func (s *sqlStore) ensureEnv(ctx context.Context, tx queryer, app, env string, a
 
 // bump increments app/env's version inside tx, queues the PostgreSQL
 // notification (delivered on commit) and returns the new version.
-func (s *sqlStore) bump(ctx context.Context, tx *sql.Tx, app, env string) (int64, error) {
+func (s *sqlStore) bump(ctx context.Context, tx *storeTx, app, env string) (int64, error) {
 	if _, err := s.exec(ctx, tx, "UPDATE environments SET version = version + 1 WHERE app = ? AND name = ?", app, env); err != nil {
 		return 0, err
 	}
@@ -280,7 +280,7 @@ func (s *sqlStore) CreateRelease(ctx context.Context, r Release) (Release, error
 	}
 	r.CreatedAt = norm(r.CreatedAt)
 	var version int64
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *storeTx) error {
 		if err := s.ensureEnv(ctx, tx, r.App, r.Env, r.CreatedAt); err != nil {
 			return err
 		}
@@ -405,7 +405,7 @@ func (s *sqlStore) BumpVersion(ctx context.Context, app, env string) (int64, err
 		return 0, wrap(op, err)
 	}
 	var v int64
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *storeTx) error {
 		if err := s.ensureEnv(ctx, tx, app, env, now()); err != nil {
 			return err
 		}
@@ -456,7 +456,7 @@ func (s *sqlStore) RegisterNode(ctx context.Context, n Node) (Node, error) {
 		upsert = " ON DUPLICATE KEY UPDATE hostname = VALUES(hostname), roles = VALUES(roles), agent_version = VALUES(agent_version), last_seen = VALUES(last_seen)"
 	}
 	var out Node
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *storeTx) error {
 		if err := s.ensureEnv(ctx, tx, n.App, n.Env, at); err != nil {
 			return err
 		}
@@ -528,7 +528,7 @@ func (s *sqlStore) TouchNodes(ctx context.Context, seen map[int64]time.Time) err
 	for len(ids) > 0 {
 		batch := ids[:min(touchBatch, len(ids))]
 		ids = ids[len(batch):]
-		err := s.tx(ctx, func(tx *sql.Tx) error {
+		err := s.tx(ctx, func(tx *storeTx) error {
 			stmt, err := tx.PrepareContext(ctx, s.q("UPDATE nodes SET last_seen = ? WHERE id = ?"))
 			if err != nil {
 				return err
@@ -682,7 +682,7 @@ func (s *sqlStore) SaveStep(ctx context.Context, st Step) error {
 func (s *sqlStore) saveStep(ctx context.Context, st Step, onlyCreate bool) error {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
-		err = s.tx(ctx, func(tx *sql.Tx) error {
+		err = s.tx(ctx, func(tx *storeTx) error {
 			if !onlyCreate {
 				n, err := s.exec(ctx, tx, "UPDATE upgrade_steps SET status = ?, started_at = ?, ended_at = ? WHERE upgrade_id = ? AND name = ?",
 					st.Status, nullTime(st.StartedAt), nullTime(st.EndedAt), st.UpgradeID, st.Name)
