@@ -312,9 +312,11 @@ func (t *agentTarget) result(row store.RolloutNode) (store.RolloutNode, error) {
 	return row, ne
 }
 
-// nodeBoard is what a run knows of its nodes' rows: one reader polls the
-// store for every node of the rollout (every Poll, and at once when a
-// report lands on this replica), and each target waits on it.
+// nodeBoard is what a run knows of its nodes' rows, and each target waits
+// on it. A report recorded on this replica is put on the board at once
+// (reported); one reader reads every node's row from the store for the
+// reports that land on other replicas, every Poll, or less often for a
+// large rollout (see loop).
 type nodeBoard struct {
 	st   store.Store
 	id   int64
@@ -342,19 +344,50 @@ func (b *nodeBoard) refresh(ctx context.Context) error {
 	defer b.mu.Unlock()
 	for _, r := range rows {
 		old, ok := b.rows[r.Node]
-		if ok && (old.Task > r.Task || !rowChanged(old, r)) {
+		if ok && (old.Task > r.Task || !rowChanged(old, r) || behind(old, r)) {
 			continue
 		}
-		b.rows[r.Node] = r
-		// Only the node's own target wakes: with a thousand nodes
-		// reporting, waking every target on every read cost more than
-		// the read.
-		if ch := b.waits[r.Node]; ch != nil {
-			close(ch)
-			delete(b.waits, r.Node)
-		}
+		b.set(r)
 	}
 	return nil
+}
+
+// behind says whether r, read from the store, is older than the board's
+// row old of the same task: the read began before a result reported here
+// was written (a finished task never becomes unfinished again).
+func behind(old, r store.RolloutNode) bool {
+	return old.Task == r.Task && finished(old) && !finished(r)
+}
+
+// set puts r on the board and wakes the node's target. b.mu is held.
+func (b *nodeBoard) set(r store.RolloutNode) {
+	b.rows[r.Node] = r
+	// Only the node's own target wakes: with a thousand nodes reporting,
+	// waking every target on every read cost more than the read.
+	if ch := b.waits[r.Node]; ch != nil {
+		close(ch)
+		delete(b.waits, r.Node)
+	}
+}
+
+// reported puts on the board what a report on this replica just wrote to
+// r's row (State, Step, Error, Serving, UpgradeID of task r.Task) at at,
+// instead of reading every node's row again: ten thousand agents
+// reporting made the board read ten thousand rows every boardGap. A row
+// the board does not hold at that task yet is read from the store.
+func (b *nodeBoard) reported(r store.RolloutNode, at time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cur, ok := b.rows[r.Node]
+	switch {
+	case !ok || cur.Task < r.Task:
+		b.wake()
+		return
+	case cur.Task > r.Task || finished(cur) && !finished(r):
+		return // as the store, which changed nothing for such a report
+	}
+	cur.State, cur.Step, cur.Error, cur.Serving, cur.UpgradeID, cur.UpdatedAt = r.State, r.Step, r.Error, r.Serving, r.UpgradeID, at
+	b.set(cur)
 }
 
 // rowChanged says whether b is news after a: every report moves UpdatedAt.
@@ -365,12 +398,15 @@ func rowChanged(a, b store.RolloutNode) bool {
 
 // loop refreshes the board every poll, or when kicked, until ctx ends.
 //
-// Reports landing in a burst (a thousand agents activating together) are
-// read together: refreshes are at least boardGap apart.
+// A read of a large rollout's rows is not cheap (60 ms for ten thousand on
+// SQLite, more on a busy server): the next read waits at least boardShare
+// times as long as the last took, so the reader takes at most a tenth of a
+// CPU. Reports landing in a burst are read together: reads are at least
+// boardGap apart.
 func (b *nodeBoard) loop(ctx context.Context, log func(error)) {
-	last := time.Now()
+	last, took := time.Now(), time.Duration(0)
 	for {
-		timer := time.NewTimer(b.poll)
+		timer := time.NewTimer(max(b.poll, boardShare*took))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
@@ -392,13 +428,16 @@ func (b *nodeBoard) loop(ctx context.Context, log func(error)) {
 		if err := b.refresh(ctx); err != nil && ctx.Err() == nil {
 			log(err)
 		}
+		took = time.Since(last)
 	}
 }
 
-// boardGap is the least time between two reads of a rollout's nodes.
-const boardGap = 20 * time.Millisecond
+const (
+	boardGap   = 20 * time.Millisecond // the least time between two reads of a rollout's nodes
+	boardShare = 10                    // the least time between two reads, in times the last read took
+)
 
-// wake asks for a refresh now (a report landed).
+// wake asks for a refresh now.
 func (b *nodeBoard) wake() {
 	select {
 	case b.kick <- struct{}{}:

@@ -577,14 +577,14 @@ func (run *rolloutRun) finish(ctx context.Context, rep *rollout.Report, err erro
 	run.log.Info("rollout ended", "rollout", run.id, "app", run.app, "env", run.env, "state", state, "err", msg)
 }
 
-// NodeReported wakes the run of rolloutID on this replica, if any, to read
-// its nodes' rows now: the report path (Control.Report) calls it after it
-// recorded a node's progress.
-func (c *Control) NodeReported(rolloutID int64) {
+// nodeReported tells the run of row's rollout on this replica, if any,
+// what the report path (StartUpgrade, Report) just wrote to row: the
+// store changed it.
+func (c *Control) nodeReported(row store.RolloutNode) {
 	c.boardsMu.Lock()
-	b := c.boards[rolloutID]
+	b := c.boards[row.RolloutID]
 	c.boardsMu.Unlock()
 	if b != nil {
-		b.wake()
+		b.reported(row, c.clock.Now())
 	}
 }

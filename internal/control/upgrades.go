@@ -5,7 +5,7 @@ package control
 // succeeded or failed. Reports on a rollout task are mirrored into the
 // rollout's RolloutNode row, which the runner waits on; every report
 // refreshes the row's UpdatedAt, the heartbeat the runner's node timeout
-// reads, and wakes the runner on this replica at once (NodeReported).
+// reads, and is put on the board of the run on this replica at once (nodeReported).
 
 import (
 	"context"
@@ -88,10 +88,13 @@ func (c *Control) StartUpgrade(ctx context.Context, n store.Node, req api.StartU
 			rn.State, rn.Step, rn.Error = store.NodeWorking, "", ""
 		}
 		rn.UpgradeID = u.ID
-		if _, err := c.st.ReportRolloutNode(ctx, rn); err != nil {
+		changed, err := c.st.ReportRolloutNode(ctx, rn)
+		if err != nil {
 			return store.Upgrade{}, store.Release{}, err
 		}
-		c.NodeReported(req.Rollout)
+		if changed {
+			c.nodeReported(rn)
+		}
 	}
 	return u, rel, nil
 }
@@ -225,7 +228,9 @@ func (c *Control) Report(ctx context.Context, n store.Node, u store.Upgrade, req
 			return err
 		}
 	}
-	c.NodeReported(u.RolloutID)
+	if changed {
+		c.nodeReported(rn)
+	}
 	return nil
 }
 
