@@ -181,14 +181,20 @@ func openDB(ctx context.Context, t Target) (*sql.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", t.Dialect, err)
 	}
-	switch t.Dialect {
-	case SQLite:
-		db.SetMaxOpenConns(8)
-	default:
-		db.SetMaxOpenConns(32)
-		db.SetMaxIdleConns(8)
+	// A burst of agent requests (ten thousand answered at once) uses the
+	// whole pool: every connection stays open through it rather than be
+	// closed after each use past a few idle ones and opened again (an
+	// SQLite connection's open runs its pragmas and loses its prepared
+	// statements; a PostgreSQL one costs a login), and is closed after a
+	// minute unused.
+	open := map[string]int{SQLite: 8}[t.Dialect]
+	if open == 0 {
+		open = 32
 		db.SetConnMaxLifetime(30 * time.Minute)
 	}
+	db.SetMaxOpenConns(open)
+	db.SetMaxIdleConns(open)
+	db.SetConnMaxIdleTime(time.Minute)
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := db.PingContext(pctx); err != nil {

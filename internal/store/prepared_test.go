@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -106,5 +107,30 @@ func BenchmarkPointReads(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestPoolKeepsConnectionsThroughABurst: connections opened for a burst
+// of requests stay open for the next one instead of being closed past a
+// few idle ones (each reopened SQLite connection runs its pragmas again
+// and prepares every statement anew).
+func TestPoolKeepsConnectionsThroughABurst(t *testing.T) {
+	s := openSQLite(t)
+	ctx := context.Background()
+	for range 2 {
+		var conns []*sql.Conn
+		for range 8 {
+			c, err := s.db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	if st := s.db.Stats(); st.MaxIdleClosed != 0 || st.OpenConnections != 8 {
+		t.Fatalf("after two bursts of 8: %d connections closed for want of an idle slot, %d open; want 0 and 8", st.MaxIdleClosed, st.OpenConnections)
 	}
 }
