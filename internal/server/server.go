@@ -33,7 +33,7 @@ type Server struct {
 	hub   *hub
 	seen  *lastSeen
 	mux   *http.ServeMux
-	// tokens caches token lookups for a few seconds (tokens.go).
+	// tokens keeps the tokens read, checked by a sweep (tokens.go).
 	tokens tokenCache
 
 	// control is the control plane: desired state, upgrades, releases,
@@ -141,6 +141,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}()
 	go s.seen.flushEvery(ctx, s.store, 2*time.Second, s.log)
+	go s.sweepTokens(ctx, tokenSweep)
 	go s.runRollouts(ctx)
 	s.lot.start(ctx)
 	return nil

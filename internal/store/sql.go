@@ -839,6 +839,12 @@ func (s *sqlStore) RevokeToken(ctx context.Context, id int64) error {
 	return wrap(fmt.Sprintf("revoke token %d", id), err)
 }
 
+func (s *sqlStore) RevokedTokens(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM tokens WHERE revoked = ?"), true).Scan(&n)
+	return n, wrap("count revoked tokens", err)
+}
+
 func (s *sqlStore) ConsumeJoinToken(ctx context.Context, hash string, at time.Time) (Token, error) {
 	const op = "consume join token"
 	at = norm(at)

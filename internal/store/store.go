@@ -150,6 +150,10 @@ type Store interface {
 	AgentTokens(ctx context.Context, node string) ([]Token, error)
 	// RevokeToken revokes a token; revoking twice is not an error.
 	RevokeToken(ctx context.Context, id int64) error
+	// RevokedTokens counts the revoked tokens. Tokens are never deleted
+	// nor unrevoked, so the count only grows: a server that sees it
+	// unchanged knows no token was revoked meanwhile.
+	RevokedTokens(ctx context.Context) (int64, error)
 	// ConsumeJoinToken marks the join token with this hash used at at (now
 	// if zero) and returns it. It is atomic: of any number of concurrent
 	// callers on any replica exactly one succeeds; the others get

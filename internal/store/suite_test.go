@@ -539,8 +539,17 @@ func (s suite) testTokens(t *testing.T) {
 	_, err = st.TokenByHash(ctx, "nope")
 	wantErr(t, err, store.ErrNotFound)
 
+	revokedTokens := func(want int64) {
+		t.Helper()
+		if n, err := st.RevokedTokens(ctx); err != nil || n != want {
+			t.Fatalf("RevokedTokens = %d, %v; want %d", n, err, want)
+		}
+	}
+	revokedTokens(0)
 	must(t, st.RevokeToken(ctx, admin.ID))
+	revokedTokens(1)
 	must(t, st.RevokeToken(ctx, admin.ID)) // twice is fine
+	revokedTokens(1)
 	wantErr(t, st.RevokeToken(ctx, 999999), store.ErrNotFound)
 	got, err = st.TokenByHash(ctx, "h-admin")
 	must(t, err)
@@ -557,6 +566,7 @@ func (s suite) testTokens(t *testing.T) {
 	revoked, err := st.CreateToken(ctx, store.Token{Kind: store.TokenJoin, Hash: "h-revoked"})
 	must(t, err)
 	must(t, st.RevokeToken(ctx, revoked.ID))
+	revokedTokens(2)
 
 	used, err := st.ConsumeJoinToken(ctx, "h-join", now)
 	must(t, err)
