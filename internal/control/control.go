@@ -131,6 +131,10 @@ type Control struct {
 
 	envsMu sync.Mutex
 	envs   map[int64]envKey // the environment of recently asked-about rollouts (rolloutEnv)
+
+	regsMu sync.Mutex
+	regs   map[regKey]int64 // the IDs of registrations asked about (Registration)
+	regIDs map[int64]regKey // and the other way
 }
 
 type envKey struct{ app, env string }

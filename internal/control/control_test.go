@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -531,5 +532,69 @@ func TestKeepReportsLoss(t *testing.T) {
 	}
 	if _, open := <-lost; open {
 		t.Fatal("Keep's channel stays open after the loss")
+	}
+}
+
+// countsFindNode is a store that counts reads of one node's row.
+type countsFindNode struct {
+	store.Store
+	reads atomic.Int64
+}
+
+func (s *countsFindNode) FindNode(ctx context.Context, name, app, env string) (store.Node, error) {
+	s.reads.Add(1)
+	return s.Store.FindNode(ctx, name, app, env)
+}
+
+func (s *countsFindNode) GetNode(ctx context.Context, id int64) (store.Node, error) {
+	s.reads.Add(1)
+	return s.Store.GetNode(ctx, id)
+}
+
+// TestRegistrationKept: an agent's registration is read once, then kept
+// (every StartUpgrade asks it; ten thousand at once read ten thousand
+// rows); one not registered yet is not kept, so it is found once the node
+// registers.
+func TestRegistrationKept(t *testing.T) {
+	ctx := context.Background()
+	st := &countsFindNode{Store: sqliteStore(t)}
+	c, err := control.New(st, control.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Registration(ctx, "web1", "shop", "production"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("before it registered: %v, want not found", err)
+	}
+	n, err := st.RegisterNode(ctx, store.Node{Name: "web1", Hostname: "web1", App: "shop", Env: "production", Roles: []string{"web"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		got, err := c.Registration(ctx, "web1", "shop", "production")
+		if err != nil || !reflect.DeepEqual(got, store.Node{ID: n.ID, Name: "web1", App: "shop", Env: "production"}) {
+			t.Fatalf("Registration = %+v, %v; want ID %d", got, err, n.ID)
+		}
+	}
+	if r := st.reads.Load(); r != 2 {
+		t.Fatalf("%d reads for one miss and three asks, want 2", r)
+	}
+	// An agent's report finds its registration through the upgrade's
+	// node ID: kept too.
+	rel, err := st.CreateRelease(ctx, store.Release{App: "shop", Env: "production", Spec: "tag:v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := st.CreateUpgrade(ctx, store.Upgrade{NodeID: n.ID, ReleaseID: rel.ID, Status: store.UpgradePending})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		_, got, err := c.Upgrade(ctx, u.ID)
+		if err != nil || got.ID != n.ID || got.Name != "web1" || got.App != "shop" || got.Env != "production" {
+			t.Fatalf("Upgrade's node = %+v, %v", got, err)
+		}
+	}
+	if r := st.reads.Load(); r != 2 {
+		t.Fatalf("%d node reads after two reports' lookups, want still 2", r)
 	}
 }

@@ -60,25 +60,76 @@ func (c *Control) RegisterNode(ctx context.Context, node, hostname, version stri
 	return nil
 }
 
-// Node returns node name's registration in app/env, or an error wrapping
-// store.ErrNotFound.
-func (c *Control) Node(ctx context.Context, name, app, env string) (store.Node, error) {
-	return c.st.FindNode(ctx, name, app, env)
+// Registration returns what identifies node name's registration in
+// app/env (ID, Name, App, Env; nothing else is set), or an error wrapping
+// store.ErrNotFound. Every agent request on an app asks it: it is kept
+// once read, since a registration is never deleted and its ID never
+// changes (a node registering again updates its row).
+func (c *Control) Registration(ctx context.Context, name, app, env string) (store.Node, error) {
+	k := regKey{name, app, env}
+	c.regsMu.Lock()
+	id, ok := c.regs[k]
+	c.regsMu.Unlock()
+	if ok {
+		return k.node(id), nil
+	}
+	n, err := c.st.FindNode(ctx, name, app, env)
+	if err != nil {
+		return store.Node{}, err
+	}
+	return c.keepReg(n), nil
 }
+
+// registrationByID is Registration of the registration with this ID.
+func (c *Control) registrationByID(ctx context.Context, id int64) (store.Node, error) {
+	c.regsMu.Lock()
+	k, ok := c.regIDs[id]
+	c.regsMu.Unlock()
+	if ok {
+		return k.node(id), nil
+	}
+	n, err := c.st.GetNode(ctx, id)
+	if err != nil {
+		return store.Node{}, err
+	}
+	return c.keepReg(n), nil
+}
+
+// keepReg keeps n's identity and returns it.
+func (c *Control) keepReg(n store.Node) store.Node {
+	k := regKey{n.Name, n.App, n.Env}
+	c.regsMu.Lock()
+	defer c.regsMu.Unlock()
+	if c.regs == nil || len(c.regs) >= maxRegs {
+		c.regs, c.regIDs = map[regKey]int64{}, map[int64]regKey{}
+	}
+	c.regs[k], c.regIDs[n.ID] = n.ID, k
+	return k.node(n.ID)
+}
+
+// regKey names a registration: node, app, env.
+type regKey struct{ name, app, env string }
+
+func (k regKey) node(id int64) store.Node {
+	return store.Node{ID: id, Name: k.name, App: k.app, Env: k.env}
+}
+
+// maxRegs bounds the registrations kept; past it, it starts again empty.
+const maxRegs = 200_000
 
 // Nodes lists registrations filtered by f.
 func (c *Control) Nodes(ctx context.Context, f store.NodeFilter) ([]store.Node, error) {
 	return c.st.ListNodes(ctx, f)
 }
 
-// Upgrade returns upgrade id with its steps and the node registration it
-// belongs to.
+// Upgrade returns upgrade id with its steps and what identifies the
+// registration it belongs to (Registration).
 func (c *Control) Upgrade(ctx context.Context, id int64) (store.Upgrade, store.Node, error) {
 	u, err := c.st.GetUpgrade(ctx, id)
 	if err != nil {
 		return u, store.Node{}, err
 	}
-	n, err := c.st.GetNode(ctx, u.NodeID)
+	n, err := c.registrationByID(ctx, u.NodeID)
 	return u, n, err
 }
 

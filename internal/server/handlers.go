@@ -123,14 +123,15 @@ func pathID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	return id, true
 }
 
-// nodeIn returns the agent's node in app/env, or writes 403.
+// nodeIn returns the agent's registration in app/env (what identifies it:
+// control.Registration), or writes 403.
 func (s *Server) nodeIn(w http.ResponseWriter, r *http.Request, app, env string) (store.Node, bool) {
 	p := from(r)
 	if msg := outOfScope(p.node, p.scope, app, env); msg != "" {
 		writeError(w, http.StatusForbidden, "forbidden", msg)
 		return store.Node{}, false
 	}
-	n, err := s.control.Node(r.Context(), p.node, app, env)
+	n, err := s.control.Registration(r.Context(), p.node, app, env)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("node %s is not registered for %s/%s", p.node, app, env))
