@@ -545,10 +545,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) touch(_ context.Context, nodes []store.Node) {
-	now := s.now()
-	for _, n := range nodes {
-		s.seen.note(n.ID, now)
-	}
+	s.seen.note(s.now(), nodes)
 }
 
 func (s *Server) desiredOf(ctx context.Context, nodes []store.Node) (*api.Desired, error) {

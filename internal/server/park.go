@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drover/drover/internal/api"
 	"github.com/drover/drover/internal/store"
 )
 
@@ -74,6 +75,7 @@ func (p *parked) wake() { p.lot.schedule(p) }
 type lot struct {
 	s          *Server
 	maxWorkers int
+	maxHold    time.Duration
 
 	mu      sync.Mutex
 	ctx     context.Context // the server's (Start): lookups end with it
@@ -82,10 +84,25 @@ type lot struct {
 	parked  map[*parked]struct{}
 	queue   []*parked
 	workers int // running; each stops when the queue is empty
+
+	// Connections answered while workers run: see hold. heldTimer gives
+	// them back after maxHold at the latest.
+	held      []heldConn
+	heldTimer *time.Timer
 }
 
+// heldConn is an answered connection not handed back to net/http yet.
+type heldConn struct {
+	conn net.Conn
+	buf  []byte
+}
+
+// maxHold bounds how long an answered connection waits for the workers to
+// finish before net/http reads its next request (lot.maxHold).
+const maxHold = time.Second
+
 func newLot(s *Server) *lot {
-	return &lot{s: s, maxWorkers: workersPerCPU * runtime.GOMAXPROCS(0), ctx: context.Background(), parked: map[*parked]struct{}{}}
+	return &lot{s: s, maxWorkers: workersPerCPU * runtime.GOMAXPROCS(0), maxHold: maxHold, ctx: context.Background(), parked: map[*parked]struct{}{}}
 }
 
 // start ties the lot to the server's life: when ctx ends, it closes.
@@ -173,16 +190,18 @@ func buffered(br *bufio.Reader) []byte {
 	return bytes.Clone(b)
 }
 
-// schedule has a worker look at p (woken or at its deadline).
-func (l *lot) schedule(p *parked) {
+// schedule has a worker look at each of ps (woken or at its deadline).
+func (l *lot) schedule(ps ...*parked) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	switch p.state {
-	case parkArming, parkRunning:
-		p.again = true
-	case parkWaiting:
-		p.state = parkQueued
-		l.enqueue(p)
+	for _, p := range ps {
+		switch p.state {
+		case parkArming, parkRunning:
+			p.again = true
+		case parkWaiting:
+			p.state = parkQueued
+			l.enqueue(p)
+		}
 	}
 }
 
@@ -196,97 +215,196 @@ func (l *lot) enqueue(p *parked) {
 	}
 }
 
+// lookBatch is how many queued long-polls a worker takes at once: each
+// answer took five turns of shared locks (the queue, the lot, the hub,
+// last-seen, the held list), and with tens of workers on a few CPUs the
+// workers spent a third of their time waiting on those locks while ten
+// thousand agents waited for their answer. A batch takes each lock once.
+const lookBatch = 64
+
 // work looks at queued long-polls until the queue is empty.
 func (l *lot) work() {
+	batch := make([]*parked, 0, lookBatch)
 	for {
+		batch = batch[:0]
 		l.mu.Lock()
-		if len(l.queue) == 0 {
+		for len(l.queue) > 0 && len(batch) < lookBatch {
+			p := l.queue[0]
+			l.queue[0] = nil
+			l.queue = l.queue[1:]
+			if p.state != parkQueued { // closed while queued
+				continue
+			}
+			p.state, p.again = parkRunning, false
+			batch = append(batch, p)
+		}
+		if len(batch) == 0 {
+			// The last worker out hands the answered connections back.
 			l.workers--
+			var held []heldConn
+			if l.workers == 0 {
+				held = l.takeHeld()
+			}
 			l.mu.Unlock()
+			l.resume(held)
 			return
 		}
-		p := l.queue[0]
-		l.queue[0] = nil
-		l.queue = l.queue[1:]
-		if p.state != parkQueued { // closed while queued
-			l.mu.Unlock()
-			continue
-		}
-		p.state, p.again = parkRunning, false
 		ctx := l.ctx
 		l.mu.Unlock()
-		l.look(ctx, p)
+		l.look(ctx, batch)
 	}
 }
 
-// look answers p if its desired state changed or its wait ended, as the
-// handler would, and parks it again otherwise.
-func (l *lot) look(ctx context.Context, p *parked) {
+// look answers each long-poll of batch whose desired state changed or
+// whose wait ended, as the handler would, and parks the others again.
+func (l *lot) look(ctx context.Context, batch []*parked) {
 	s := l.s
-	// A stuck store holds a look no longer than control's own bound on
-	// the environment's load.
-	d, err := s.desiredOf(ctx, p.nodes)
-	if err == nil && d.Version == p.known && time.Now().Before(p.deadline) {
-		l.mu.Lock()
-		defer l.mu.Unlock()
+	now := time.Now()
+	type answer struct {
+		p   *parked
+		d   *api.Desired
+		err error
+	}
+	var ready []answer
+	waiting := batch[:0] // reuses batch: each is read before it is written
+	for _, p := range batch {
+		// A stuck store holds a look no longer than control's own
+		// bound on the environment's load.
+		d, err := s.desiredOf(ctx, p.nodes)
+		if err == nil && d.Version == p.known && now.Before(p.deadline) {
+			waiting = append(waiting, p)
+			continue
+		}
+		ready = append(ready, answer{p, d, err})
+	}
+	taken := ready[:0]
+	l.mu.Lock()
+	for _, p := range waiting {
 		switch {
 		case p.state != parkRunning: // closed meanwhile
 		case p.again:
 			p.state = parkQueued
-			l.queue = append(l.queue, p) // this worker takes it
+			l.queue = append(l.queue, p) // a worker takes it again
 		default:
 			p.state = parkWaiting
 		}
-		return
 	}
-	if !l.take(p) {
-		return
+	for _, a := range ready {
+		if a.p.state == parkDone { // closed meanwhile
+			continue
+		}
+		a.p.state = parkDone
+		delete(l.parked, a.p)
+		taken = append(taken, a)
 	}
-	if ctx.Err() != nil { // the server is stopping
-		p.conn.Close()
-		return
-	}
-	var a reply
-	if err != nil {
-		s.storeError(&a, err)
-	} else {
-		s.touch(ctx, p.nodes)
-		writeJSON(&a, http.StatusOK, d)
-	}
-	l.answer(p, &a)
-}
-
-// take removes p from the lot to answer it; false if it is gone already.
-func (l *lot) take(p *parked) bool {
-	l.mu.Lock()
-	if p.state == parkDone {
-		l.mu.Unlock()
-		return false
-	}
-	p.state = parkDone
-	delete(l.parked, p)
 	l.mu.Unlock()
-	p.timer.Stop()
-	l.s.hub.remove(p, p.keys)
-	return true
+	if len(taken) == 0 {
+		return
+	}
+	gone := make([]*parked, len(taken))
+	var seen []store.Node
+	for i, a := range taken {
+		a.p.timer.Stop()
+		gone[i] = a.p
+		if a.err == nil {
+			seen = append(seen, a.p.nodes...)
+		}
+	}
+	s.hub.removeAll(gone)
+	if ctx.Err() != nil { // the server is stopping
+		for _, p := range gone {
+			p.conn.Close()
+		}
+		return
+	}
+	s.touch(ctx, seen)
+	answered := make([]heldConn, 0, len(taken))
+	for _, a := range taken {
+		var r reply
+		if a.err != nil {
+			s.storeError(&r, a.err)
+		} else {
+			writeJSON(&r, http.StatusOK, a.d)
+		}
+		if c, ok := l.write(a.p, &r); ok {
+			answered = append(answered, c)
+		}
+	}
+	l.hold(answered)
 }
 
-// answer writes a to p's connection and hands the connection back to
-// net/http for the agent's next request; a failed write closes it.
-func (l *lot) answer(p *parked, a *reply) {
+// write writes a to p's connection; a failed write closes it.
+func (l *lot) write(p *parked, a *reply) (heldConn, bool) {
 	if d := l.s.WriteTimeout; d > 0 {
 		_ = p.conn.SetWriteDeadline(time.Now().Add(d))
 	}
 	if _, err := p.conn.Write(a.bytes(time.Now())); err != nil {
 		l.s.log.Debug("long-poll: answer", "remote", p.conn.RemoteAddr(), "err", err)
 		p.conn.Close()
-		return
+		return heldConn{}, false
 	}
 	_ = p.conn.SetWriteDeadline(time.Time{})
+	return heldConn{p.conn, p.buf}, true
+}
+
+// hold keeps the connections a worker answered until the last worker
+// stops, every queued long-poll looked at (or maxHold passed), then they
+// go back to net/http for the agents' next requests.
+//
+// Every agent answered sends its next requests at once: a release answered
+// to ten thousand agents brings ten thousand StartUpgrades, reports, hellos
+// and new long-polls while most of the fleet still waits for its answer.
+// Go schedules every goroutine alike, so the workers writing the answers
+// queued behind thousands of request goroutines and stalled for hundreds
+// of milliseconds at a time. Held, an answered agent's next request waits
+// in its socket until the rest of the fleet has its answer; the rollout
+// waits for every node anyway.
+func (l *lot) hold(answered []heldConn) {
+	if len(answered) == 0 {
+		return
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		for _, c := range answered {
+			c.conn.Close()
+		}
+		return
+	}
+	l.held = append(l.held, answered...)
+	if l.heldTimer == nil {
+		l.heldTimer = time.AfterFunc(l.maxHold, func() {
+			l.mu.Lock()
+			held := l.takeHeld()
+			l.mu.Unlock()
+			l.resume(held)
+		})
+	}
+	l.mu.Unlock()
+}
+
+// takeHeld empties the held connections. l.mu is held.
+func (l *lot) takeHeld() []heldConn {
+	held := l.held
+	l.held = nil
+	if l.heldTimer != nil {
+		l.heldTimer.Stop()
+		l.heldTimer = nil
+	}
+	return held
+}
+
+// resume hands held back to net/http.
+func (l *lot) resume(held []heldConn) {
+	if len(held) == 0 {
+		return
+	}
 	l.mu.Lock()
 	ln := l.ln
 	l.mu.Unlock()
-	ln.resume(p.conn, p.buf, l.s.IdleTimeout)
+	for _, c := range held {
+		ln.resume(c.conn, c.buf, l.s.IdleTimeout)
+	}
 }
 
 // close closes every parked connection and those answered but not yet
@@ -299,12 +417,16 @@ func (l *lot) close() {
 	for p := range recs {
 		p.state = parkDone
 	}
+	held := l.takeHeld()
 	ln := l.ln
 	l.mu.Unlock()
 	for p := range recs {
 		p.timer.Stop()
 		l.s.hub.remove(p, p.keys)
 		p.conn.Close()
+	}
+	for _, c := range held {
+		c.conn.Close()
 	}
 	if ln != nil {
 		ln.closeResumed()

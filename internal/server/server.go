@@ -181,9 +181,12 @@ type lastSeen struct {
 	ids map[int64]time.Time
 }
 
-func (l *lastSeen) note(id int64, at time.Time) {
+// note records that nodes were seen at at.
+func (l *lastSeen) note(at time.Time, nodes []store.Node) {
 	l.mu.Lock()
-	l.ids[id] = at
+	for _, n := range nodes {
+		l.ids[n.ID] = at
+	}
 	l.mu.Unlock()
 }
 
@@ -531,6 +534,20 @@ func (h *hub) handOver(from, to waiter, keys []string, wakes uint64) (woken bool
 func (h *hub) remove(w waiter, keys []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.drop(w, keys)
+}
+
+// removeAll removes parked long-polls, in one turn of the lock.
+func (h *hub) removeAll(ps []*parked) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, p := range ps {
+		h.drop(p, p.keys)
+	}
+}
+
+// drop unsubscribes w from keys; h.mu is held.
+func (h *hub) drop(w waiter, keys []string) {
 	for _, k := range keys {
 		delete(h.byKey[k], w)
 		if len(h.byKey[k]) == 0 {
@@ -558,7 +575,17 @@ func (h *hub) wake(app, env string) {
 		}
 	}
 	h.mu.Unlock()
+	// Parked long-polls are queued together: one turn of the lot's lock
+	// for ten thousand of them, not one each.
+	var ps []*parked
 	for _, w := range ws {
+		if p, ok := w.(*parked); ok {
+			ps = append(ps, p)
+			continue
+		}
 		w.wake()
+	}
+	if len(ps) > 0 {
+		ps[0].lot.schedule(ps...)
 	}
 }
