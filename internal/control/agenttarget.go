@@ -226,22 +226,33 @@ func (t *agentTarget) task(ctx context.Context, want store.RolloutNode, wave int
 			want.Task = cur.Task + 1
 		}
 	}
+	var handed *assigned
 	if !ok || cur.Token != want.Token || want.Task != cur.Task {
-		if err := t.run.assign.assign(ctx, want, wave); err != nil {
+		a, err := t.run.assign.assign(ctx, want, wave)
+		if err != nil {
 			return store.RolloutNode{}, err
 		}
+		handed = &a
 	}
-	return t.wait(ctx, want)
+	return t.wait(ctx, want, handed)
 }
 
 // wait waits until the node finished task want.Task, or stopped reporting
 // on it for NodeTimeout (measured from its last report, or from when the
-// task was handed out).
-func (t *agentTarget) wait(ctx context.Context, want store.RolloutNode) (store.RolloutNode, error) {
+// task was handed out). handed, when this target just handed the task out,
+// is its row on the board and the channel that watches it: a wave's
+// thousands of targets start waiting without each taking the board's lock.
+func (t *agentTarget) wait(ctx context.Context, want store.RolloutNode, handed *assigned) (store.RolloutNode, error) {
 	name := t.node.Name
 	timeout := t.run.opts.NodeTimeout
 	for {
-		cur, _, changed := t.run.board.watch(name)
+		var cur store.RolloutNode
+		var changed <-chan struct{}
+		if handed != nil {
+			cur, changed, handed = handed.row, handed.changed, nil
+		} else {
+			cur, _, changed = t.run.board.watch(name)
+		}
 		last := cur.UpdatedAt
 		switch {
 		case cur.Task > want.Task:
@@ -465,14 +476,23 @@ func (b *nodeBoard) watch(name string) (store.RolloutNode, bool, <-chan struct{}
 	return r, ok, ch
 }
 
-// put records rows this run just handed out.
-func (b *nodeBoard) put(rows []store.RolloutNode, at time.Time) {
+// put records rows this run just handed out and returns each as the board
+// holds it, with the channel closed when it changes (as watch).
+func (b *nodeBoard) put(rows []store.RolloutNode, at time.Time) []assigned {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for _, r := range rows {
+	out := make([]assigned, len(rows))
+	for i, r := range rows {
 		r.UpdatedAt = at
 		b.rows[r.Node], b.assigned[r.Node] = r, at
+		ch := b.waits[r.Node]
+		if ch == nil {
+			ch = make(chan struct{})
+			b.waits[r.Node] = ch
+		}
+		out[i] = assigned{row: r, changed: ch}
 	}
+	return out
 }
 
 func (b *nodeBoard) assignedAt(name string) time.Time {
@@ -497,7 +517,16 @@ type assigner struct {
 
 type assignReq struct {
 	row  store.RolloutNode
-	done chan error
+	done chan assigned
+}
+
+// assigned is what the assigner answers a target: its row as the board
+// holds it and a channel closed when the row changes (nodeBoard.put), or
+// why the task was not handed out.
+type assigned struct {
+	row     store.RolloutNode
+	changed <-chan struct{}
+	err     error
 }
 
 // Requests of a wave (an all-at-once prepare starts every node's target
@@ -551,8 +580,8 @@ func (a *assigner) gather() {
 // assign writes row (fenced by the run's token), bumps the environment's
 // version so that agents' long-polls wake on every replica, and records
 // the row on the board. wave is the operation's Call.Wave.
-func (a *assigner) assign(ctx context.Context, row store.RolloutNode, wave int) error {
-	req := assignReq{row: row, done: make(chan error, 1)}
+func (a *assigner) assign(ctx context.Context, row store.RolloutNode, wave int) (assigned, error) {
+	req := assignReq{row: row, done: make(chan assigned, 1)}
 	a.mu.Lock()
 	a.pending = append(a.pending, req)
 	a.wave = max(a.wave, wave)
@@ -566,10 +595,10 @@ func (a *assigner) assign(ctx context.Context, row store.RolloutNode, wave int) 
 	}
 	a.mu.Unlock()
 	select {
-	case err := <-req.done:
-		return err
+	case a := <-req.done:
+		return a, a.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return assigned{}, ctx.Err()
 	}
 }
 
@@ -596,8 +625,9 @@ func (a *assigner) flush() {
 		if err == nil {
 			err = run.c.st.AssignRolloutNodes(ctx, rows)
 		}
+		var handed []assigned
 		if err == nil {
-			run.board.put(rows, time.Now())
+			handed = run.board.put(rows, time.Now())
 			if v, berr := run.c.st.BumpVersion(ctx, run.app, run.env); berr != nil {
 				run.log.Warn("bump the desired-state version", "app", run.app, "env", run.env, "err", berr)
 			} else {
@@ -609,8 +639,12 @@ func (a *assigner) flush() {
 		if err != nil {
 			err = fmt.Errorf("hand out the task: %w", err)
 		}
-		for _, r := range batch {
-			r.done <- err
+		for i, r := range batch {
+			if err != nil {
+				r.done <- assigned{err: err}
+			} else {
+				r.done <- handed[i]
+			}
 		}
 	}
 }
