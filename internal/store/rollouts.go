@@ -269,6 +269,27 @@ const rolloutNodeCols = "rollout_id, node, node_id, task, action, stage, run_onc
 // far below every backend's limit (SQLite 32766, PostgreSQL and MySQL 65535).
 const assignChunk = 500
 
+// pgRolloutNodes are rollout_nodes rows as one array per column, for
+// PostgreSQL's unnest.
+type pgRolloutNodes struct {
+	rollout, nodeID, task, token, upgrade          []int64
+	node, action, stage, runOnce, to, state, empty []string
+	at                                             []time.Time
+}
+
+func (c *pgRolloutNodes) add(n RolloutNode, runOnce string, at time.Time) {
+	c.rollout, c.node, c.nodeID, c.task = append(c.rollout, n.RolloutID), append(c.node, n.Node), append(c.nodeID, n.NodeID), append(c.task, n.Task)
+	c.action, c.stage, c.runOnce, c.to = append(c.action, n.Action), append(c.stage, n.Stage), append(c.runOnce, runOnce), append(c.to, n.To)
+	c.token, c.state, c.empty = append(c.token, n.Token), append(c.state, n.State), append(c.empty, "")
+	c.upgrade, c.at = append(c.upgrade, 0), append(c.at, at)
+}
+
+// args are the 15 arrays in rolloutNodeCols' order (step, error and
+// serving start empty, upgrade_id 0).
+func (c *pgRolloutNodes) args() []any {
+	return []any{c.rollout, c.node, c.nodeID, c.task, c.action, c.stage, c.runOnce, c.to, c.token, c.state, c.empty, c.empty, c.empty, c.upgrade, c.at}
+}
+
 func scanRolloutNode(sc interface{ Scan(...any) error }) (RolloutNode, error) {
 	var n RolloutNode
 	var runOnce string
@@ -302,6 +323,7 @@ func (s *sqlStore) AssignRolloutNodes(ctx context.Context, nodes []RolloutNode) 
 	op := fmt.Sprintf("assign %d node(s) of rollout %d", len(nodes), rid)
 	at := now()
 	args := make([]any, 0, len(nodes)*15)
+	var cols pgRolloutNodes
 	seen := make(map[string]bool, len(nodes))
 	for i, n := range nodes {
 		if seen[n.Node] {
@@ -323,6 +345,10 @@ func (s *sqlStore) AssignRolloutNodes(ctx context.Context, nodes []RolloutNode) 
 		runOnce := []byte("[]")
 		if len(n.RunOnce) > 0 {
 			runOnce, _ = json.Marshal(n.RunOnce)
+		}
+		if s.dialect == Postgres {
+			cols.add(n, string(runOnce), at)
+			continue
 		}
 		args = append(args, n.RolloutID, n.Node, n.NodeID, n.Task, n.Action, n.Stage, string(runOnce), n.To, n.Token, n.State, "", "", "", int64(0), at)
 	}
@@ -358,6 +384,15 @@ func (s *sqlStore) AssignRolloutNodes(ctx context.Context, nodes []RolloutNode) 
 			if n.Token != l.Token {
 				return fmt.Errorf("%w: node %s assigned under token %d; the lease of %s/%s has token %d now", ErrLeaseLost, n.Node, n.Token, app, env, l.Token)
 			}
+		}
+		if s.dialect == Postgres {
+			// One statement of 15 arrays, whatever the number of nodes:
+			// 500-row VALUES lists of 7,500 parameters each took PostgreSQL
+			// 170-200 ms to plan and run for 10,000 nodes.
+			_, err := tx.ExecContext(ctx, "INSERT INTO rollout_nodes ("+rolloutNodeCols+") SELECT * FROM unnest("+
+				"$1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], "+
+				"$9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[], $15::timestamptz[])"+upsert, cols.args()...)
+			return err
 		}
 		for start := 0; start < len(nodes); start += assignChunk {
 			end := min(start+assignChunk, len(nodes))
