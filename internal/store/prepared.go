@@ -24,6 +24,12 @@ import (
 // builds a few from filters and limits) run unprepared.
 const maxPrepared = 256
 
+// maxPreparedLen is the longest statement kept: longer ones are the bulk
+// writes (a 500-row INSERT of a rollout's nodes, whose last chunk's length
+// varies with the fleet), rare, and large once compiled on every pooled
+// connection.
+const maxPreparedLen = 2048
+
 // stmtCache holds the prepared statements of one database.
 type stmtCache struct {
 	db *sql.DB
@@ -50,7 +56,7 @@ func (c *stmtCache) kept(query string) (st *sql.Stmt, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st, ok = c.stmts[query]
-	return st, ok || c.stmts == nil || len(c.stmts)+len(c.preparing) >= maxPrepared
+	return st, ok || c.stmts == nil || len(query) > maxPreparedLen || len(c.stmts)+len(c.preparing) >= maxPrepared
 }
 
 // later prepares query in the background, once: a transaction holds its

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -47,6 +48,17 @@ func TestStatementsKept(t *testing.T) {
 	}
 	query(3)
 	query(maxPrepared + 5)
+
+	// A long statement (a bulk write's) is never kept.
+	s2 := openSQLite(t)
+	long := "SELECT ?" + strings.Repeat(" + 0", maxPreparedLen/4)
+	var got int
+	if err := s2.db.QueryRowContext(ctx, long, 7).Scan(&got); err != nil || got != 7 {
+		t.Fatalf("long statement: %d, %v", got, err)
+	}
+	if n := keptLen(s2); n != 0 {
+		t.Fatalf("%d statements kept after a %d-byte one, want 0", n, len(long))
+	}
 }
 
 // TestTxDoesNotWaitForAnotherConnection runs a statement not kept yet in
