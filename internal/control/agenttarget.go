@@ -263,7 +263,7 @@ func (t *agentTarget) wait(ctx context.Context, want store.RolloutNode, handed *
 			return t.result(cur)
 		}
 		left := time.Until(last.Add(timeout))
-		if left <= 0 {
+		if left <= 0 && !t.run.board.reread(ctx, name, cur) {
 			return store.RolloutNode{}, t.stoppedReporting(ctx, want, cur)
 		}
 		timer := time.NewTimer(left)
@@ -381,6 +381,21 @@ func (b *nodeBoard) set(r store.RolloutNode) {
 	}
 }
 
+// reread reads name's row from the store before its target gives up on
+// it: a report on another replica reaches the board only at its next read.
+// It reports whether the row changed since cur (then it is on the board,
+// and the target waits on).
+func (b *nodeBoard) reread(ctx context.Context, name string, cur store.RolloutNode) bool {
+	r, err := b.st.GetRolloutNode(ctx, b.id, name)
+	if err != nil || r.Task < cur.Task || !rowChanged(cur, r) || behind(cur, r) {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.set(r)
+	return true
+}
+
 // reported puts on the board what a report on this replica just wrote to
 // r's row (State, Step, Error, Serving, UpgradeID of task r.Task) at at,
 // instead of reading every node's row again: ten thousand agents
@@ -417,7 +432,7 @@ func rowChanged(a, b store.RolloutNode) bool {
 func (b *nodeBoard) loop(ctx context.Context, log func(error)) {
 	last, took := time.Now(), time.Duration(0)
 	for {
-		timer := time.NewTimer(max(b.poll, boardShare*took))
+		timer := time.NewTimer(max(b.poll, min(boardShare*took, boardMaxGap)))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
@@ -444,8 +459,9 @@ func (b *nodeBoard) loop(ctx context.Context, log func(error)) {
 }
 
 const (
-	boardGap   = 20 * time.Millisecond // the least time between two reads of a rollout's nodes
-	boardShare = 10                    // the least time between two reads, in times the last read took
+	boardGap    = 20 * time.Millisecond // the least time between two reads of a rollout's nodes
+	boardShare  = 10                    // the least time between two reads, in times the last read took
+	boardMaxGap = 2 * time.Second       // but at most this long
 )
 
 // wake asks for a refresh now.

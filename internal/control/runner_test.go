@@ -865,3 +865,19 @@ func TestReportsNeedNoReadOfEveryNode(t *testing.T) {
 		t.Errorf("the run read every node's row %d times for %d nodes' reports; want once, at its start", n, len(specs))
 	}
 }
+
+// TestReportsOnAnotherReplicaBeforeTheTimeout: agents that report to
+// another replica are not failed as silent when the run's board has not
+// read their rows since (its poll is an hour here): before it gives up on
+// a node, the run reads the node's row once more.
+func TestReportsOnAnotherReplicaBeforeTheTimeout(t *testing.T) {
+	st := sqliteStore(t)
+	c := newRunnerControl(t, st, control.Options{})
+	other := newRunnerControl(t, st, control.Options{}) // the replica the agents talk to
+	f := newAPIFleet(t, other, st, "shop", "production", "n1:web,db", "n2:web")
+	runRollouts(t, c, control.RunnerOptions{Name: "a", Poll: time.Hour, NodeTimeout: time.Second})
+	_, ro := create(t, c, control.NewRelease{Commit: commit1, Config: droverYML("{type: all-at-once}")})
+	if got := waitEnded(t, c, ro.ID, 30*time.Second); got.State != "succeeded" {
+		t.Fatalf("rollout %s %q\n%s", got.State, got.Error, f)
+	}
+}
