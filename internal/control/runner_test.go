@@ -521,6 +521,17 @@ func (s *renewFails) RenewLease(ctx context.Context, l store.Lease, at time.Time
 	return s.Store.RenewLease(ctx, l, at, ttl)
 }
 
+// TakeOverLease fails too while fail is set: a server cut off from its
+// database takes nothing over. (Without it, A's runner, told at once that
+// its lease lapsed, took the rollout back before B's next look, round
+// after round, and B took over only when it happened to look first.)
+func (s *renewFails) TakeOverLease(ctx context.Context, ticketID int64, at time.Time, ttl time.Duration) (store.Lease, error) {
+	if s.fail.Load() {
+		return store.Lease{}, errors.New("connection refused (simulated)")
+	}
+	return s.Store.TakeOverLease(ctx, ticketID, at, ttl)
+}
+
 // TestLostLeaseStopsTheRunner: runner A cannot renew its lease (cut off
 // from the database) while a node works; the lease lapses, runner B takes
 // the rollout over and finishes it; A stops when it learns its lease is
@@ -539,7 +550,13 @@ func TestLostLeaseStopsTheRunner(t *testing.T) {
 	_, ro := create(t, a, control.NewRelease{Commit: commit1, Config: droverYML("{type: rolling, batch: 1}")})
 	f.waitEvents(t, 1, "n2 never started to activate", func(e simEvent) bool { return e.Node == "n2" && e.Action == api.ActionActivate })
 	stA.fail.Store(true)
-	runRollouts(t, b, control.RunnerOptions{Name: "b"})
+	var logB lockedBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("runner a's log:\n%s\nrunner b's log:\n%s", logA.String(), logB.String())
+		}
+	})
+	runRollouts(t, b, control.RunnerOptions{Name: "b", Logger: slog.New(slog.NewTextHandler(&logB, nil))})
 	waitRollout(t, b, ro.ID, 20*time.Second, "taken over by b", func(r *api.Rollout) bool { return r.Runner == "b" })
 	close(release)
 	got := waitEnded(t, b, ro.ID, 20*time.Second)
