@@ -266,11 +266,20 @@ func (l *lot) look(ctx context.Context, batch []*parked) {
 		err error
 	}
 	var ready []answer
+	var failed error
 	waiting := batch[:0] // reuses batch: each is read before it is written
 	for _, p := range batch {
 		// A stuck store holds a look no longer than control's own
-		// bound on the environment's load.
-		d, err := s.desiredOf(ctx, p.nodes)
+		// bound on the environment's load (30 s). Once a lookup of the
+		// batch failed, the rest get the same error at once rather than
+		// a lookup each one after the other (64 x 30 s): their agents
+		// ask again, as after any store error.
+		var d *api.Desired
+		err := failed
+		if err == nil {
+			d, err = s.desiredOf(ctx, p.nodes)
+			failed = err
+		}
 		if err == nil && d.Version == p.known && now.Before(p.deadline) {
 			waiting = append(waiting, p)
 			continue
@@ -403,6 +412,10 @@ func (l *lot) resume(held []heldConn) {
 	ln := l.ln
 	l.mu.Unlock()
 	for _, c := range held {
+		if ln == nil { // never: nothing parks without a listener
+			c.conn.Close()
+			continue
+		}
 		ln.resume(c.conn, c.buf, l.s.IdleTimeout)
 	}
 }
