@@ -93,19 +93,14 @@ type Options struct {
 }
 
 // defaultAgentWrites is Options.AgentWrites' default for a store of the
-// dialect: half its connection pool (store.Open: 8 for SQLite, 32 for
-// PostgreSQL and MySQL). When a rollout hands ten thousand nodes their task
-// at once, their agents all start an upgrade at once: left alone, that
-// flood holds every database connection (and SQLite's one writer), and the
-// one desired-state read that answers the rest of the fleet waits behind it
-// for seconds. The other half stays free for reads; the writes go no
-// slower, since the database could not run more of them at once anyway.
-func defaultAgentWrites(dialect string) int {
-	if dialect == store.SQLite {
-		return 4
-	}
-	return 16
-}
+// dialect: half its connection pool (store.PoolSize). When a rollout hands
+// ten thousand nodes their task at once, their agents all start an upgrade
+// at once: left alone, that flood holds every database connection (and
+// SQLite's one writer), and the one desired-state read that answers the
+// rest of the fleet waits behind it for seconds. The other half stays free
+// for reads; the writes go no slower, since the database could not run
+// more of them at once anyway.
+func defaultAgentWrites(dialect string) int { return store.PoolSize(dialect) / 2 }
 
 // Control is the control plane over one store. It is safe for concurrent
 // use; several Controls (server replicas) may share one database.

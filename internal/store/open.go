@@ -175,6 +175,15 @@ func Migrate(ctx context.Context, url string) ([]string, error) {
 	return migrate(ctx, db, t.Dialect)
 }
 
+// PoolSize is how many connections a store of dialect opens at most: 8
+// for SQLite (one writer at a time anyway), 32 for PostgreSQL and MySQL.
+func PoolSize(dialect string) int {
+	if dialect == SQLite {
+		return 8
+	}
+	return 32
+}
+
 func openDB(ctx context.Context, t Target) (*sql.DB, error) {
 	driver := map[string]string{SQLite: "sqlite", Postgres: "pgx", MySQL: "mysql"}[t.Dialect]
 	db, err := sql.Open(driver, t.DSN)
@@ -187,9 +196,8 @@ func openDB(ctx context.Context, t Target) (*sql.DB, error) {
 	// SQLite connection's open runs its pragmas and loses its prepared
 	// statements; a PostgreSQL one costs a login), and is closed after a
 	// minute unused.
-	open := map[string]int{SQLite: 8}[t.Dialect]
-	if open == 0 {
-		open = 32
+	open := PoolSize(t.Dialect)
+	if t.Dialect != SQLite {
 		db.SetConnMaxLifetime(30 * time.Minute)
 	}
 	db.SetMaxOpenConns(open)
