@@ -354,18 +354,23 @@ func (b *nodeBoard) refresh(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, r := range rows {
-		old, ok := b.rows[r.Node]
-		if ok && (old.Task > r.Task || !rowChanged(old, r) || behind(old, r)) {
-			continue
+		if old, ok := b.rows[r.Node]; !ok || news(old, r) {
+			b.set(r)
 		}
-		b.set(r)
 	}
 	return nil
 }
 
-// behind says whether r, read from the store, is older than the board's
-// row old of the same task: the read began before a result reported here
-// was written (a finished task never becomes unfinished again).
+// news says whether r, read from the store, tells more than the board's
+// row old: a later task, or a change to the same task, unless r is older
+// than old (the read began before a result reported here was written; a
+// finished task never becomes unfinished again).
+func news(old, r store.RolloutNode) bool {
+	return r.Task >= old.Task && rowChanged(old, r) && !behind(old, r)
+}
+
+// behind says whether r is an older state of old's task: old is finished
+// and r is not.
 func behind(old, r store.RolloutNode) bool {
 	return old.Task == r.Task && finished(old) && !finished(r)
 }
@@ -387,7 +392,7 @@ func (b *nodeBoard) set(r store.RolloutNode) {
 // and the target waits on).
 func (b *nodeBoard) reread(ctx context.Context, name string, cur store.RolloutNode) bool {
 	r, err := b.st.GetRolloutNode(ctx, b.id, name)
-	if err != nil || r.Task < cur.Task || !rowChanged(cur, r) || behind(cur, r) {
+	if err != nil || !news(cur, r) {
 		return false
 	}
 	b.mu.Lock()
@@ -409,7 +414,7 @@ func (b *nodeBoard) reported(r store.RolloutNode, at time.Time) {
 	case !ok || cur.Task < r.Task:
 		b.wake()
 		return
-	case cur.Task > r.Task || finished(cur) && !finished(r):
+	case cur.Task > r.Task || behind(cur, r):
 		return // as the store, which changed nothing for such a report
 	}
 	cur.State, cur.Step, cur.Error, cur.Serving, cur.UpgradeID, cur.UpdatedAt = r.State, r.Step, r.Error, r.Serving, r.UpgradeID, at
@@ -484,12 +489,17 @@ func (b *nodeBoard) watch(name string) (store.RolloutNode, bool, <-chan struct{}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	r, ok := b.rows[name]
+	return r, ok, b.waitOn(name)
+}
+
+// waitOn returns the channel closed when name's row changes. b.mu is held.
+func (b *nodeBoard) waitOn(name string) chan struct{} {
 	ch := b.waits[name]
 	if ch == nil {
 		ch = make(chan struct{})
 		b.waits[name] = ch
 	}
-	return r, ok, ch
+	return ch
 }
 
 // put records rows this run just handed out and returns each as the board
@@ -501,12 +511,7 @@ func (b *nodeBoard) put(rows []store.RolloutNode, at time.Time) []assigned {
 	for i, r := range rows {
 		r.UpdatedAt = at
 		b.rows[r.Node], b.assigned[r.Node] = r, at
-		ch := b.waits[r.Node]
-		if ch == nil {
-			ch = make(chan struct{})
-			b.waits[r.Node] = ch
-		}
-		out[i] = assigned{row: r, changed: ch}
+		out[i] = assigned{row: r, changed: b.waitOn(r.Node)}
 	}
 	return out
 }
