@@ -65,7 +65,7 @@ func (c *stmtCache) kept(query string) (st *sql.Stmt, ok bool) {
 func (c *stmtCache) later(query string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.preparing[query] {
+	if c.preparing[query] || c.stmts == nil { // under way, or closed (no Add after close's Wait)
 		return
 	}
 	c.preparing[query] = true
