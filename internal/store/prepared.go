@@ -65,7 +65,7 @@ func (c *stmtCache) kept(query string) (st *sql.Stmt, ok bool) {
 func (c *stmtCache) later(query string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.preparing[query] || c.stmts == nil { // under way, or closed (no Add after close's Wait)
+	if c.preparing[query] || c.stmts == nil { // under way, or closed
 		return
 	}
 	c.preparing[query] = true
@@ -94,15 +94,17 @@ func (c *stmtCache) prepare(ctx context.Context, query string) *sql.Stmt {
 	return st
 }
 
-// close closes the kept statements.
+// close closes the kept statements. No background preparation starts
+// once stmts is nil (later), so none is added while Wait waits.
 func (c *stmtCache) close() {
-	c.wg.Wait()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, st := range c.stmts {
+	stmts := c.stmts
+	c.stmts = nil
+	c.mu.Unlock()
+	c.wg.Wait()
+	for _, st := range stmts {
 		st.Close()
 	}
-	c.stmts = nil
 }
 
 // storeDB is the store's database: *sql.DB whose queries use the kept
