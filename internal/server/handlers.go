@@ -522,7 +522,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if d.Version != known || wait == 0 {
-			s.touch(r.Context(), nodes)
+			s.touch(nodes)
 			writeJSON(w, http.StatusOK, d)
 			return
 		}
@@ -535,7 +535,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-ch:
 		case <-timer.C:
-			s.touch(r.Context(), nodes)
+			s.touch(nodes)
 			writeJSON(w, http.StatusOK, d)
 			return
 		case <-r.Context().Done():
@@ -544,7 +544,7 @@ func (s *Server) desired(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) touch(_ context.Context, nodes []store.Node) {
+func (s *Server) touch(nodes []store.Node) {
 	s.seen.note(s.now(), nodes)
 }
 

@@ -41,17 +41,17 @@ func TestAnsweredHeldUntilWorkersFinish(t *testing.T) {
 	ln := s.Listener(tcp, nil).(*resumeListener)
 	defer ln.Close()
 	l := s.lot
-	conn := func() heldConn {
+	conn := func() *parked {
 		a, b := net.Pipe()
 		t.Cleanup(func() { a.Close(); b.Close() })
-		return heldConn{conn: a}
+		return &parked{lot: l, conn: a}
 	}
 
 	// Another worker runs: held.
 	l.mu.Lock()
 	l.workers = 2
 	l.mu.Unlock()
-	l.hold([]heldConn{conn()})
+	l.hold([]*parked{conn()})
 	if n := resumedConns(ln); n != 0 {
 		t.Fatalf("%d connections handed back while another worker runs, want 0", n)
 	}
@@ -71,7 +71,7 @@ func TestAnsweredHeldUntilWorkersFinish(t *testing.T) {
 	l.mu.Lock()
 	l.workers, l.maxHold = 1, 50*time.Millisecond
 	l.mu.Unlock()
-	l.hold([]heldConn{conn()})
+	l.hold([]*parked{conn()})
 	deadline := time.Now().Add(10 * time.Second)
 	for resumedConns(ln) != 2 {
 		if time.Now().After(deadline) {

@@ -87,14 +87,8 @@ type lot struct {
 
 	// Connections answered while workers run: see hold. heldTimer gives
 	// them back after maxHold at the latest.
-	held      []heldConn
+	held      []*parked
 	heldTimer *time.Timer
-}
-
-// heldConn is an answered connection not handed back to net/http yet.
-type heldConn struct {
-	conn net.Conn
-	buf  []byte
 }
 
 // maxHold bounds how long an answered connection waits for the workers to
@@ -241,7 +235,7 @@ func (l *lot) work() {
 		if len(batch) == 0 {
 			// The last worker out hands the answered connections back.
 			l.workers--
-			var held []heldConn
+			var held []*parked
 			if l.workers == 0 {
 				held = l.takeHeld()
 			}
@@ -326,8 +320,8 @@ func (l *lot) look(ctx context.Context, batch []*parked) {
 		}
 		return
 	}
-	s.touch(ctx, seen)
-	answered := make([]heldConn, 0, len(taken))
+	s.touch(seen)
+	answered := make([]*parked, 0, len(taken))
 	for _, a := range taken {
 		var r reply
 		if a.err != nil {
@@ -335,25 +329,25 @@ func (l *lot) look(ctx context.Context, batch []*parked) {
 		} else {
 			writeJSON(&r, http.StatusOK, a.d)
 		}
-		if c, ok := l.write(a.p, &r); ok {
-			answered = append(answered, c)
+		if l.write(a.p, &r) {
+			answered = append(answered, a.p)
 		}
 	}
 	l.hold(answered)
 }
 
 // write writes a to p's connection; a failed write closes it.
-func (l *lot) write(p *parked, a *reply) (heldConn, bool) {
+func (l *lot) write(p *parked, a *reply) bool {
 	if d := l.s.WriteTimeout; d > 0 {
 		_ = p.conn.SetWriteDeadline(time.Now().Add(d))
 	}
 	if _, err := p.conn.Write(a.bytes(time.Now())); err != nil {
 		l.s.log.Debug("long-poll: answer", "remote", p.conn.RemoteAddr(), "err", err)
 		p.conn.Close()
-		return heldConn{}, false
+		return false
 	}
 	_ = p.conn.SetWriteDeadline(time.Time{})
-	return heldConn{p.conn, p.buf}, true
+	return true
 }
 
 // hold keeps the connections a worker answered until the last worker
@@ -368,15 +362,15 @@ func (l *lot) write(p *parked, a *reply) (heldConn, bool) {
 // of milliseconds at a time. Held, an answered agent's next request waits
 // in its socket until the rest of the fleet has its answer; the rollout
 // waits for every node anyway.
-func (l *lot) hold(answered []heldConn) {
+func (l *lot) hold(answered []*parked) {
 	if len(answered) == 0 {
 		return
 	}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		for _, c := range answered {
-			c.conn.Close()
+		for _, p := range answered {
+			p.conn.Close()
 		}
 		return
 	}
@@ -393,7 +387,7 @@ func (l *lot) hold(answered []heldConn) {
 }
 
 // takeHeld empties the held connections. l.mu is held.
-func (l *lot) takeHeld() []heldConn {
+func (l *lot) takeHeld() []*parked {
 	held := l.held
 	l.held = nil
 	if l.heldTimer != nil {
@@ -403,20 +397,16 @@ func (l *lot) takeHeld() []heldConn {
 	return held
 }
 
-// resume hands held back to net/http.
-func (l *lot) resume(held []heldConn) {
+// resume hands the connections of held back to net/http.
+func (l *lot) resume(held []*parked) {
 	if len(held) == 0 {
 		return
 	}
 	l.mu.Lock()
-	ln := l.ln
+	ln := l.ln // set: nothing parks without a listener
 	l.mu.Unlock()
-	for _, c := range held {
-		if ln == nil { // never: nothing parks without a listener
-			c.conn.Close()
-			continue
-		}
-		ln.resume(c.conn, c.buf, l.s.IdleTimeout)
+	for _, p := range held {
+		ln.resume(p.conn, p.buf, l.s.IdleTimeout)
 	}
 }
 
@@ -438,8 +428,8 @@ func (l *lot) close() {
 		l.s.hub.remove(p, p.keys)
 		p.conn.Close()
 	}
-	for _, c := range held {
-		c.conn.Close()
+	for _, p := range held {
+		p.conn.Close()
 	}
 	if ln != nil {
 		ln.closeResumed()

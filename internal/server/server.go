@@ -112,6 +112,7 @@ func New(st store.Store, log *slog.Logger) *Server {
 	s.control = ctl
 	s.seen = &lastSeen{ids: map[int64]time.Time{}}
 	s.lot = newLot(s)
+	s.hub.lot = s.lot
 	s.routes()
 	return s
 }
@@ -475,6 +476,8 @@ func EnsureAdminToken(ctx context.Context, st store.Store, dir string) (string, 
 
 // hub wakes long-polls waiting on an app/env.
 type hub struct {
+	lot *lot // where the parked long-polls it wakes are queued
+
 	mu    sync.Mutex
 	byKey map[string]map[waiter]struct{} // app/env → who waits on it
 	wakes uint64                         // wake calls so far (see handOver)
@@ -586,6 +589,6 @@ func (h *hub) wake(app, env string) {
 		w.wake()
 	}
 	if len(ps) > 0 {
-		ps[0].lot.schedule(ps...)
+		h.lot.schedule(ps...)
 	}
 }
