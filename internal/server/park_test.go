@@ -3,21 +3,12 @@ package server_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -406,7 +397,8 @@ func TestHungUpParkedFreesSlot(t *testing.T) {
 // back without a second TLS layer; with HTTP/2 it cannot be taken from
 // net/http, waits in its goroutine and is still answered.
 func TestParkOverTLS(t *testing.T) {
-	cert, caFile, roots := selfSigned(t)
+	c := servertest.SelfSigned(t)
+	cert, caFile, roots := c.TLS, c.CertFile, c.Roots
 	for _, tc := range []struct {
 		name      string
 		protos    []string
@@ -478,34 +470,6 @@ func TestParkOverTLS(t *testing.T) {
 			}
 		})
 	}
-}
-
-// selfSigned makes a certificate for 127.0.0.1, the PEM file of it for
-// api.NewClient, and a pool trusting it.
-func selfSigned(t *testing.T) (tls.Certificate, string, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "drover test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, caFile, roots
 }
 
 // TestShutdownClosesParked: when the server is closed, or its context
