@@ -13,6 +13,17 @@ import (
 	"github.com/drover/drover/internal/store"
 )
 
+// tempStore opens a store on a new SQLite file, closed when t ends.
+func tempStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "drover.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // TestAdvanceMatchesLoad: the entry advance builds after a hand-out (the
 // cached entry before it, plus the rows written) answers every node as a
 // load from the store does; a hand-out that is not the only change since
@@ -20,11 +31,7 @@ import (
 // entry to be loaded.
 func TestAdvanceMatchesLoad(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "drover.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := tempStore(t)
 	c, err := New(st, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -191,11 +198,7 @@ func (g *gatedVersions) Version(ctx context.Context, app, env string) (int64, er
 // takes the advanced entry instead of waiting for the slow load.
 func TestAdvanceFreesWaitersOfALoad(t *testing.T) {
 	ctx := context.Background()
-	inner, err := store.Open(ctx, filepath.Join(t.TempDir(), "drover.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inner.Close()
+	inner := tempStore(t)
 	st := &gatedVersions{Store: inner}
 	c, err := New(st, Options{})
 	if err != nil {
